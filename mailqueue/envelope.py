@@ -245,12 +245,16 @@ def _attachment(attachment: Any, index: int) -> dict[str, Any]:
 
 def serialize_message(message: EmailMessage) -> dict[str, Any]:
     """The JSON-ready fields of ``message``; empty fields are left out."""
-    headers = {_text(name, "header name"): _header_value(value) for name, value in message.extra_headers.items()}
-    lowered = {name.lower() for name in headers}
+    # Date and Message-ID go first: that is where Django renders its own, so the
+    # header order matches a synchronous send.
+    given = {_text(name, "header name"): _header_value(value) for name, value in message.extra_headers.items()}
+    lowered = {name.lower() for name in given}
+    headers = {}
     if "date" not in lowered:
         headers["Date"] = _now_header()
     if "message-id" not in lowered:
         headers["Message-ID"] = make_msgid(domain=str(DNS_NAME))
+    headers.update(given)
 
     fields: dict[str, Any] = {
         "subject": _text(message.subject, "subject"),

@@ -1,0 +1,125 @@
+"""Fixtures: a private Redis namespace, real SMTP/HTTP providers, real Dramatiq workers."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+
+from tests.servers import PostmarkAPI, SMTPServer
+from workers.actors import worker_broker
+
+REDIS_URL = os.environ.get("MAILQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+QUEUED = "mailqueue.backend.EmailBackend"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return REDIS_URL
+
+
+@pytest.fixture
+def namespace(redis_url: str) -> Iterator[str]:
+    """A Redis key prefix of this test's own; only its keys are deleted afterwards."""
+    name = f"mqtest-{uuid.uuid4().hex[:12]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{name}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SMTPServer]:
+    server = SMTPServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def backup_smtp() -> Iterator[SMTPServer]:
+    server = SMTPServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postmark_api() -> Iterator[PostmarkAPI]:
+    api = PostmarkAPI().start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture
+def configure(settings: Any, namespace: str, redis_url: str) -> Callable[..., None]:
+    """Install MAILERS and MAILQUEUE for this test (Django's test env swapped MAILERS for locmem)."""
+
+    def install(*, providers: dict[str, Any], queues: dict[str, Any] | None = None, mailers: dict[str, Any] | None = None, **options: Any) -> None:
+        settings.MAILERS = {
+            "default": {"BACKEND": QUEUED, "OPTIONS": {"queue": "default"}},
+            "transactional": {"BACKEND": QUEUED, "OPTIONS": {"queue": "critical"}},
+            "bulk": {"BACKEND": QUEUED, "OPTIONS": {"queue": "bulk"}},
+            **(mailers or {}),
+            **providers,
+        }
+        first = list(providers)
+        settings.MAILQUEUE = {
+            "BROKER_URL": redis_url,
+            "NAMESPACE": namespace,
+            "QUEUES": queues
+            or {
+                "critical": {"providers": first, "max_retries": 2, "min_backoff": 50, "max_backoff": 200},
+                "default": {"providers": first, "max_retries": 2, "min_backoff": 50, "max_backoff": 200},
+                "bulk": {"providers": first, "max_retries": 1, "min_backoff": 50, "max_backoff": 200},
+            },
+            "PROVIDERS": {alias: {"attempts": 2, "wait_min": 0.01, "wait_max": 0.05} for alias in providers},
+            **options,
+        }
+
+    return install
+
+
+@pytest.fixture
+def smtp_setup(configure: Callable[..., None], smtp_server: SMTPServer) -> SMTPServer:
+    """The usual setup: every queue delivers through one real SMTP server."""
+    configure(providers={"smtp": smtp_server.mailer()})
+    return smtp_server
+
+
+class WorkerRunner:
+    """A real Dramatiq worker, in this process, consuming the configured queues."""
+
+    def __init__(self, threads: int = 2) -> None:
+        self.broker = worker_broker()
+        self.worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=50)
+
+    def __enter__(self) -> WorkerRunner:
+        self.worker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.worker.stop()
+
+    def drain(self, timeout: float = 20.0) -> None:
+        """Wait until every queue (ready, in progress, delayed) is empty."""
+        for queue in self.broker.get_declared_queues():
+            self.broker.join(queue, timeout=int(timeout * 1000))
+        self.worker.join()
+
+
+@pytest.fixture
+def run_worker() -> Callable[..., WorkerRunner]:
+    return WorkerRunner

@@ -1,0 +1,177 @@
+"""Real servers the tests deliver to: an aiosmtpd SMTP server and a Postmark-speaking HTTP API."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ReceivedMail:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    peer: Any
+
+    @property
+    def parsed(self) -> email.message.EmailMessage:
+        return email.message_from_bytes(self.data, policy=email.policy.default)
+
+
+class RecordingSMTPHandler:
+    """Accepts mail and records it; ``replies`` can script failures (e.g. "451 later")."""
+
+    def __init__(self) -> None:
+        self.received: list[ReceivedMail] = []
+        self.replies: deque[str] = deque()
+        self.rcpt_replies: dict[str, str] = {}
+        self.sessions = 0
+        self.lock = threading.Lock()
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
+        with self.lock:
+            self.sessions += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+        reply = self.rcpt_replies.get(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        with self.lock:
+            if self.replies:
+                return self.replies.popleft()
+            self.received.append(
+                ReceivedMail(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, session.peer)
+            )
+        return "250 Message accepted"
+
+
+class SMTPServer:
+    """A real SMTP server on a free loopback port."""
+
+    def __init__(self) -> None:
+        self.handler = RecordingSMTPHandler()
+        self.port = free_port()
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+
+    @property
+    def received(self) -> list[ReceivedMail]:
+        return self.handler.received
+
+    def start(self) -> SMTPServer:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def mailer(self) -> dict[str, Any]:
+        return {
+            "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "OPTIONS": {"host": "127.0.0.1", "port": self.port, "timeout": 5},
+        }
+
+    def wait_for(self, count: int, timeout: float = 15.0) -> list[ReceivedMail]:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.received
+
+
+@dataclass
+class RecordedRequest:
+    path: str
+    headers: dict[str, str]
+    body: Any
+    connection: tuple[str, int]
+
+
+@dataclass
+class PostmarkAPI:
+    """A local HTTP server that answers like Postmark's /email API and records requests.
+
+    ``responses`` scripts the next replies as (status, json body); when empty it accepts.
+    """
+
+    requests: list[RecordedRequest] = field(default_factory=list)
+    responses: deque[tuple[int, Any]] = field(default_factory=deque)
+    connections: set[tuple[str, int]] = field(default_factory=set)
+
+    def start(self) -> PostmarkAPI:
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, like the real API
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"null")
+                api.connections.add(self.client_address)
+                api.requests.append(RecordedRequest(self.path, dict(self.headers), body, self.client_address))
+                if api.responses:
+                    status, reply = api.responses.popleft()
+                else:
+                    status = 200
+                    reply = {"ErrorCode": 0, "Message": "OK", "MessageID": f"pm-{len(api.requests)}", "To": body.get("To", "")}
+                data = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def mailer(self) -> dict[str, Any]:
+        return {
+            "BACKEND": "anymail.backends.postmark.EmailBackend",
+            "OPTIONS": {"api_url": self.url, "server_token": "test-token"},
+        }
+
+    def wait_for(self, count: int, timeout: float = 15.0) -> list[RecordedRequest]:
+        deadline = time.monotonic() + timeout
+        while len(self.requests) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.requests
+
+
+# aiosmtpd logs every session at INFO; quiet it.
+SMTP.__init__.__globals__["log"].setLevel("WARNING")

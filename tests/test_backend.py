@@ -1,0 +1,208 @@
+"""The queued backend: Django's sending APIs, one round trip, clear errors, nothing half-enqueued."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+from anymail.message import AnymailMessage
+from django.core.mail import (
+    EmailMessage,
+    EmailMultiAlternatives,
+    MailerDoesNotExist,
+    mail_admins,
+    mailers,
+    send_mail,
+    send_mass_mail,
+)
+from django.db import transaction
+
+from mailqueue.exceptions import (
+    BrokerUnavailable,
+    HeaderInjection,
+    InvalidAddress,
+    InvalidMessage,
+    MessageTooLarge,
+    UnknownQueue,
+    UnserializableMessage,
+)
+from mailqueue.monitoring import queue_depths
+
+
+class CountingConnection(redis.Connection):
+    """A real Redis connection that counts round trips (packets sent)."""
+
+    sent = 0
+
+    def send_packed_command(self, command, check_health=True):
+        type(self).sent += 1
+        return super().send_packed_command(command, check_health)
+
+
+def ready(queue: str) -> int:
+    return next(depth.ready for depth in queue_depths() if depth.queue == queue)
+
+
+def queued_envelopes(redis_client, namespace: str, queue: str) -> list[dict]:
+    ids = redis_client.lrange(f"{namespace}:{queue}", 0, -1)
+    return [json.loads(redis_client.hget(f"{namespace}:{queue}.msgs", i))["args"][0] for i in ids]
+
+
+@pytest.fixture
+def counting(configure, smtp_server):
+    configure(providers={"smtp": smtp_server.mailer()}, BROKER_OPTIONS={"connection_class": CountingConnection})
+    send_mail("warm up", "connect once", None, ["warm@example.com"])  # opens the pooled connection
+    CountingConnection.sent = 0
+    return CountingConnection
+
+
+def test_send_mail_returns_one_after_one_round_trip(counting) -> None:
+    assert send_mail("Hi", "body", "from@example.com", ["to@example.com"]) == 1
+    assert counting.sent == 1
+    assert ready("default") == 2
+
+
+def test_a_batch_is_one_round_trip(counting) -> None:
+    datatuple = [(f"s{i}", "b", None, [f"r{i}@example.com"]) for i in range(500)]
+    assert send_mass_mail(datatuple, using="bulk") == 500
+    assert counting.sent == 1
+    assert ready("bulk") == 500
+
+
+def test_every_django_sending_api_enqueues(smtp_setup, redis_client, namespace, settings) -> None:
+    settings.ADMINS = ["ops@example.com"]
+    assert send_mail("a", "b", None, ["x@example.com"], using="transactional") == 1
+    assert EmailMessage("c", "d", None, ["y@example.com"]).send() == 1
+    multi = EmailMultiAlternatives("e", "f", None, ["z@example.com"])
+    multi.attach_alternative("<p>f</p>", "text/html")
+    assert multi.send(using="bulk") == 1
+    assert AnymailMessage("g", "h", None, ["w@example.com"], tags=["t"]).send() == 1
+    mail_admins("boom", "traceback")
+    assert [depth.ready for depth in queue_depths()] == [1, 3, 1]
+    subjects = {envelope["message"]["subject"] for envelope in queued_envelopes(redis_client, namespace, "default")}
+    assert subjects == {"c", "g", "[Django] boom"}
+
+
+def test_messages_without_recipients_are_not_counted(smtp_setup) -> None:
+    assert mailers["default"].send_messages([EmailMessage("none", "b"), EmailMessage("one", "b", None, ["a@example.com"])]) == 1
+    assert ready("default") == 1
+
+
+def test_sent_messages_know_their_queue_id(smtp_setup, redis_client, namespace) -> None:
+    message = EmailMessage("Hi", "body", None, ["a@example.com"])
+    message.send()
+    assert queued_envelopes(redis_client, namespace, "default")[0]["id"] == message.mailqueue_id
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "fragment"),
+    [
+        (lambda: EmailMessage("s", "b", None, ["not-an-address"]), InvalidAddress, "to address 'not-an-address' is invalid"),
+        (lambda: EmailMessage("s", "b", None, ["a@example.com\nBcc: evil@example.com"]), InvalidAddress, "control character"),
+        (lambda: EmailMessage("s", "b", "bad@@example.com", ["a@example.com"]), InvalidAddress, "from_email"),
+        (lambda: EmailMessage("s", "b", None, ["a@example.com"], cc=["two@example.com, three@example.com"]), InvalidAddress, "holds 2 addresses"),
+        (lambda: EmailMessage("s", "b", None, ["a@example.com"], reply_to=["x y"]), InvalidAddress, "reply_to"),
+        (lambda: EmailMessage("Hi\nBcc: evil@example.com", "b", None, ["a@example.com"]), HeaderInjection, "Subject contains a newline"),
+        (lambda: EmailMessage("s", "b", None, ["a@example.com"], headers={"X-Evil": "v\r\nBcc: e@example.com"}), HeaderInjection, "X-Evil"),
+        (lambda: EmailMessage("s", "b", None, ["a@example.com"], headers={"Bad Name": "v"}), HeaderInjection, "Bad Name"),
+        (lambda: EmailMessage("s", "b", None, ["a@example.com"], headers={"Bcc": "e@example.com"}), InvalidMessage, "Bcc is not a valid"),
+        (lambda: EmailMessage("s", "b", None, ["a@example.com"], headers={"Reply-To": "nope"}), InvalidAddress, "Reply-To"),
+    ],
+)
+def test_bad_input_fails_at_send_time_with_a_clear_error(smtp_setup, build, error, fragment) -> None:
+    with pytest.raises(error, match=fragment):
+        build().send()
+    assert ready("default") == 0
+
+
+def test_bad_input_errors_are_value_errors_like_djangos(smtp_setup) -> None:
+    with pytest.raises(ValueError):
+        send_mail("s", "b", None, ["nope"])
+
+
+def test_idn_and_display_name_addresses_are_accepted(smtp_setup) -> None:
+    assert send_mail("s", "b", '"Zoë" <zoe@exämple.de>', ["Ünsal <u@bücher.example>", "x@xn--bcher-kva.example"]) == 1
+
+
+def test_one_bad_message_enqueues_nothing_of_its_batch(smtp_setup) -> None:
+    batch = [EmailMessage(f"s{i}", "b", None, [f"r{i}@example.com"]) for i in range(5)]
+    batch.append(EmailMessage("bad", "b", None, ["broken"]))
+    with pytest.raises(InvalidAddress):
+        mailers["bulk"].send_messages(batch)
+    assert ready("bulk") == 0
+
+
+def test_unknown_mailer_alias_fails_at_send_time(smtp_setup) -> None:
+    with pytest.raises(MailerDoesNotExist, match="nosuchmailer"):
+        send_mail("s", "b", None, ["a@example.com"], using="nosuchmailer")
+
+
+def test_unknown_queue_override_fails_at_send_time(smtp_setup) -> None:
+    message = EmailMessage("s", "b", None, ["a@example.com"])
+    message.queue = "nosuchqueue"
+    with pytest.raises(UnknownQueue, match="'nosuchqueue', which is not configured"):
+        message.send()
+
+
+def test_unserializable_attachment_fails_at_send_time(smtp_setup) -> None:
+    message = EmailMessage("s", "b", None, ["a@example.com"])
+    message.attachments.append(("x.bin", object(), "application/octet-stream"))
+    with pytest.raises(UnserializableMessage, match="attachments\\[0\\]"):
+        message.send()
+
+
+def test_oversized_message_fails_at_send_time(configure, smtp_server) -> None:
+    configure(providers={"smtp": smtp_server.mailer()}, MAX_MESSAGE_BYTES=100_000)
+    message = EmailMessage("big", "b", None, ["a@example.com"])
+    message.attach("big.bin", b"\0" * 100_000, "application/octet-stream")
+    with pytest.raises(MessageTooLarge, match="over MAILQUEUE\\['MAX_MESSAGE_BYTES'\\] = 100000"):
+        message.send()
+    assert ready("default") == 0
+
+
+def test_unreachable_redis_is_a_clear_error(configure, smtp_server) -> None:
+    configure(providers={"smtp": smtp_server.mailer()}, BROKER_URL="redis://127.0.0.1:1/0")
+    with pytest.raises(BrokerUnavailable, match="nothing of this batch was queued"):
+        send_mail("s", "b", None, ["a@example.com"])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_inside_a_transaction_mail_is_enqueued_on_commit(smtp_setup) -> None:
+    with transaction.atomic():
+        assert send_mail("s", "b", None, ["a@example.com"]) == 1
+        assert ready("default") == 0
+    assert ready("default") == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rolled_back_transaction_enqueues_nothing(smtp_setup) -> None:
+    with pytest.raises(RuntimeError), transaction.atomic():
+        send_mail("s", "b", None, ["a@example.com"])
+        raise RuntimeError("rollback")
+    assert ready("default") == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_commit_can_be_turned_off(configure, smtp_server) -> None:
+    configure(providers={"smtp": smtp_server.mailer()}, ON_COMMIT=False)
+    with transaction.atomic():
+        send_mail("s", "b", None, ["a@example.com"])
+        assert ready("default") == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_commit_per_mailer_option(configure, smtp_server) -> None:
+    configure(
+        providers={"smtp": smtp_server.mailer()},
+        mailers={"immediate": {"BACKEND": "mailqueue.backend.EmailBackend", "OPTIONS": {"on_commit": False}}},
+    )
+    with transaction.atomic():
+        send_mail("s", "b", None, ["a@example.com"], using="immediate")
+        assert ready("default") == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_bad_input_inside_a_transaction_still_fails_at_send_time(smtp_setup) -> None:
+    with pytest.raises(InvalidAddress), transaction.atomic():
+        send_mail("s", "b", None, ["nope"])
