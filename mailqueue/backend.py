@@ -36,13 +36,13 @@ class EmailBackend(BaseEmailBackend):
             return self._enqueue(email_messages)
         except MailQueueError:
             # RemovedInDjango2028: the deprecated fail_silently contract.
-            if self._fail_silently:
+            if getattr(self, "_fail_silently", False):
                 return 0
             raise
 
     def _enqueue(self, email_messages: Sequence[EmailMessage]) -> int:
         config = get_config()
-        mailer = self.alias or "default"
+        mailer = getattr(self, "alias", None) or "default"
         mailer_queue = self.queue
         batch: list[EncodedMessage] = []
         accepted: list[tuple[EmailMessage, Envelope]] = []

@@ -82,7 +82,7 @@ class EncodedMessage:
 def encode(envelope: Envelope) -> EncodedMessage:
     """Wrap ``envelope`` as a message for its queue's delivery actor."""
     redis_id = str(uuid.uuid4())
-    message = dramatiq.Message(
+    message: dramatiq.Message[Any] = dramatiq.Message(
         queue_name=envelope.queue,
         actor_name=actor_name(envelope.queue),
         args=(envelope.encode(),),
@@ -124,7 +124,7 @@ def queue_messages(envelopes: Iterable[Envelope]) -> None:
 def get_broker() -> RedisBroker:
     """The Dramatiq broker workers consume from, sharing ``redis_client()``."""
     config = get_config()
-    return RedisBroker(client=redis_client(), namespace=config.namespace)
+    return RedisBroker(client=redis_client(), namespace=config.namespace)  # type: ignore[no-untyped-call]
 
 
 on_config_reset(get_broker.cache_clear)

@@ -22,9 +22,7 @@ from redis.connection import parse_url
 from .exceptions import MailQueueImproperlyConfigured
 
 #: The dotted paths that make a MAILERS entry a queued mailer.
-QUEUED_BACKENDS = frozenset(
-    {"mailqueue.backend.EmailBackend", "mailqueue.backend.QueuedEmailBackend"}
-)
+QUEUED_BACKENDS = frozenset({"mailqueue.backend.EmailBackend", "mailqueue.backend.QueuedEmailBackend"})
 
 #: Dramatiq's own rule for queue names (they become Redis key parts).
 QUEUE_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9._-]*")
@@ -255,7 +253,7 @@ class _Reader:
         try:
             if not isinstance(url, str):
                 raise ValueError(f"expected a string, got {type(url).__name__}")
-            parse_url(url)
+            parse_url(url)  # type: ignore[no-untyped-call]
         except ValueError as error:
             self.problem(
                 "mailqueue.E007",
@@ -369,9 +367,7 @@ class _Reader:
                     hint=f"Configured queues: {', '.join(queues) or '(none)'}.",
                 )
                 continue
-            routes.append(
-                Route(queue=queue, tag=spec.get("tag"), header=spec.get("header"), value=spec.get("value"))
-            )
+            routes.append(Route(queue=queue, tag=spec.get("tag"), header=spec.get("header"), value=spec.get("value")))
         return tuple(routes)
 
     def read_pools(self, raw: Any, queues: Mapping[str, QueueConfig]) -> dict[str, PoolConfig]:
@@ -425,11 +421,11 @@ class _Reader:
                     )
         for alias, entry in queued_mailers().items():
             options = entry.get("OPTIONS") or {}
-            queue = options.get("queue")
-            if queue is not None and queue not in queues:
+            target = options.get("queue")
+            if target is not None and target not in queues:
                 self.problem(
                     "mailqueue.E006",
-                    f"MAILERS[{alias!r}] enqueues onto {queue!r}, which is not in MAILQUEUE['QUEUES'].",
+                    f"MAILERS[{alias!r}] enqueues onto {target!r}, which is not in MAILQUEUE['QUEUES'].",
                     hint=f"Configured queues: {', '.join(queues) or '(none)'}.",
                 )
 

@@ -74,7 +74,7 @@ def iter_dead(queue: str | None = None, *, older_than: float | None = None) -> I
     newest = "+inf" if older_than is None else time.time() - older_than
     for name in _queues(queue):
         keys = QueueKeys.of(namespace, name)
-        ids = client.zrangebyscore(keys.dead, "-inf", newest)
+        ids: list[Any] = list(client.zrangebyscore(keys.dead, "-inf", newest))
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             for raw in client.hmget(keys.dead_messages, chunk):

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from email.mime.base import MIMEBase
 from email.utils import format_datetime, make_msgid
@@ -85,7 +85,9 @@ class Envelope:
         try:
             return rebuild_message(self.message)
         except (KeyError, TypeError, ValueError, binascii.Error) as error:
-            raise EnvelopeError(f"envelope {self.id} has a malformed message: {error!r}", self.message, error) from error
+            raise EnvelopeError(
+                f"envelope {self.id} has a malformed message: {error!r}", self.message, error
+            ) from error
 
     def encode(self) -> dict[str, Any]:
         """The JSON-ready mapping stored in Redis."""
@@ -202,7 +204,7 @@ def _header_value(value: Any) -> str:
 
 
 def _now_header() -> str:
-    tz = get_current_timezone() if settings.EMAIL_USE_LOCALTIME else timezone.utc
+    tz = get_current_timezone() if settings.EMAIL_USE_LOCALTIME else UTC
     return format_datetime(datetime.now(tz))
 
 
@@ -295,7 +297,7 @@ def serialize_message(message: EmailMessage) -> dict[str, Any]:
 def _rebuild_attachment(item: Mapping[str, Any]) -> Any:
     if _MIME in item:
         data = base64.b64decode(item[_MIME], validate=True)
-        return email.message_from_bytes(data, _class=email.message.MIMEPart, policy=email.policy.default)
+        return email.message_from_bytes(data, _class=email.message.MIMEPart, policy=email.policy.default)  # type: ignore[arg-type]
     filename = item["filename"]
     if isinstance(filename, list):
         filename = tuple(filename)
@@ -306,9 +308,10 @@ def rebuild_message(fields: Mapping[str, Any]) -> EmailMessage:
     """The inverse of ``serialize_message``."""
     anymail = fields.get("anymail")
     cls = AnymailMessage if anymail is not None else EmailMultiAlternatives
+    # A bytes body is rendered by Django like text (it is decoded with surrogateescape).
     message = cls(
         subject=fields["subject"],
-        body=_decode_content(fields["body"]),
+        body=_decode_content(fields["body"]),  # type: ignore[arg-type]
         from_email=fields["from_email"],
         to=fields.get("to"),
         cc=fields.get("cc"),

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from email.headerregistry import HeaderRegistry
 from functools import lru_cache
 from typing import Any
-
-from email.headerregistry import HeaderRegistry
 
 from django.core.mail import EmailMessage
 from django.utils.encoding import force_str
@@ -69,16 +68,15 @@ def _parse_address_list(value: str) -> str | None:
 
 def validate_address(value: Any, field: str) -> str:
     """Return ``value`` as text if it is one valid mailbox, else raise InvalidAddress."""
-    if not isinstance(value, str):
-        value = force_str(value)
-    if _PLAIN_ADDRESS.fullmatch(value):
-        return value
-    if _CONTROL.search(value):
-        raise InvalidAddress(f"{field} address {value!r} contains a control character (CR, LF, NUL, ...).")
-    reason = _parse_mailbox(value)
+    text: str = value if isinstance(value, str) else str(force_str(value))
+    if _PLAIN_ADDRESS.fullmatch(text):
+        return text
+    if _CONTROL.search(text):
+        raise InvalidAddress(f"{field} address {text!r} contains a control character (CR, LF, NUL, ...).")
+    reason = _parse_mailbox(text)
     if reason is not None:
-        raise InvalidAddress(f"{field} address {value!r} is invalid: it {reason}.")
-    return value
+        raise InvalidAddress(f"{field} address {text!r} is invalid: it {reason}.")
+    return text
 
 
 def validate_addresses(values: Iterable[Any], field: str) -> list[str]:

@@ -127,9 +127,7 @@ MAILQUEUE = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {
-        "mailqueue": {"handlers": ["console"], "level": "INFO"},
-        "workers": {"handlers": ["console"], "level": "INFO"},
-    },
+    "formatters": {"plain": {"format": "[%(asctime)s] [PID %(process)d] [%(name)s] [%(levelname)s] %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "INFO"},
 }

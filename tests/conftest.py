@@ -67,7 +67,13 @@ def postmark_api() -> Iterator[PostmarkAPI]:
 def configure(settings: Any, namespace: str, redis_url: str) -> Callable[..., None]:
     """Install MAILERS and MAILQUEUE for this test (Django's test env swapped MAILERS for locmem)."""
 
-    def install(*, providers: dict[str, Any], queues: dict[str, Any] | None = None, mailers: dict[str, Any] | None = None, **options: Any) -> None:
+    def install(
+        *,
+        providers: dict[str, Any],
+        queues: dict[str, Any] | None = None,
+        mailers: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
         settings.MAILERS = {
             "default": {"BACKEND": QUEUED, "OPTIONS": {"queue": "default"}},
             "transactional": {"BACKEND": QUEUED, "OPTIONS": {"queue": "critical"}},

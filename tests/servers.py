@@ -45,20 +45,20 @@ class RecordingSMTPHandler:
         self.sessions = 0
         self.lock = threading.Lock()
 
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
         with self.lock:
             self.sessions += 1
         session.host_name = hostname
         return responses
 
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         reply = self.rcpt_replies.get(address)
         if reply:
             return reply
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+    async def handle_DATA(self, server, session, envelope):
         with self.lock:
             if self.replies:
                 return self.replies.popleft()
@@ -125,7 +125,7 @@ class PostmarkAPI:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, like the real API
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"null")
                 api.connections.add(self.client_address)
@@ -134,7 +134,12 @@ class PostmarkAPI:
                     status, reply = api.responses.popleft()
                 else:
                     status = 200
-                    reply = {"ErrorCode": 0, "Message": "OK", "MessageID": f"pm-{len(api.requests)}", "To": body.get("To", "")}
+                    reply = {
+                        "ErrorCode": 0,
+                        "Message": "OK",
+                        "MessageID": f"pm-{len(api.requests)}",
+                        "To": body.get("To", ""),
+                    }
                 data = json.dumps(reply).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

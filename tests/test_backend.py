@@ -85,7 +85,10 @@ def test_every_django_sending_api_enqueues(smtp_setup, redis_client, namespace, 
 
 
 def test_messages_without_recipients_are_not_counted(smtp_setup) -> None:
-    assert mailers["default"].send_messages([EmailMessage("none", "b"), EmailMessage("one", "b", None, ["a@example.com"])]) == 1
+    assert (
+        mailers["default"].send_messages([EmailMessage("none", "b"), EmailMessage("one", "b", None, ["a@example.com"])])
+        == 1
+    )
     assert ready("default") == 1
 
 
@@ -98,16 +101,48 @@ def test_sent_messages_know_their_queue_id(smtp_setup, redis_client, namespace) 
 @pytest.mark.parametrize(
     ("build", "error", "fragment"),
     [
-        (lambda: EmailMessage("s", "b", None, ["not-an-address"]), InvalidAddress, "to address 'not-an-address' is invalid"),
-        (lambda: EmailMessage("s", "b", None, ["a@example.com\nBcc: evil@example.com"]), InvalidAddress, "control character"),
+        (
+            lambda: EmailMessage("s", "b", None, ["not-an-address"]),
+            InvalidAddress,
+            "to address 'not-an-address' is invalid",
+        ),
+        (
+            lambda: EmailMessage("s", "b", None, ["a@example.com\nBcc: evil@example.com"]),
+            InvalidAddress,
+            "control character",
+        ),
         (lambda: EmailMessage("s", "b", "bad@@example.com", ["a@example.com"]), InvalidAddress, "from_email"),
-        (lambda: EmailMessage("s", "b", None, ["a@example.com"], cc=["two@example.com, three@example.com"]), InvalidAddress, "holds 2 addresses"),
+        (
+            lambda: EmailMessage("s", "b", None, ["a@example.com"], cc=["two@example.com, three@example.com"]),
+            InvalidAddress,
+            "holds 2 addresses",
+        ),
         (lambda: EmailMessage("s", "b", None, ["a@example.com"], reply_to=["x y"]), InvalidAddress, "reply_to"),
-        (lambda: EmailMessage("Hi\nBcc: evil@example.com", "b", None, ["a@example.com"]), HeaderInjection, "Subject contains a newline"),
-        (lambda: EmailMessage("s", "b", None, ["a@example.com"], headers={"X-Evil": "v\r\nBcc: e@example.com"}), HeaderInjection, "X-Evil"),
-        (lambda: EmailMessage("s", "b", None, ["a@example.com"], headers={"Bad Name": "v"}), HeaderInjection, "Bad Name"),
-        (lambda: EmailMessage("s", "b", None, ["a@example.com"], headers={"Bcc": "e@example.com"}), InvalidMessage, "Bcc is not a valid"),
-        (lambda: EmailMessage("s", "b", None, ["a@example.com"], headers={"Reply-To": "nope"}), InvalidAddress, "Reply-To"),
+        (
+            lambda: EmailMessage("Hi\nBcc: evil@example.com", "b", None, ["a@example.com"]),
+            HeaderInjection,
+            "Subject contains a newline",
+        ),
+        (
+            lambda: EmailMessage("s", "b", None, ["a@example.com"], headers={"X-Evil": "v\r\nBcc: e@example.com"}),
+            HeaderInjection,
+            "X-Evil",
+        ),
+        (
+            lambda: EmailMessage("s", "b", None, ["a@example.com"], headers={"Bad Name": "v"}),
+            HeaderInjection,
+            "Bad Name",
+        ),
+        (
+            lambda: EmailMessage("s", "b", None, ["a@example.com"], headers={"Bcc": "e@example.com"}),
+            InvalidMessage,
+            "Bcc is not a valid",
+        ),
+        (
+            lambda: EmailMessage("s", "b", None, ["a@example.com"], headers={"Reply-To": "nope"}),
+            InvalidAddress,
+            "Reply-To",
+        ),
     ],
 )
 def test_bad_input_fails_at_send_time_with_a_clear_error(smtp_setup, build, error, fragment) -> None:

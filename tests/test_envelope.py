@@ -57,7 +57,13 @@ def html_only() -> EmailMessage:
 
 
 def nested_rfc822() -> EmailMessage:
-    inner = EmailMessage("Inner", "inner body", "a@example.com", ["b@example.com"], headers={"Date": "Mon, 23 Nov 2026 10:00:00 +0000", "Message-ID": "<inner@example.com>"})
+    inner = EmailMessage(
+        "Inner",
+        "inner body",
+        "a@example.com",
+        ["b@example.com"],
+        headers={"Date": "Mon, 23 Nov 2026 10:00:00 +0000", "Message-ID": "<inner@example.com>"},
+    )
     message = EmailMessage("Forward", "see attached", "from@example.com", ["to@example.com"])
     message.attach("forwarded.eml", inner, "message/rfc822")
     return message
@@ -72,7 +78,13 @@ def long_lines() -> EmailMessage:
 
 
 def explicit_date() -> EmailMessage:
-    return EmailMessage("Dated", "body", "from@example.com", ["to@example.com"], headers={"Date": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)})
+    return EmailMessage(
+        "Dated",
+        "body",
+        "from@example.com",
+        ["to@example.com"],
+        headers={"Date": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)},
+    )
 
 
 def attachment_only() -> EmailMessage:
@@ -102,7 +114,11 @@ def through_redis(message: EmailMessage) -> tuple[Envelope, EmailMessage]:
 
 def with_fixed_headers(message: EmailMessage, envelope: Envelope) -> EmailMessage:
     """The original message as a synchronous send would render it with the same Date/Message-ID."""
-    fixed = {name: envelope.message["headers"][name] for name in ("Date", "Message-ID") if name in envelope.message["headers"]}
+    fixed = {
+        name: envelope.message["headers"][name]
+        for name in ("Date", "Message-ID")
+        if name in envelope.message["headers"]
+    }
     given = {name.lower() for name in message.extra_headers}
     message.extra_headers = {**{k: v for k, v in fixed.items() if k.lower() not in given}, **message.extra_headers}
     return message
@@ -136,7 +152,10 @@ def test_a_given_message_id_is_kept() -> None:
 
 def test_every_anymail_attribute_survives() -> None:
     message = AnymailMessage(
-        "Template", "body", "from@example.com", ["to@example.com", "two@example.com"],
+        "Template",
+        "body",
+        "from@example.com",
+        ["to@example.com", "two@example.com"],
         tags=["welcome", "onboarding"],
         metadata={"user_id": 42, "plan": "pro", "price": Decimal("9.90")},
         merge_data={"to@example.com": {"name": "Ann"}, "two@example.com": {"name": "Bo"}},
@@ -178,7 +197,10 @@ def test_payload_is_plain_json_with_a_version() -> None:
         (b"\x80garbage", "not a mapping"),
         ({"v": 99, "id": "x"}, "unknown envelope version 99"),
         ({"v": ENVELOPE_VERSION, "id": "x"}, "missing or has a bad field"),
-        ({"v": ENVELOPE_VERSION, "id": "x", "queue": "q", "mailer": "m", "created_at": 1, "message": []}, "not a mapping"),
+        (
+            {"v": ENVELOPE_VERSION, "id": "x", "queue": "q", "mailer": "m", "created_at": 1, "message": []},
+            "not a mapping",
+        ),
     ],
 )
 def test_unreadable_payloads_raise_one_envelope_error(payload: object, fragment: str) -> None:

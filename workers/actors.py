@@ -88,7 +88,6 @@ def declare(broker: RedisBroker, config: MailQueueConfig) -> dict[str, dramatiq.
             actors[queue.name] = broker.get_actor(name)
             continue
         actors[queue.name] = dramatiq.actor(
-            _deliverer(queue, config),
             actor_name=name,
             queue_name=queue.name,
             broker=broker,
@@ -96,7 +95,7 @@ def declare(broker: RedisBroker, config: MailQueueConfig) -> dict[str, dramatiq.
             min_backoff=queue.min_backoff,
             max_backoff=queue.max_backoff,
             time_limit=queue.time_limit,
-        )
+        )(_deliverer(queue, config))
     return actors
 
 

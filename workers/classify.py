@@ -60,11 +60,25 @@ def is_permanent(error: BaseException) -> bool:
     return False
 
 
+def _smtp_text(reply: bytes | str) -> str:
+    return reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+
+
+def describe(error: BaseException) -> str:
+    """A one-line reason an operator can read in the dead-letter list."""
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        refused = "; ".join(f"{rcpt}: {code} {_smtp_text(text)}" for rcpt, (code, text) in error.recipients.items())
+        return f"SMTPRecipientsRefused: {refused}"
+    if isinstance(error, smtplib.SMTPResponseException):
+        return f"{type(error).__name__}: {error.smtp_code} {_smtp_text(error.smtp_error)}"
+    return f"{type(error).__name__}: {error}"
+
+
 def classify(error: BaseException, *, provider: str, envelope_id: str) -> DeliveryError:
     """Wrap a provider's exception as a Transient- or PermanentDeliveryError."""
     kind = PermanentDeliveryError if is_permanent(error) else TransientDeliveryError
     return kind(
-        f"{type(error).__name__}: {error}",
+        describe(error),
         envelope_id=envelope_id,
         provider=provider,
         cause=error,

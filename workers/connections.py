@@ -36,7 +36,7 @@ class ProviderConnections(threading.local):
         if backend is not None:
             try:
                 backend.close()
-            except Exception:  # noqa: BLE001  (a broken connection may fail to close; it is dropped either way)
+            except Exception:
                 logger.debug("closing provider %r failed", alias, exc_info=True)
 
     def close_all(self) -> None:

@@ -21,10 +21,12 @@ DEPTH_COLUMNS = ("queue", "ready", "in_progress", "delayed", "dead")
 
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
 
 
-def _add_selectors(parser: CommandParser) -> None:
+def _add_selectors(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue", help="only this queue")
     parser.add_argument("--id", dest="ids", action="append", default=[], help="only this message id (repeatable)")
     parser.add_argument("--older-than", type=float, metavar="SECONDS", help="only letters dead for longer than this")

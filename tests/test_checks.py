@@ -1,0 +1,110 @@
+"""System checks name each misconfiguration and say what to fix."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.mail import send_mail
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+
+from mailqueue.checks import check_configuration
+from mailqueue.exceptions import MailQueueImproperlyConfigured
+
+SMTP = {"BACKEND": "django.core.mail.backends.smtp.EmailBackend"}
+QUEUED = "mailqueue.backend.EmailBackend"
+
+
+def errors(settings, mailqueue, mailers=None) -> dict[str, str]:
+    settings.MAILERS = mailers if mailers is not None else {"default": {"BACKEND": QUEUED}, "smtp": SMTP}
+    settings.MAILQUEUE = mailqueue
+    return {e.id: e.msg for e in check_configuration()}
+
+
+def test_a_valid_configuration_has_no_errors(settings) -> None:
+    assert errors(settings, {"QUEUES": {"default": {"providers": ["smtp"]}}}) == {}
+
+
+@pytest.mark.parametrize(
+    ("mailqueue", "mailers", "code", "fragment"),
+    [
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "QUEUS": {}},
+            None,
+            "mailqueue.E001",
+            "unknown key(s) 'QUEUS'",
+        ),
+        (None, None, "mailqueue.E002", "MAILQUEUE setting is missing"),
+        ({"QUEUES": {}}, None, "mailqueue.E002", "must name at least one queue"),
+        ({"QUEUES": {"default": {"providers": []}}}, None, "mailqueue.E003", "has no providers"),
+        ({"QUEUES": {"default": {"providers": ["ses"]}}}, None, "mailqueue.E004", "'ses', which is not in MAILERS"),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "PROVIDERS": {"ses": {}}},
+            None,
+            "mailqueue.E004",
+            "not in MAILERS",
+        ),
+        ({"QUEUES": {"default": {"providers": ["default"]}}}, None, "mailqueue.E005", "itself a queued mailer"),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}},
+            {"default": {"BACKEND": QUEUED, "OPTIONS": {"queue": "critical"}}, "smtp": SMTP},
+            "mailqueue.E006",
+            "enqueues onto 'critical', which is not in MAILQUEUE['QUEUES']",
+        ),
+        (
+            {"BROKER_URL": "http://nope", "QUEUES": {"default": {"providers": ["smtp"]}}},
+            None,
+            "mailqueue.E007",
+            "not a Redis URL",
+        ),
+        ({"QUEUES": {"bad name!": {"providers": ["smtp"]}}}, None, "mailqueue.E008", "Queue name 'bad name!'"),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "DEFAULT_QUEUE": "x"},
+            None,
+            "mailqueue.E008",
+            "DEFAULT_QUEUE",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "ROUTES": [{"tag": "n", "queue": "bulk"}]},
+            None,
+            "mailqueue.E009",
+            "routes to 'bulk'",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "ROUTES": ["no.such.module.fn"]},
+            None,
+            "mailqueue.E009",
+            "cannot import",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "ROUTES": [{"queue": "default"}]},
+            None,
+            "mailqueue.E009",
+            "exactly one of",
+        ),
+        ({"QUEUES": {"default": {"providers": ["smtp"], "max_retries": -1}}}, None, "mailqueue.E010", "max_retries"),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "POOLS": {"p": {"queues": ["nope"]}}},
+            None,
+            "mailqueue.E011",
+            "unknown queue(s) 'nope'",
+        ),
+    ],
+)
+def test_each_misconfiguration_is_reported(settings, mailqueue, mailers, code, fragment) -> None:
+    found = errors(settings, mailqueue, mailers)
+    assert code in found, found
+    assert fragment in found[code]
+
+
+def test_manage_py_check_fails_on_misconfiguration(settings) -> None:
+    settings.MAILERS = {"default": {"BACKEND": QUEUED}}
+    settings.MAILQUEUE = {"QUEUES": {"default": {"providers": ["postmark"]}}}
+    with pytest.raises(SystemCheckError, match="mailqueue.E004"):
+        call_command("check")
+
+
+def test_sending_with_a_broken_configuration_raises_improperly_configured(settings) -> None:
+    settings.MAILERS = {"default": {"BACKEND": QUEUED}}
+    settings.MAILQUEUE = {"QUEUES": {"default": {"providers": ["postmark"]}}}
+    with pytest.raises(MailQueueImproperlyConfigured, match="mailqueue.E004"):
+        send_mail("s", "b", None, ["a@example.com"])

@@ -1,0 +1,224 @@
+"""End to end: send_mail() -> Redis -> a real Dramatiq worker -> a real provider."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from anymail.message import AnymailMessage
+from django.core.mail import EmailMessage, EmailMultiAlternatives, mailers, send_mail
+
+from mailqueue import deadletters
+from mailqueue.broker import QueueKeys, actor_name, redis_client
+from mailqueue.monitoring import queue_depths
+from tests.mime import structure
+from tests.servers import free_port
+
+
+def depth(queue: str):
+    return next(d for d in queue_depths() if d.queue == queue)
+
+
+def test_smtp_receives_what_a_synchronous_send_would_have_sent(smtp_setup, run_worker) -> None:
+    message = EmailMultiAlternatives(
+        "Grüße ✓",
+        "Text body äöü",
+        '"Zoë" <zoe@example.com>',
+        ["Ann <ann@example.com>"],
+        cc=["cc@example.com"],
+        bcc=["bcc@example.com"],
+        reply_to=["r@example.com"],
+        headers={"X-Kind": "test"},
+    )
+    message.attach_alternative("<p>HTML</p>", "text/html")
+    message.attach("report.pdf", b"%PDF\x00\xff binary", "application/pdf")
+    message.send(using="transactional")
+    with run_worker() as worker:
+        worker.drain()
+    (queued,) = smtp_setup.wait_for(1)
+    # The same message sent synchronously through the same provider, with the same Date/Message-ID.
+    fixed = {"Date": queued.parsed["Date"], "Message-ID": queued.parsed["Message-ID"]}
+    message.extra_headers = {**fixed, **message.extra_headers}
+    assert mailers["smtp"].send_messages([message]) == 1
+    queued, synchronous = smtp_setup.wait_for(2)
+    assert structure(queued.parsed) == structure(synchronous.parsed)
+    assert (
+        sorted(queued.rcpt_tos)
+        == sorted(synchronous.rcpt_tos)
+        == ["ann@example.com", "bcc@example.com", "cc@example.com"]
+    )
+    assert queued.mail_from == synchronous.mail_from == "zoe@example.com"
+
+
+def test_one_smtp_session_is_reused_across_messages(smtp_setup, run_worker) -> None:
+    mailers["bulk"].send_messages([EmailMessage(f"m{i}", "b", None, [f"r{i}@example.com"]) for i in range(30)])
+    with run_worker(threads=1) as worker:
+        worker.drain()
+    assert len(smtp_setup.wait_for(30)) == 30
+    assert smtp_setup.handler.sessions == 1
+
+
+def test_anymail_esp_receives_the_message_over_one_keep_alive_connection(configure, postmark_api, run_worker) -> None:
+    configure(providers={"postmark": postmark_api.mailer()})
+    for i in range(5):
+        AnymailMessage(
+            f"Welcome {i}",
+            "body",
+            "from@example.com",
+            [f"user{i}@example.com"],
+            tags=["welcome"],
+            metadata={"user": i},
+            track_opens=True,
+            headers={"X-Kind": "welcome"},
+        ).send(using="transactional")
+    with run_worker(threads=1) as worker:
+        worker.drain()
+    requests = postmark_api.wait_for(5)
+    assert len(requests) == 5
+    first = requests[0].body
+    assert first["Subject"] == "Welcome 0"
+    assert first["Tag"] == "welcome"
+    assert first["Metadata"] == {"user": "0"} or first["Metadata"] == {"user": 0}
+    assert first["TrackOpens"] is True
+    headers = {h["Name"]: h["Value"] for h in first["Headers"]}
+    assert headers["X-Kind"] == "welcome"
+    assert "Message-ID" in headers and "Date" in headers  # fixed at send time, sent as-is
+    assert requests[0].headers["X-Postmark-Server-Token"] == "test-token"
+    assert len(postmark_api.connections) == 1
+
+
+def test_transient_smtp_failures_are_retried_inside_the_attempt(smtp_setup, run_worker) -> None:
+    smtp_setup.handler.replies.extend(["451 4.3.0 try again later"])
+    send_mail("retry me", "b", None, ["a@example.com"])
+    with run_worker() as worker:
+        worker.drain()
+    assert [m.parsed["Subject"] for m in smtp_setup.wait_for(1)] == ["retry me"]
+    assert depth("default").dead == 0
+
+
+def test_failover_to_the_next_provider_when_the_primary_is_down(configure, smtp_server, run_worker) -> None:
+    down = {
+        "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+        "OPTIONS": {"host": "127.0.0.1", "port": free_port(), "timeout": 2},
+    }
+    configure(providers={"primary": down, "secondary": smtp_server.mailer()})
+    send_mail("failover", "b", None, ["a@example.com"], using="transactional")
+    with run_worker() as worker:
+        worker.drain()
+    assert [m.parsed["Subject"] for m in smtp_server.wait_for(1)] == ["failover"]
+
+
+def test_failover_from_an_esp_answering_5xx_to_smtp(configure, postmark_api, smtp_server, run_worker) -> None:
+    configure(providers={"postmark": postmark_api.mailer(), "smtp": smtp_server.mailer()})
+    postmark_api.responses.extend([(503, {"ErrorCode": 0, "Message": "down"})] * 2)
+    send_mail("via smtp", "b", None, ["a@example.com"])
+    with run_worker() as worker:
+        worker.drain()
+    assert len(postmark_api.requests) == 2  # the in-attempt retries
+    assert [m.parsed["Subject"] for m in smtp_server.wait_for(1)] == ["via smtp"]
+
+
+def test_dramatiq_retries_later_when_every_provider_fails(smtp_setup, run_worker) -> None:
+    smtp_setup.handler.replies.extend(["451 busy"] * 2)  # both in-attempt tries of the first attempt
+    send_mail("second attempt", "b", None, ["a@example.com"])
+    with run_worker() as worker:
+        worker.drain()
+    assert [m.parsed["Subject"] for m in smtp_setup.wait_for(1)] == ["second attempt"]
+    assert depth("default").dead == 0
+
+
+def test_permanent_rejection_is_not_retried_and_is_dead_lettered(smtp_setup, run_worker) -> None:
+    smtp_setup.handler.rcpt_replies["gone@example.com"] = "550 5.1.1 no such user"
+    send_mail("bounce", "b", None, ["gone@example.com"])
+    with run_worker() as worker:
+        worker.drain()
+    (letter,) = deadletters.iter_dead("default")
+    assert letter.attempts == 1
+    assert letter.error_type == "PermanentDeliveryError"
+    assert "550" in letter.reason and "SMTPRecipientsRefused" in letter.reason
+    assert letter.provider == "smtp"
+    assert smtp_setup.received == []
+    assert depth("default").dead == 1
+
+
+def test_esp_recipient_refusal_is_permanent(configure, postmark_api, run_worker) -> None:
+    configure(providers={"postmark": postmark_api.mailer()})
+    postmark_api.responses.append(
+        (
+            422,
+            {
+                "ErrorCode": 406,
+                "Message": "You tried to send to a recipient that has been marked as inactive.\n"
+                "Found inactive addresses: gone@example.com.\nInactive recipients are ones that have generated a hard bounce.",
+            },
+        )
+    )
+    send_mail("inactive", "b", None, ["gone@example.com"])
+    with run_worker() as worker:
+        worker.drain()
+    (letter,) = deadletters.iter_dead("default")
+    assert "AnymailRecipientsRefused" in letter.reason
+    assert len(postmark_api.requests) == 1
+
+
+def test_exhausted_retries_end_in_the_dead_letter_queue_with_the_last_error(configure, run_worker) -> None:
+    down = {
+        "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+        "OPTIONS": {"host": "127.0.0.1", "port": free_port(), "timeout": 2},
+    }
+    configure(providers={"down": down})
+    send_mail("never", "b", None, ["a@example.com"], using="bulk")  # bulk: max_retries=1
+    with run_worker() as worker:
+        worker.drain()
+    (letter,) = deadletters.iter_dead("bulk")
+    assert letter.attempts == 2
+    assert letter.error_type == "AllProvidersFailed"
+    assert "Connection refused" in letter.reason or "ConnectionRefusedError" in letter.reason
+    assert letter.subject == "never"
+    assert depth("bulk").dead == 1 and depth("bulk").ready == 0
+
+
+def test_a_poison_payload_is_dead_lettered_and_the_worker_keeps_going(smtp_setup, run_worker, namespace) -> None:
+    keys = QueueKeys.of(namespace, "default")
+    poison = {
+        "queue_name": "default",
+        "actor_name": actor_name("default"),
+        "args": [{"v": 99}],
+        "kwargs": {},
+        "options": {"redis_message_id": "poison-1"},
+        "message_id": "poison-1",
+        "message_timestamp": 0,
+    }
+    redis_client().hset(keys.messages, "poison-1", json.dumps(poison))
+    redis_client().rpush(keys.ready, "poison-1")
+    send_mail("after poison", "b", None, ["a@example.com"])
+    with run_worker() as worker:
+        worker.drain()
+    (letter,) = deadletters.iter_dead("default")
+    assert "unknown envelope version 99" in letter.reason
+    assert [m.parsed["Subject"] for m in smtp_setup.wait_for(1)] == ["after poison"]
+
+
+def test_requeued_dead_letters_are_delivered(smtp_setup, run_worker) -> None:
+    smtp_setup.handler.rcpt_replies["later@example.com"] = "550 not yet"
+    send_mail("second chance", "b", None, ["later@example.com"])
+    with run_worker() as worker:
+        worker.drain()
+        assert depth("default").dead == 1
+        del smtp_setup.handler.rcpt_replies["later@example.com"]
+        assert deadletters.requeue(deadletters.iter_dead("default")) == 1
+        worker.drain()
+    assert [m.parsed["Subject"] for m in smtp_setup.wait_for(1)] == ["second chance"]
+    assert depth("default").dead == 0
+
+
+@pytest.mark.parametrize("queue", ["critical", "default", "bulk"])
+def test_each_queue_is_drained_by_its_own_actor(smtp_setup, run_worker, queue) -> None:
+    message = EmailMessage(f"to {queue}", "b", None, ["a@example.com"])
+    message.queue = queue
+    message.send()
+    assert depth(queue).ready == 1
+    with run_worker() as worker:
+        worker.drain()
+    assert depth(queue).ready == 0
+    assert [m.parsed["Subject"] for m in smtp_setup.wait_for(1)] == [f"to {queue}"]
