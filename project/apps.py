@@ -10,8 +10,10 @@ from django.db.models.signals import post_migrate
 DEMO_USER_EMAIL = "demo@example.com"
 
 
-def create_demo_user(sender: Any, **kwargs: Any) -> None:
-    """A user whose password can be reset from the demo page."""
+def create_demo_user(sender: AppConfig, **kwargs: Any) -> None:
+    """A user whose password can be reset from the demo page (once auth's tables exist)."""
+    if sender.label != "auth":
+        return
     from django.contrib.auth import get_user_model  # noqa: PLC0415  (models load after apps)
 
     user_model = get_user_model()
@@ -24,4 +26,5 @@ class ProjectConfig(AppConfig):
     verbose_name = "mailqueue demo"
 
     def ready(self) -> None:
-        post_migrate.connect(create_demo_user, sender=self)
+        # Sent per app that has models; this app has none, so listen for auth's.
+        post_migrate.connect(create_demo_user, dispatch_uid="mailqueue-demo-user")
