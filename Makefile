@@ -19,7 +19,8 @@ run: $(BIN)/.installed
 	mkdir -p var/mailbox
 	$(BIN)/python manage.py migrate --verbosity 0
 	$(BIN)/python manage.py check
-	@if [ -z "$${REDIS_URL:-}" ]; then \
+	@export DJANGO_SETTINGS_MODULE="$${DJANGO_SETTINGS_MODULE:-project.settings}"; \
+	if [ -z "$${REDIS_URL:-}" ]; then \
 	  export REDIS_SERVER="$$(.ci/redis-server-path)" REDIS_URL="redis://127.0.0.1:$(LOCAL_REDIS_PORT)/0" LOCAL_REDIS_PORT=$(LOCAL_REDIS_PORT); \
 	  echo "Open http://127.0.0.1:8000/  (private Redis on port $(LOCAL_REDIS_PORT))"; \
 	  PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start; \

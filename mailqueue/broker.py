@@ -151,11 +151,15 @@ def queue_messages(envelopes: Iterable[Envelope]) -> None:
     push([encode(envelope) for envelope in envelopes])
 
 
+def new_broker() -> RedisBroker:
+    """A new Dramatiq broker on ``redis_client()`` (tests and tools that need their own)."""
+    return RedisBroker(client=redis_client(), namespace=get_config().namespace)  # type: ignore[no-untyped-call]
+
+
 @cache
 def get_broker() -> RedisBroker:
-    """The Dramatiq broker workers consume from, sharing ``redis_client()``."""
-    config = get_config()
-    return RedisBroker(client=redis_client(), namespace=config.namespace)  # type: ignore[no-untyped-call]
+    """The process's Dramatiq broker that workers consume from."""
+    return new_broker()
 
 
 on_config_reset(get_broker.cache_clear)

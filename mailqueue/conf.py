@@ -202,7 +202,7 @@ class _Reader:
             self.problem(
                 "mailqueue.E008",
                 f"MAILQUEUE['NAMESPACE'] {namespace!r} is not a valid Redis key prefix.",
-                hint="Use letters, digits, '.', '_' or '-', starting with a letter.",
+                hint="Use letters, digits, '.', '_' or '-', starting with a letter or '_'.",
             )
             namespace = DEFAULT_NAMESPACE
 
@@ -227,10 +227,14 @@ class _Reader:
             on_commit = True
         on_commit_using = raw.get("ON_COMMIT_USING", "default")
         databases = getattr(settings, "DATABASES", {})
-        if on_commit and on_commit_using not in databases:
+        wants_on_commit = on_commit or any(
+            (entry.get("OPTIONS") or {}).get("on_commit") for entry in queued_mailers().values()
+        )
+        if wants_on_commit and on_commit_using not in databases:
             self.problem(
                 "mailqueue.E010",
                 f"MAILQUEUE['ON_COMMIT_USING'] is {on_commit_using!r}, not a DATABASES alias.",
+                hint="Name a DATABASES alias, or set ON_COMMIT to False if the project has no database.",
             )
         pools = self.read_pools(raw.get("POOLS"), queues)
 
@@ -297,6 +301,8 @@ class _Reader:
             for key, minimum in (("max_retries", 0), ("min_backoff", 1), ("max_backoff", 1), ("time_limit", 1)):
                 if key in spec and self.positive_int(f"{where}[{key!r}]", spec[key], minimum=minimum):
                     options[key] = spec[key]
+            if options.get("min_backoff", 15_000) > options.get("max_backoff", 3_600_000):
+                self.problem("mailqueue.E010", f"{where}: min_backoff is larger than max_backoff.")
             queues[name] = QueueConfig(name=name, providers=tuple(providers), **options)
         return queues
 
@@ -321,6 +327,8 @@ class _Reader:
                         self.problem("mailqueue.E010", f"{where}[{key!r}] must be seconds >= 0.")
                     else:
                         options[key] = float(value)
+            if options.get("wait_min", 0.1) > options.get("wait_max", 2.0):
+                self.problem("mailqueue.E010", f"{where}: wait_min is larger than wait_max.")
             providers[alias] = ProviderConfig(alias=alias, **options)
             if alias not in _mailers():
                 self.problem(
@@ -352,6 +360,9 @@ class _Reader:
                 continue
             if "callable" in spec:
                 path = spec["callable"]
+                if not (callable(path) or isinstance(path, str)):
+                    self.problem("mailqueue.E009", f"{where}: 'callable' must be a dotted path or a callable.")
+                    continue
                 try:
                     function = path if callable(path) else import_string(path)
                 except ImportError as error:
@@ -399,6 +410,14 @@ class _Reader:
                 if key in spec and self.positive_int(f"{where}[{key!r}]", spec[key]):
                     options[key] = spec[key]
             pools[name] = PoolConfig(name=name, queues=tuple(pool_queues), **options)
+        consumed = {queue for pool in pools.values() for queue in pool.queues}
+        for queue in queues:
+            if queue not in consumed:
+                self.problem(
+                    "mailqueue.E011",
+                    f"Queue {queue!r} is in no pool of MAILQUEUE['POOLS'], so no worker would ever deliver it.",
+                    hint=f"Add it to a pool's 'queues', e.g. {{{queue!r}: {{'queues': [{queue!r}]}}}}.",
+                )
         return pools
 
     def check_mailers(self, queues: Mapping[str, QueueConfig]) -> None:
@@ -421,6 +440,8 @@ class _Reader:
                     )
         for alias, entry in queued_mailers().items():
             options = entry.get("OPTIONS") or {}
+            if not isinstance(options.get("on_commit", False), bool):
+                self.problem("mailqueue.E006", f"MAILERS[{alias!r}] OPTIONS 'on_commit' must be True or False.")
             target = options.get("queue")
             if target is not None and target not in queues:
                 self.problem(

@@ -2,8 +2,8 @@
 
 Kept in Redis per queue (a sorted set by time plus a hash of records) until an
 operator requeues or purges them; nothing here expires on its own. Dramatiq's
-own dead-letter set is not used: it keeps the payload as first enqueued, not
-the last error, and expires after a week.
+own dead-letter set is not used: it keeps the payload as enqueued for the last
+attempt, without that attempt's error, and expires after a week.
 """
 
 from __future__ import annotations

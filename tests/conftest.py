@@ -110,6 +110,7 @@ class WorkerRunner:
 
     def __init__(self, threads: int = 2) -> None:
         self.broker = worker_broker()
+        self.broker.emit_after("process_boot")  # as Dramatiq's CLI does: starts the time-limit monitor
         self.worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=50)
 
     def __enter__(self) -> WorkerRunner:

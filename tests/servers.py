@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import json
@@ -43,6 +44,7 @@ class RecordingSMTPHandler:
         self.replies: deque[str] = deque()
         self.rcpt_replies: dict[str, str] = {}
         self.sessions = 0
+        self.stall_seconds = 0.0
         self.lock = threading.Lock()
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
@@ -59,6 +61,8 @@ class RecordingSMTPHandler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.stall_seconds:
+            await asyncio.sleep(self.stall_seconds)
         with self.lock:
             if self.replies:
                 return self.replies.popleft()

@@ -12,7 +12,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_bench_smoke_run_prints_ratios(redis_url) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--redis-url", redis_url],
-        cwd=ROOT, capture_output=True, text=True, check=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     assert "ratio (ours/locmem) median" in result.stdout
     assert "messages/s" in result.stdout

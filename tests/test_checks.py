@@ -10,14 +10,17 @@ from django.core.management.base import SystemCheckError
 from mailqueue.checks import check_configuration
 from mailqueue.exceptions import MailQueueImproperlyConfigured
 
-SMTP = {"BACKEND": "django.core.mail.backends.smtp.EmailBackend"}
+SMTP = {"BACKEND": "django.core.mail.backends.smtp.EmailBackend", "OPTIONS": {"host": "127.0.0.1"}}
 QUEUED = "mailqueue.backend.EmailBackend"
 
 
 def errors(settings, mailqueue, mailers=None) -> dict[str, str]:
     settings.MAILERS = mailers if mailers is not None else {"default": {"BACKEND": QUEUED}, "smtp": SMTP}
     settings.MAILQUEUE = mailqueue
-    return {e.id: e.msg for e in check_configuration()}
+    found: dict[str, str] = {}
+    for error in check_configuration():
+        found[error.id] = f"{found[error.id]} | {error.msg}" if error.id in found else error.msg
+    return found
 
 
 def test_a_valid_configuration_has_no_errors(settings) -> None:
@@ -87,6 +90,45 @@ def test_a_valid_configuration_has_no_errors(settings) -> None:
             None,
             "mailqueue.E011",
             "unknown queue(s) 'nope'",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"], "min_backoff": 10, "max_backoff": 5}}},
+            None,
+            "mailqueue.E010",
+            "min_backoff is larger",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "PROVIDERS": {"smtp": {"wait_min": 3, "wait_max": 1}}},
+            None,
+            "mailqueue.E010",
+            "wait_min is larger",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "ROUTES": [{"callable": 42}]},
+            None,
+            "mailqueue.E009",
+            "dotted path or a callable",
+        ),
+        (
+            {
+                "QUEUES": {"default": {"providers": ["smtp"]}, "bulk": {"providers": ["smtp"]}},
+                "POOLS": {"p": {"queues": ["default"]}},
+            },
+            None,
+            "mailqueue.E011",
+            "Queue 'bulk' is in no pool",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}},
+            {"default": {"BACKEND": QUEUED, "OPTIONS": {"on_commit": "yes"}}, "smtp": SMTP},
+            "mailqueue.E006",
+            "'on_commit' must be True or False",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["postmark"]}}},
+            {"default": {"BACKEND": QUEUED}, "postmark": {"BACKEND": "anymail.backends.postmark.EmailBackend"}},
+            "mailqueue.E012",
+            "Provider MAILERS['postmark'] cannot be created",
         ),
     ],
 )

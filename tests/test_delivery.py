@@ -222,3 +222,35 @@ def test_each_queue_is_drained_by_its_own_actor(smtp_setup, run_worker, queue) -
         worker.drain()
     assert depth(queue).ready == 0
     assert [m.parsed["Subject"] for m in smtp_setup.wait_for(1)] == [f"to {queue}"]
+
+
+def test_an_esp_refusing_our_credentials_fails_over_instead_of_dead_lettering(
+    configure, postmark_api, smtp_server, run_worker
+) -> None:
+    configure(providers={"postmark": postmark_api.mailer(), "smtp": smtp_server.mailer()})
+    postmark_api.responses.extend([(401, {"ErrorCode": 10, "Message": "Bad or missing server token."})] * 2)
+    send_mail("token revoked", "b", None, ["a@example.com"])
+    with run_worker() as worker:
+        worker.drain()
+    assert [m.parsed["Subject"] for m in smtp_server.wait_for(1)] == ["token revoked"]
+    assert depth("default").dead == 0
+
+
+def test_a_stalled_last_attempt_is_dead_lettered_by_mailqueue_not_lost_to_dramatiq(
+    configure, smtp_server, run_worker, redis_client, namespace
+) -> None:
+    configure(
+        providers={"smtp": smtp_server.mailer()},
+        queues={
+            "critical": {"providers": ["smtp"]},
+            "default": {"providers": ["smtp"], "max_retries": 0, "time_limit": 200},
+            "bulk": {"providers": ["smtp"]},
+        },
+    )
+    smtp_server.handler.stall_seconds = 3
+    send_mail("too slow", "b", None, ["a@example.com"])
+    with run_worker() as worker:
+        worker.drain()
+    (letter,) = deadletters.iter_dead("default")
+    assert letter.error_type == "TimeLimitExceeded"
+    assert not redis_client.exists(f"{namespace}:default.XQ")  # nothing in Dramatiq's expiring set

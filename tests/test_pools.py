@@ -52,6 +52,16 @@ def test_dry_run_prints_the_dramatiq_command(namespace, redis_url, smtp_server) 
     ]
 
 
+def test_a_pool_refuses_to_guess_the_settings_module(namespace, redis_url, smtp_server) -> None:
+    env = pool_env(namespace, redis_url, smtp_server)
+    del env["DJANGO_SETTINGS_MODULE"]
+    result = subprocess.run(
+        [sys.executable, "-m", "workers", "bulk"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "set DJANGO_SETTINGS_MODULE" in result.stderr
+
+
 def test_unknown_pool_names_the_configured_ones(namespace, redis_url, smtp_server) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "workers", "nope"],

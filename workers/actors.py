@@ -2,8 +2,10 @@
 
 Each actor decodes the envelope, runs the delivery pipeline, and owns the
 outcome: delivered (ack), permanent failure or undecodable payload (dead
-letter now), transient failure (raise, so Dramatiq retries with exponential
-backoff), transient failure on the last allowed attempt (dead letter).
+letter now), transient failure or time limit (raise, so Dramatiq retries with
+exponential backoff), the same on the last allowed attempt (dead letter).
+If recording the dead letter itself fails (Redis away), the error propagates
+and Dramatiq retries the message: it is attempted once more, never dropped.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import CurrentMessage
+from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
 
-from mailqueue.broker import actor_name, get_broker
+from mailqueue.broker import actor_name, get_broker, new_broker
 from mailqueue.conf import MailQueueConfig, QueueConfig, get_config
 from mailqueue.deadletters import DeadLetter, record
 from mailqueue.envelope import Envelope
@@ -58,7 +60,7 @@ def process(payload: Any, queue: QueueConfig, config: MailQueueConfig) -> str | 
     except (EnvelopeError, PermanentDeliveryError) as error:
         dead_letter(queue.name, message_id, payload, error, attempts)
         return None
-    except Exception as error:
+    except (Exception, TimeLimitExceeded) as error:
         if retries >= queue.max_retries:
             dead_letter(queue.name, message_id, payload, error, attempts)
             return None
@@ -91,7 +93,9 @@ def declare(broker: RedisBroker, config: MailQueueConfig) -> dict[str, dramatiq.
             actor_name=name,
             queue_name=queue.name,
             broker=broker,
-            max_retries=queue.max_retries,
+            # The actor dead-letters on its last attempt itself; Dramatiq must never
+            # fail the message into its own expiring dead-letter set instead.
+            max_retries=None,
             min_backoff=queue.min_backoff,
             max_backoff=queue.max_backoff,
             time_limit=queue.time_limit,
@@ -99,9 +103,13 @@ def declare(broker: RedisBroker, config: MailQueueConfig) -> dict[str, dramatiq.
     return actors
 
 
-def worker_broker() -> RedisBroker:
-    """The configured broker with every queue's actor declared: what workers run."""
-    broker = get_broker()
+def worker_broker(*, fresh: bool = False) -> RedisBroker:
+    """The configured broker with every queue's actor declared: what workers run.
+
+    ``fresh=True`` builds a new broker instead of the process-wide one, so a
+    test's short-lived worker leaves no middleware behind on the shared broker.
+    """
+    broker = new_broker() if fresh else get_broker()
     declare(broker, get_config())
     dramatiq.set_broker(broker)
     return broker

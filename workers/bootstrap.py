@@ -9,7 +9,8 @@ import os
 
 import django
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+if not os.environ.get("DJANGO_SETTINGS_MODULE"):
+    raise RuntimeError("set DJANGO_SETTINGS_MODULE to your project's settings before starting workers")
 django.setup()
 
 from .actors import worker_broker  # noqa: E402  (needs Django set up first)

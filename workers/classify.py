@@ -3,7 +3,9 @@
 Only failures that retrying can never fix are permanent: the provider refused
 every recipient or the message content with a 5xx, or anymail judged the
 message invalid. Everything else, including errors we do not recognise, is
-transient, so a surprise costs a retry rather than a lost message.
+transient, so a surprise costs a retry rather than a lost message. A
+provider's configuration error is transient too: the next provider in the
+chain can still deliver, and the error is logged loudly (see delivery.py).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from anymail.exceptions import (
 
 from mailqueue.exceptions import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 
-#: HTTP statuses that mean "try again later".
-TRANSIENT_HTTP_STATUSES = frozenset({408, 409, 425, 429})
+#: HTTP 4xx statuses that are about the provider, not the message: try again
+#: later (408, 409, 425, 429) or fail over (401, 403, 404: credentials, account, API URL).
+TRANSIENT_HTTP_STATUSES = frozenset({401, 403, 404, 408, 409, 425, 429})
 
 _PERMANENT_ANYMAIL = (
     AnymailRecipientsRefused,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import EmailMessage
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -31,6 +32,10 @@ def send_once(alias: str, message: EmailMessage, envelope_id: str) -> None:
     except Exception as error:
         connections.discard(alias)
         raise classify(error, provider=alias, envelope_id=envelope_id) from error
+    except BaseException:
+        # Interrupted mid-send (time limit, shutdown): the connection is in an unknown state.
+        connections.discard(alias)
+        raise
     if sent != 1:
         connections.discard(alias)
         raise TransientDeliveryError(
@@ -42,7 +47,7 @@ def send_with_retries(provider: ProviderConfig, message: EmailMessage, envelope_
     """``send_once`` with quick in-attempt retries of transient failures."""
     retrying = Retrying(
         stop=stop_after_attempt(provider.attempts),
-        wait=wait_exponential(min=provider.wait_min, max=provider.wait_max),
+        wait=wait_exponential(multiplier=provider.wait_min, max=provider.wait_max),
         retry=retry_if_exception_type(TransientDeliveryError),
         reraise=True,
     )
@@ -63,7 +68,10 @@ def deliver(envelope: Envelope, config: MailQueueConfig) -> str:
         try:
             send_with_retries(config.provider(alias), message, envelope.id)
         except TransientDeliveryError as error:
-            logger.warning("provider %s failed for %s, trying the next one: %s", alias, envelope.id, error)
+            if isinstance(error.cause, ImproperlyConfigured):
+                logger.error("provider %s is misconfigured, failing over: %s", alias, error.cause, exc_info=error.cause)
+            else:
+                logger.warning("provider %s failed for %s, trying the next one: %s", alias, envelope.id, error)
             failures.append(error)
             continue
         return alias

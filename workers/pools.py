@@ -61,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the dramatiq command instead of running it")
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+    if not os.environ.get("DJANGO_SETTINGS_MODULE"):
+        raise SystemExit("set DJANGO_SETTINGS_MODULE to your project's settings (e.g. mysite.settings)")
     django.setup()
     pool = select_pool(get_config(), args.pool, args.queues)
     command = dramatiq_argv(pool, processes=args.processes, threads=args.threads)

@@ -18,7 +18,8 @@ def deliver_queued(*, timeout: float = 30.0, threads: int = 1) -> None:
     Raises ``dramatiq.errors.QueueJoinTimeout`` if the queues are not empty
     within ``timeout`` seconds (e.g. a long retry backoff is configured).
     """
-    broker = worker_broker()
+    broker = worker_broker(fresh=True)
+    broker.emit_after("process_boot")  # as Dramatiq's CLI does: starts the time-limit monitor
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=50)
     worker.start()
     try:

@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -71,7 +71,7 @@ class Command(BaseCommand):
             return
         rows = [["id", "queue", "failed_at", "attempts", "subject", "reason"]]
         for letter in letters:
-            failed_at = datetime.fromtimestamp(letter.failed_at).isoformat(timespec="seconds")
+            failed_at = datetime.fromtimestamp(letter.failed_at, UTC).isoformat(timespec="seconds")
             rows.append(
                 [letter.id, letter.queue, failed_at, str(letter.attempts), letter.subject[:40], letter.reason[:120]]
             )
