@@ -1,0 +1,76 @@
+"""The queued email backend: validate, route, serialize, enqueue. Never deliver."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+from django.core.mail import EmailMessage
+from django.core.mail.backends.base import BaseEmailBackend
+from django.db import connections, transaction
+
+from .broker import EncodedMessage, encode, push
+from .conf import get_config
+from .envelope import Envelope
+from .exceptions import MailQueueError, MessageTooLarge
+from .routing import choose_queue
+from .validation import validate_message
+
+
+class EmailBackend(BaseEmailBackend):
+    """Queues messages on Redis for mailqueue's worker pools to deliver."""
+
+    def __init__(self, *, queue: str | None = None, on_commit: bool | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.queue = queue
+        self.on_commit = on_commit
+
+    def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
+        """Enqueue every message with recipients; return how many were accepted.
+
+        Raises an InvalidMessage subclass for bad input and BrokerUnavailable
+        when Redis refuses the batch; in both cases nothing of the batch is queued.
+        """
+        try:
+            return self._enqueue(email_messages)
+        except MailQueueError:
+            # RemovedInDjango2028: the deprecated fail_silently contract.
+            if getattr(self, "_fail_silently", False):
+                return 0
+            raise
+
+    def _enqueue(self, email_messages: Sequence[EmailMessage]) -> int:
+        config = get_config()
+        mailer = getattr(self, "alias", None) or "default"
+        mailer_queue = self.queue
+        batch: list[EncodedMessage] = []
+        accepted: list[tuple[EmailMessage, Envelope]] = []
+        for message in email_messages:
+            if not message.recipients():
+                continue
+            validate_message(message)
+            queue = choose_queue(message, mailer_queue, config)
+            envelope = Envelope.from_message(message, queue=queue, mailer=mailer)
+            encoded = encode(envelope)
+            if len(encoded.data) > config.max_message_bytes:
+                raise MessageTooLarge(
+                    f"Message {message.subject!r} is {len(encoded.data)} bytes once encoded, over "
+                    f"MAILQUEUE['MAX_MESSAGE_BYTES'] = {config.max_message_bytes}."
+                )
+            batch.append(encoded)
+            accepted.append((message, envelope))
+        if not batch:
+            return 0
+        on_commit = config.on_commit if self.on_commit is None else self.on_commit
+        if on_commit and connections[config.on_commit_using].in_atomic_block:
+            transaction.on_commit(partial(push, batch), using=config.on_commit_using)
+        else:
+            push(batch)
+        for message, envelope in accepted:
+            message.mailqueue_id = envelope.id  # type: ignore[attr-defined]
+        return len(batch)
+
+
+#: The name used in MAILERS examples; Django's convention is ``EmailBackend``.
+QueuedEmailBackend = EmailBackend

@@ -1,0 +1,165 @@
+"""Redis: the one client, the key names, the enqueue, and the Dramatiq broker.
+
+Enqueueing writes exactly what Dramatiq's own ``RedisBroker.enqueue`` writes
+(the encoded message into ``<ns>:<queue>.msgs`` and its id onto the
+``<ns>:<queue>`` list), but for a whole batch in one Lua script call: one
+command, one reply, and Redis runs it atomically, so no worker ever sees half
+a batch. (A MULTI/EXEC pipeline is also one round trip, but its four replies
+cost the request an extra read.)
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from redis.commands.core import Script
+
+from .conf import get_config, on_config_reset
+from .envelope import Envelope
+from .exceptions import BrokerUnavailable
+
+#: Client defaults: fail fast instead of hanging a request when Redis is away.
+CLIENT_DEFAULTS: dict[str, Any] = {
+    "socket_connect_timeout": 2.0,
+    "socket_timeout": 5.0,
+    "health_check_interval": 30,
+}
+
+
+def actor_name(queue: str) -> str:
+    """The Dramatiq actor that delivers ``queue``'s messages."""
+    return f"mailqueue.deliver.{queue}"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """Dramatiq's Redis key layout for one queue, plus mailqueue's dead letters."""
+
+    ready: str
+    messages: str
+    delayed: str
+    delayed_messages: str
+    dead: str
+    dead_messages: str
+
+    @classmethod
+    def of(cls, namespace: str, queue: str) -> QueueKeys:
+        base = f"{namespace}:{queue}"
+        return cls(
+            ready=base,
+            messages=f"{base}.msgs",
+            delayed=f"{base}.DQ",
+            delayed_messages=f"{base}.DQ.msgs",
+            dead=f"{namespace}:dead:{queue}",
+            dead_messages=f"{namespace}:dead:{queue}.msgs",
+        )
+
+
+@cache
+def redis_client() -> redis.Redis:
+    """The process-wide Redis client (thread-safe, pooled) built from settings."""
+    config = get_config()
+    return redis.Redis.from_url(config.broker_url, **{**CLIENT_DEFAULTS, **config.broker_options})
+
+
+on_config_reset(redis_client.cache_clear)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedMessage:
+    """A Dramatiq message, encoded, ready for Redis."""
+
+    queue: str
+    redis_id: str
+    data: bytes
+
+
+def encode(envelope: Envelope) -> EncodedMessage:
+    """Wrap ``envelope`` as a message for its queue's delivery actor."""
+    redis_id = str(uuid.uuid4())
+    message: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name=envelope.queue,
+        actor_name=actor_name(envelope.queue),
+        args=(envelope.encode(),),
+        kwargs={},
+        options={"redis_message_id": redis_id},
+        message_id=envelope.id,
+        message_timestamp=int(envelope.created_at * 1000),
+    )
+    return EncodedMessage(queue=envelope.queue, redis_id=redis_id, data=message.encode())
+
+
+#: KEYS: (messages hash, ready list) per queue; ARGV: the message count per
+#: queue, then (redis id, data) pairs in the same order.
+ENQUEUE_SCRIPT = """
+local arg = #KEYS / 2 + 1
+for queue = 1, #KEYS / 2 do
+  local messages, ready = KEYS[2 * queue - 1], KEYS[2 * queue]
+  for _ = 1, tonumber(ARGV[queue]) do
+    redis.call("hset", messages, ARGV[arg], ARGV[arg + 1])
+    redis.call("rpush", ready, ARGV[arg])
+    arg = arg + 2
+  end
+end
+return (arg - #KEYS / 2 - 1) / 2
+"""
+
+
+@cache
+def _enqueue_script() -> Script:
+    return redis_client().register_script(ENQUEUE_SCRIPT)
+
+
+on_config_reset(_enqueue_script.cache_clear)
+
+
+def push(batch: Sequence[EncodedMessage]) -> None:
+    """Queue every message of ``batch`` in one atomic round trip."""
+    if not batch:
+        return
+    namespace = get_config().namespace
+    by_queue: dict[str, list[EncodedMessage]] = defaultdict(list)
+    for item in batch:
+        by_queue[item.queue].append(item)
+    keys: list[str] = []
+    counts: list[int] = []
+    pairs: list[str | bytes] = []
+    for queue, items in by_queue.items():
+        queue_keys = QueueKeys.of(namespace, queue)
+        keys += (queue_keys.messages, queue_keys.ready)
+        counts.append(len(items))
+        for item in items:
+            pairs += (item.redis_id, item.data)
+    try:
+        _enqueue_script()(keys=keys, args=[*counts, *pairs])
+    except redis.RedisError as error:
+        raise BrokerUnavailable(
+            f"Redis did not accept {len(batch)} message(s) ({error}); nothing of this batch was queued."
+        ) from error
+
+
+def queue_messages(envelopes: Iterable[Envelope]) -> None:
+    """Encode and push envelopes (used for requeueing and by tools)."""
+    push([encode(envelope) for envelope in envelopes])
+
+
+def new_broker() -> RedisBroker:
+    """A new Dramatiq broker on ``redis_client()`` (tests and tools that need their own)."""
+    return RedisBroker(client=redis_client(), namespace=get_config().namespace)  # type: ignore[no-untyped-call]
+
+
+@cache
+def get_broker() -> RedisBroker:
+    """The process's Dramatiq broker that workers consume from."""
+    return new_broker()
+
+
+on_config_reset(get_broker.cache_clear)

@@ -1,0 +1,119 @@
+"""The dead-letter store: messages no provider could deliver, with their reason.
+
+Kept in Redis per queue (a sorted set by time plus a hash of records) until an
+operator requeues or purges them; nothing here expires on its own. Dramatiq's
+own dead-letter set is not used: it keeps the payload as enqueued for the last
+attempt, without that attempt's error, and expires after a week.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .broker import QueueKeys, encode, redis_client
+from .conf import get_config
+from .envelope import Envelope
+from .exceptions import EnvelopeError
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DeadLetter:
+    """One dead-lettered message and why it died."""
+
+    id: str
+    queue: str
+    reason: str
+    error_type: str
+    failed_at: float
+    attempts: int
+    payload: Any
+    provider: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "queue": self.queue,
+            "reason": self.reason,
+            "error_type": self.error_type,
+            "failed_at": self.failed_at,
+            "attempts": self.attempts,
+            "provider": self.provider,
+            "payload": self.payload,
+        }
+
+    @property
+    def subject(self) -> str:
+        """The message subject, when the payload is a readable envelope."""
+        try:
+            return str(Envelope.decode(self.payload).message.get("subject", ""))
+        except EnvelopeError:
+            return ""
+
+
+def record(letter: DeadLetter) -> None:
+    """Store ``letter``; recording the same id twice keeps one (the latest)."""
+    keys = QueueKeys.of(get_config().namespace, letter.queue)
+    with redis_client().pipeline(transaction=True) as pipe:
+        pipe.zadd(keys.dead, {letter.id: letter.failed_at})
+        pipe.hset(keys.dead_messages, letter.id, json.dumps(letter.to_json()))
+        pipe.execute()
+
+
+def _queues(queue: str | None) -> Iterable[str]:
+    return [queue] if queue else list(get_config().queues)
+
+
+def iter_dead(queue: str | None = None, *, older_than: float | None = None) -> Iterator[DeadLetter]:
+    """Dead letters, oldest first, optionally for one queue or older than N seconds."""
+    client = redis_client()
+    namespace = get_config().namespace
+    newest = "+inf" if older_than is None else time.time() - older_than
+    for name in _queues(queue):
+        keys = QueueKeys.of(namespace, name)
+        ids: list[Any] = list(client.zrangebyscore(keys.dead, "-inf", newest))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            for raw in client.hmget(keys.dead_messages, chunk):
+                if raw is not None:
+                    yield DeadLetter(**json.loads(raw))
+
+
+def count(queue: str) -> int:
+    """How many messages of ``queue`` are dead-lettered."""
+    return int(redis_client().zcard(QueueKeys.of(get_config().namespace, queue).dead))
+
+
+def _remove(letters: Iterable[DeadLetter], *, requeue: bool) -> int:
+    letters = list(letters)
+    if not letters:
+        return 0
+    namespace = get_config().namespace
+    with redis_client().pipeline(transaction=True) as pipe:
+        for letter in letters:
+            keys = QueueKeys.of(namespace, letter.queue)
+            pipe.zrem(keys.dead, letter.id)
+            pipe.hdel(keys.dead_messages, letter.id)
+            if requeue:
+                encoded = encode(Envelope.decode(letter.payload))
+                ready = QueueKeys.of(namespace, encoded.queue)
+                pipe.hset(ready.messages, encoded.redis_id, encoded.data)
+                pipe.rpush(ready.ready, encoded.redis_id)
+        pipe.execute()
+    return len(letters)
+
+
+def requeue(letters: Iterable[DeadLetter]) -> int:
+    """Put dead letters back on their queues with a fresh retry budget.
+
+    Raises EnvelopeError for a payload that cannot be read (purge those instead).
+    """
+    return _remove(letters, requeue=True)
+
+
+def purge(letters: Iterable[DeadLetter]) -> int:
+    """Delete dead letters for good."""
+    return _remove(letters, requeue=False)

@@ -1,0 +1,334 @@
+"""The envelope: a full-fidelity, versioned, JSON form of an EmailMessage.
+
+It is what travels through Redis. ``Envelope.from_message()`` runs in the
+request and never renders MIME; ``Envelope.to_message()`` runs in a worker and
+rebuilds an EmailMessage that renders to what a synchronous send would have
+sent. ``Date`` and ``Message-ID`` are fixed when the envelope is made, so
+retries and failover resend the very same message. Never pickle: a payload is
+data, and a worker must be able to refuse one it does not understand.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email
+import email.message
+import email.policy
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from email.mime.base import MIMEBase
+from email.utils import format_datetime, make_msgid
+from typing import Any
+
+from anymail.message import AnymailMessage, AnymailMessageMixin
+from anymail.utils import UNSET
+from django.conf import settings
+from django.core.mail import EmailAlternative, EmailAttachment, EmailMessage, EmailMultiAlternatives
+from django.core.mail.utils import DNS_NAME
+from django.utils.encoding import force_str
+from django.utils.functional import Promise
+from django.utils.timezone import get_current_timezone
+
+from .exceptions import EnvelopeError, UnserializableMessage
+
+ENVELOPE_VERSION = 1
+
+#: Every attribute anymail reads from a message; carried when set.
+ANYMAIL_ATTRIBUTES = (
+    "envelope_sender",
+    "esp_extra",
+    "merge_data",
+    "merge_global_data",
+    "merge_headers",
+    "merge_metadata",
+    "metadata",
+    "send_at",
+    "tags",
+    "template_id",
+    "track_clicks",
+    "track_opens",
+)
+
+_B64 = "b64"  # {"b64": "..."}: bytes content
+_MIME = "mime"  # {"mime": "..."}: a whole MIME part, bytes as rendered
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Envelope:
+    """One message on its way: where it goes and everything needed to rebuild it."""
+
+    id: str
+    queue: str
+    mailer: str
+    created_at: float
+    message: Mapping[str, Any]
+    version: int = ENVELOPE_VERSION
+
+    @classmethod
+    def from_message(cls, message: EmailMessage, *, queue: str, mailer: str) -> Envelope:
+        """Capture ``message`` now; raise UnserializableMessage if a part cannot travel."""
+        return cls(
+            id=uuid.uuid4().hex,
+            queue=queue,
+            mailer=mailer,
+            created_at=time.time(),
+            message=serialize_message(message),
+        )
+
+    def to_message(self) -> EmailMessage:
+        """Rebuild the message a worker hands to the provider's backend."""
+        try:
+            return rebuild_message(self.message)
+        except (KeyError, TypeError, ValueError, binascii.Error) as error:
+            raise EnvelopeError(
+                f"envelope {self.id} has a malformed message: {error!r}", self.message, error
+            ) from error
+
+    def encode(self) -> dict[str, Any]:
+        """The JSON-ready mapping stored in Redis."""
+        return {
+            "v": self.version,
+            "id": self.id,
+            "queue": self.queue,
+            "mailer": self.mailer,
+            "created_at": self.created_at,
+            "message": self.message,
+        }
+
+    @classmethod
+    def decode(cls, data: Any) -> Envelope:
+        """Read what ``encode()`` wrote; anything else becomes one EnvelopeError."""
+        if not isinstance(data, Mapping):
+            raise EnvelopeError(f"envelope is a {type(data).__name__}, not a mapping", data)
+        version = data.get("v")
+        if version != ENVELOPE_VERSION:
+            raise EnvelopeError(
+                f"unknown envelope version {version!r}; this worker reads version {ENVELOPE_VERSION}", data
+            )
+        try:
+            envelope = cls(
+                id=str(data["id"]),
+                queue=str(data["queue"]),
+                mailer=str(data["mailer"]),
+                created_at=float(data["created_at"]),
+                message=data["message"],
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise EnvelopeError(f"envelope is missing or has a bad field: {error!r}", data, error) from error
+        if not isinstance(envelope.message, Mapping):
+            raise EnvelopeError("envelope 'message' is not a mapping", data)
+        return envelope
+
+
+# --- encoding helpers ---------------------------------------------------------
+
+
+def _text(value: Any, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Promise):
+        return str(value)
+    raise UnserializableMessage(f"{where} must be text, not {type(value).__name__}.")
+
+
+def _content(value: Any, where: str) -> str | dict[str, str]:
+    """Text stays text; bytes-like becomes {"b64": ...}."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {_B64: base64.b64encode(value).decode("ascii")}
+    if isinstance(value, Promise):
+        return str(value)
+    raise UnserializableMessage(
+        f"{where} is a {type(value).__name__}; only str or bytes can be queued. Read files before attaching them."
+    )
+
+
+def _decode_content(value: Any) -> str | bytes:
+    if isinstance(value, str):
+        return value
+    return base64.b64decode(value[_B64], validate=True)
+
+
+def _json_value(value: Any, where: str) -> Any:
+    """A JSON-ready copy of an anymail attribute; dates and decimals are tagged."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, Promise):
+        return str(value)
+    if isinstance(value, datetime):
+        return {"$datetime": value.isoformat()}
+    if isinstance(value, date):
+        return {"$date": value.isoformat()}
+    if isinstance(value, Decimal):
+        return {"$decimal": str(value)}
+    if isinstance(value, Mapping):
+        result = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise UnserializableMessage(f"{where} has a non-text key {key!r}.")
+            result[key] = _json_value(item, f"{where}[{key!r}]")
+        return result
+    if isinstance(value, (list, tuple)):
+        return [_json_value(item, f"{where}[{index}]") for index, item in enumerate(value)]
+    raise UnserializableMessage(f"{where} is a {type(value).__name__}, which cannot be queued as JSON.")
+
+
+def _from_json_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1:
+            ((tag, item),) = value.items()
+            if tag == "$datetime":
+                return datetime.fromisoformat(item)
+            if tag == "$date":
+                return date.fromisoformat(item)
+            if tag == "$decimal":
+                return Decimal(item)
+        return {key: _from_json_value(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_from_json_value(item) for item in value]
+    return value
+
+
+def _header_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, datetime):
+        return format_datetime(value)
+    return force_str(value)
+
+
+def _now_header() -> str:
+    tz = get_current_timezone() if settings.EMAIL_USE_LOCALTIME else UTC
+    return format_datetime(datetime.now(tz))
+
+
+def _filename(value: Any, where: str) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, tuple) and len(value) == 3:  # RFC 2231 (charset, language, name)
+        return [_text(part, where) if part is not None else None for part in value]
+    return _text(value, where)
+
+
+def _mime_part(part: email.message.Message) -> dict[str, str]:
+    data = part.as_bytes(policy=email.policy.default) if isinstance(part, email.message.MIMEPart) else part.as_bytes()
+    return {_MIME: base64.b64encode(data).decode("ascii")}
+
+
+def _attachment(attachment: Any, index: int) -> dict[str, Any]:
+    where = f"attachments[{index}]"
+    if isinstance(attachment, (email.message.MIMEPart, MIMEBase)):
+        return _mime_part(attachment)
+    try:
+        filename, content, mimetype = attachment
+    except (TypeError, ValueError):
+        raise UnserializableMessage(
+            f"{where} is a {type(attachment).__name__}; expected (filename, content, mimetype) or a MIMEPart."
+        ) from None
+    mimetype = _text(mimetype, f"{where} mimetype")
+    if "/" not in mimetype:
+        raise UnserializableMessage(f"{where} mimetype {mimetype!r} is not 'type/subtype'.")
+    if isinstance(content, EmailMessage):
+        content = content.message().as_bytes()
+    elif isinstance(content, email.message.Message):
+        content = content.as_bytes()
+    return {
+        "filename": _filename(filename, f"{where} filename"),
+        "content": _content(content, f"{where} content"),
+        "mimetype": mimetype,
+    }
+
+
+def serialize_message(message: EmailMessage) -> dict[str, Any]:
+    """The JSON-ready fields of ``message``; empty fields are left out."""
+    # Date and Message-ID go first: that is where Django renders its own, so the
+    # header order matches a synchronous send.
+    given = {_text(name, "header name"): _header_value(value) for name, value in message.extra_headers.items()}
+    lowered = {name.lower() for name in given}
+    headers = {}
+    if "date" not in lowered:
+        headers["Date"] = _now_header()
+    if "message-id" not in lowered:
+        headers["Message-ID"] = make_msgid(domain=str(DNS_NAME))
+    headers.update(given)
+
+    fields: dict[str, Any] = {
+        "subject": _text(message.subject, "subject"),
+        "body": _content(message.body, "body"),
+        "from_email": _text(message.from_email, "from_email"),
+        "headers": headers,
+    }
+    for name in ("to", "cc", "bcc", "reply_to"):
+        values = getattr(message, name)
+        if values:
+            fields[name] = [_text(value, name) for value in values]
+    alternatives = getattr(message, "alternatives", None)
+    if alternatives:
+        fields["alternatives"] = [
+            {
+                "content": _content(content, f"alternatives[{index}] content"),
+                "mimetype": _text(mimetype, f"alternatives[{index}] mimetype"),
+            }
+            for index, (content, mimetype) in enumerate(alternatives)
+        ]
+    if message.attachments:
+        fields["attachments"] = [_attachment(attachment, index) for index, attachment in enumerate(message.attachments)]
+    if message.content_subtype != "plain":
+        fields["content_subtype"] = _text(message.content_subtype, "content_subtype")
+    if message.encoding is not None:
+        fields["encoding"] = str(message.encoding)
+
+    anymail = {}
+    for name in ANYMAIL_ATTRIBUTES:
+        value = getattr(message, name, UNSET)
+        if value is not UNSET:
+            anymail[name] = _json_value(value, name)
+    if anymail or isinstance(message, AnymailMessageMixin):
+        fields["anymail"] = anymail
+    return fields
+
+
+def _rebuild_attachment(item: Mapping[str, Any]) -> Any:
+    if _MIME in item:
+        data = base64.b64decode(item[_MIME], validate=True)
+        return email.message_from_bytes(data, _class=email.message.MIMEPart, policy=email.policy.default)  # type: ignore[arg-type]
+    filename = item["filename"]
+    if isinstance(filename, list):
+        filename = tuple(filename)
+    return EmailAttachment(filename, _decode_content(item["content"]), item["mimetype"])
+
+
+def rebuild_message(fields: Mapping[str, Any]) -> EmailMessage:
+    """The inverse of ``serialize_message``."""
+    anymail = fields.get("anymail")
+    cls = AnymailMessage if anymail is not None else EmailMultiAlternatives
+    # A bytes body is rendered by Django like text (it is decoded with surrogateescape).
+    message = cls(
+        subject=fields["subject"],
+        body=_decode_content(fields["body"]),  # type: ignore[arg-type]
+        from_email=fields["from_email"],
+        to=fields.get("to"),
+        cc=fields.get("cc"),
+        bcc=fields.get("bcc"),
+        reply_to=fields.get("reply_to"),
+        headers=dict(fields["headers"]),
+    )
+    message.alternatives = [
+        EmailAlternative(_decode_content(item["content"]), item["mimetype"]) for item in fields.get("alternatives", ())
+    ]
+    message.attachments = [_rebuild_attachment(item) for item in fields.get("attachments", ())]
+    if "content_subtype" in fields:
+        message.content_subtype = fields["content_subtype"]
+    if "encoding" in fields:
+        message.encoding = fields["encoding"]
+    for name, value in (anymail or {}).items():
+        if name not in ANYMAIL_ATTRIBUTES:
+            raise ValueError(f"unknown anymail attribute {name!r}")
+        setattr(message, name, _from_json_value(value))
+    return message

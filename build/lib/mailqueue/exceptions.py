@@ -1,0 +1,116 @@
+"""One error tree for mailqueue.
+
+Runtime errors derive from :class:`MailQueueError`. Configuration errors derive
+from Django's ``ImproperlyConfigured`` and sit outside that tree, so neither
+``fail_silently`` nor a worker's retry can ever swallow them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+class MailQueueImproperlyConfigured(ImproperlyConfigured):
+    """The MAILQUEUE or MAILERS setting is wrong; the message says what to fix."""
+
+
+class MailQueueError(Exception):
+    """Base class of every runtime error mailqueue raises."""
+
+
+# --- enqueue side: raised from send_mail() / send_messages() ---------------
+
+
+class EnqueueError(MailQueueError):
+    """A message could not be accepted; nothing of its batch was enqueued."""
+
+
+class InvalidMessage(EnqueueError, ValueError):
+    """The message itself is bad input. Subclasses say how.
+
+    Derives from ``ValueError`` because that is what Django raises for a bad
+    header, so existing ``except ValueError`` code keeps working.
+    """
+
+
+class InvalidAddress(InvalidMessage):
+    """An address field holds something that is not one valid mailbox."""
+
+
+class HeaderInjection(InvalidMessage):
+    """A header name or value would let the sender forge extra headers."""
+
+
+class UnserializableMessage(InvalidMessage):
+    """A part of the message cannot travel through Redis (e.g. a file object)."""
+
+
+class MessageTooLarge(InvalidMessage):
+    """The encoded message is over ``MAILQUEUE['MAX_MESSAGE_BYTES']``."""
+
+
+class UnknownQueue(InvalidMessage):
+    """A per-message queue override or a routing callable named no configured queue."""
+
+
+class BrokerUnavailable(EnqueueError):
+    """Redis did not accept the batch (unreachable, timed out, or refused)."""
+
+
+# --- worker side ------------------------------------------------------------
+
+
+class EnvelopeError(MailQueueError):
+    """A payload from Redis is not an envelope this version can read.
+
+    Keeps the raw payload and the cause so the dead-letter record can show both.
+    """
+
+    def __init__(self, reason: str, raw: object = None, cause: BaseException | None = None):
+        super().__init__(reason)
+        self.raw = raw
+        self.cause = cause
+
+
+class DeliveryError(MailQueueError):
+    """A provider failed to take a message.
+
+    Carries the envelope id, the provider alias and the underlying cause.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        envelope_id: str | None = None,
+        provider: str | None = None,
+        cause: BaseException | None = None,
+    ):
+        super().__init__(reason)
+        self.envelope_id = envelope_id
+        self.provider = provider
+        self.cause = cause
+
+
+class TransientDeliveryError(DeliveryError):
+    """Worth trying again later: connection refused, timeout, 4xx SMTP, HTTP 429/5xx."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Retrying cannot help: recipients refused, invalid address at the provider."""
+
+
+class AllProvidersFailed(TransientDeliveryError):
+    """Every provider in the queue's chain failed transiently in this attempt."""
+
+    def __init__(self, envelope_id: str, errors: Sequence[DeliveryError]):
+        summary = "; ".join(f"{error.provider}: {error}" for error in errors)
+        super().__init__(
+            f"all providers failed: {summary}",
+            envelope_id=envelope_id,
+            provider=errors[-1].provider if errors else None,
+            cause=errors[-1] if errors else None,
+        )
+        self.errors = tuple(errors)

@@ -1,0 +1,1 @@
+"""mailqueue's consuming side: Dramatiq actors that deliver queued mail."""

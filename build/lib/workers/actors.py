@@ -1,0 +1,115 @@
+"""One Dramatiq actor per configured queue, built from settings.
+
+Each actor decodes the envelope, runs the delivery pipeline, and owns the
+outcome: delivered (ack), permanent failure or undecodable payload (dead
+letter now), transient failure or time limit (raise, so Dramatiq retries with
+exponential backoff), the same on the last allowed attempt (dead letter).
+If recording the dead letter itself fails (Redis away), the error propagates
+and Dramatiq retries the message: it is attempted once more, never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
+
+from mailqueue.broker import actor_name, get_broker, new_broker
+from mailqueue.conf import MailQueueConfig, QueueConfig, get_config
+from mailqueue.deadletters import DeadLetter, record
+from mailqueue.envelope import Envelope
+from mailqueue.exceptions import EnvelopeError, PermanentDeliveryError
+
+from .delivery import deliver
+from .middleware import CloseDatabaseConnections, CloseProviderConnections
+
+logger = logging.getLogger(__name__)
+
+
+def dead_letter(queue: str, message_id: str, payload: Any, error: BaseException, attempts: int) -> None:
+    """Move a message to the dead-letter store with its last error."""
+    record(
+        DeadLetter(
+            id=message_id,
+            queue=queue,
+            reason=str(error),
+            error_type=type(error).__name__,
+            failed_at=time.time(),
+            attempts=attempts,
+            payload=payload,
+            provider=getattr(error, "provider", None),
+        )
+    )
+    logger.error("dead-lettered %s on %s after %d attempt(s): %s", message_id, queue, attempts, error)
+
+
+def process(payload: Any, queue: QueueConfig, config: MailQueueConfig) -> str | None:
+    """Deliver one queued payload; return the provider that took it, or None if dead-lettered."""
+    current = CurrentMessage.get_current_message()
+    retries = current.options.get("retries", 0) if current is not None else 0
+    message_id = current.message_id if current is not None else "unknown"
+    attempts = retries + 1
+    try:
+        envelope = Envelope.decode(payload)
+        provider = deliver(envelope, config)
+    except (EnvelopeError, PermanentDeliveryError) as error:
+        dead_letter(queue.name, message_id, payload, error, attempts)
+        return None
+    except (Exception, TimeLimitExceeded) as error:
+        if retries >= queue.max_retries:
+            dead_letter(queue.name, message_id, payload, error, attempts)
+            return None
+        raise
+    logger.info("delivered %s from %s via %s (attempt %d)", envelope.id, queue.name, provider, attempts)
+    return provider
+
+
+def _deliverer(queue: QueueConfig, config: MailQueueConfig) -> Callable[[Any], None]:
+    def deliver_queue(payload: Any) -> None:
+        process(payload, queue, config)
+
+    deliver_queue.__name__ = deliver_queue.__qualname__ = f"deliver_{queue.name}"
+    return deliver_queue
+
+
+def declare(broker: RedisBroker, config: MailQueueConfig) -> dict[str, dramatiq.Actor[Any, Any]]:
+    """Add mailqueue's middleware and one delivery actor per queue to ``broker``."""
+    present = {type(middleware) for middleware in broker.middleware}
+    for middleware in (CurrentMessage, CloseProviderConnections, CloseDatabaseConnections):
+        if middleware not in present:
+            broker.add_middleware(middleware())
+    actors = {}
+    for queue in config.queues.values():
+        name = actor_name(queue.name)
+        if name in broker.actors:
+            actors[queue.name] = broker.get_actor(name)
+            continue
+        actors[queue.name] = dramatiq.actor(
+            actor_name=name,
+            queue_name=queue.name,
+            broker=broker,
+            # The actor dead-letters on its last attempt itself; Dramatiq must never
+            # fail the message into its own expiring dead-letter set instead.
+            max_retries=None,
+            min_backoff=queue.min_backoff,
+            max_backoff=queue.max_backoff,
+            time_limit=queue.time_limit,
+        )(_deliverer(queue, config))
+    return actors
+
+
+def worker_broker(*, fresh: bool = False) -> RedisBroker:
+    """The configured broker with every queue's actor declared: what workers run.
+
+    ``fresh=True`` builds a new broker instead of the process-wide one, so a
+    test's short-lived worker leaves no middleware behind on the shared broker.
+    """
+    broker = new_broker() if fresh else get_broker()
+    declare(broker, get_config())
+    dramatiq.set_broker(broker)
+    return broker
