@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -13,9 +14,11 @@ from django.db import connections, transaction
 from .broker import EncodedMessage, encode, push
 from .conf import get_config
 from .envelope import Envelope
-from .exceptions import MailQueueError, MessageTooLarge
+from .exceptions import BrokerUnavailable, MailQueueError, MessageTooLarge
 from .routing import choose_queue
 from .validation import validate_message
+
+logger = logging.getLogger(__name__)
 
 
 class EmailBackend(BaseEmailBackend):
@@ -64,12 +67,21 @@ class EmailBackend(BaseEmailBackend):
             return 0
         on_commit = config.on_commit if self.on_commit is None else self.on_commit
         if on_commit and connections[config.on_commit_using].in_atomic_block:
-            transaction.on_commit(partial(push, batch), using=config.on_commit_using)
+            transaction.on_commit(partial(self._push_after_commit, batch), using=config.on_commit_using)
         else:
             push(batch)
         for message, envelope in accepted:
             message.mailqueue_id = envelope.id  # type: ignore[attr-defined]
         return len(batch)
+
+    def _push_after_commit(self, batch: list[EncodedMessage]) -> None:
+        """Push a batch once its transaction committed; a failure now can no longer undo the send."""
+        try:
+            push(batch)
+        except BrokerUnavailable:
+            logger.exception("%d message(s) accepted in a committed transaction could not be queued", len(batch))
+            if not getattr(self, "_fail_silently", False):
+                raise
 
 
 #: The name used in MAILERS examples; Django's convention is ``EmailBackend``.

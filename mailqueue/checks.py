@@ -16,13 +16,23 @@ def _provider_errors() -> list[checks.CheckMessage]:
     errors: list[checks.CheckMessage] = []
     for alias in sorted(aliases):
         try:
-            mailers[alias]
+            backend = mailers[alias]
         except Exception as error:  # noqa: BLE001  (any failure to build the backend is the finding)
             errors.append(
                 checks.Error(
                     f"Provider MAILERS[{alias!r}] cannot be created: {type(error).__name__}: {error}",
                     hint="Fix its BACKEND or OPTIONS (API keys, host, ...); workers would fail over or retry.",
                     id="mailqueue.E012",
+                )
+            )
+            continue
+        if hasattr(backend, "timeout") and backend.timeout is None:
+            errors.append(
+                checks.Warning(
+                    f"Provider MAILERS[{alias!r}] has no timeout: a server that stops answering would hold "
+                    "a worker thread forever (a queue's time_limit cannot interrupt a blocked socket).",
+                    hint=f'Set MAILERS[{alias!r}]["OPTIONS"]["timeout"] (seconds), e.g. 10.',
+                    id="mailqueue.W001",
                 )
             )
     return errors

@@ -156,7 +156,12 @@ def _decode_content(value: Any) -> str | bytes:
 
 
 def _json_value(value: Any, where: str) -> Any:
-    """A JSON-ready copy of an anymail attribute; dates and decimals are tagged."""
+    """A JSON-ready copy of an anymail attribute.
+
+    Datetimes, dates and decimals become one-key dicts tagged "$datetime",
+    "$date" or "$decimal"; a user dict with a key starting with "$" is wrapped
+    as {"$dict": ...} so it can never be mistaken for a tag.
+    """
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
     if isinstance(value, Promise):
@@ -173,6 +178,8 @@ def _json_value(value: Any, where: str) -> Any:
             if not isinstance(key, str):
                 raise UnserializableMessage(f"{where} has a non-text key {key!r}.")
             result[key] = _json_value(item, f"{where}[{key!r}]")
+        if any(key.startswith("$") for key in result):
+            return {"$dict": result}  # escape: the user's keys must not read as type tags
         return result
     if isinstance(value, (list, tuple)):
         return [_json_value(item, f"{where}[{index}]") for index, item in enumerate(value)]
@@ -189,6 +196,8 @@ def _from_json_value(value: Any) -> Any:
                 return date.fromisoformat(item)
             if tag == "$decimal":
                 return Decimal(item)
+            if tag == "$dict":
+                return {key: _from_json_value(value) for key, value in item.items()}
         return {key: _from_json_value(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_from_json_value(item) for item in value]

@@ -52,7 +52,7 @@ class MessageTooLarge(InvalidMessage):
 
 
 class UnknownQueue(InvalidMessage):
-    """A per-message queue override or a routing callable named no configured queue."""
+    """A per-message queue override named no configured queue."""
 
 
 class BrokerUnavailable(EnqueueError):
@@ -99,16 +99,40 @@ class TransientDeliveryError(DeliveryError):
 
 
 class PermanentDeliveryError(DeliveryError):
-    """Retrying cannot help: recipients refused, invalid address at the provider."""
+    """Retrying cannot help: recipients refused, invalid address, a message that cannot be rendered."""
+
+
+class ProviderRefused(DeliveryError):
+    """This provider will not take this message (sender not allowed, content refused), another may.
+
+    Not retried on the same provider; the next provider in the chain is tried,
+    and when every provider refuses, the message is dead-lettered.
+    """
+
+
+def _summary(errors: Sequence[DeliveryError]) -> str:
+    return "; ".join(f"{error.provider}: {error}" for error in errors)
+
+
+class AllProvidersRefused(PermanentDeliveryError):
+    """Every provider in the queue's chain refused the message."""
+
+    def __init__(self, envelope_id: str, errors: Sequence[DeliveryError]):
+        super().__init__(
+            f"every provider refused: {_summary(errors)}",
+            envelope_id=envelope_id,
+            provider=errors[-1].provider if errors else None,
+            cause=errors[-1] if errors else None,
+        )
+        self.errors = tuple(errors)
 
 
 class AllProvidersFailed(TransientDeliveryError):
-    """Every provider in the queue's chain failed transiently in this attempt."""
+    """Every provider in the queue's chain failed (at least one transiently) in this attempt."""
 
     def __init__(self, envelope_id: str, errors: Sequence[DeliveryError]):
-        summary = "; ".join(f"{error.provider}: {error}" for error in errors)
         super().__init__(
-            f"all providers failed: {summary}",
+            f"all providers failed: {_summary(errors)}",
             envelope_id=envelope_id,
             provider=errors[-1].provider if errors else None,
             cause=errors[-1] if errors else None,

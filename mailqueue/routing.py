@@ -15,7 +15,7 @@ from django.core.mail import EmailMessage
 from django.utils.encoding import force_str
 
 from .conf import MailQueueConfig, Route
-from .exceptions import UnknownQueue
+from .exceptions import MailQueueImproperlyConfigured, UnknownQueue
 
 #: The attribute a caller sets on a message to pick its queue.
 QUEUE_ATTRIBUTE = "queue"
@@ -33,10 +33,11 @@ def _matches(route: Route, message: EmailMessage) -> bool:
     return False
 
 
-def _known(queue: object, config: MailQueueConfig, source: str) -> str:
+def _known(queue: object, config: MailQueueConfig) -> str:
     if not isinstance(queue, str) or queue not in config.queues:
         raise UnknownQueue(
-            f"{source} chose queue {queue!r}, which is not configured; queues: {', '.join(config.queues)}."
+            f"message.{QUEUE_ATTRIBUTE} chose queue {queue!r}, which is not configured; "
+            f"queues: {', '.join(config.queues)}."
         )
     return queue
 
@@ -45,12 +46,18 @@ def choose_queue(message: EmailMessage, mailer_queue: str | None, config: MailQu
     """Return the queue ``message`` goes to, or raise UnknownQueue."""
     override = getattr(message, QUEUE_ATTRIBUTE, None)
     if override is not None:
-        return _known(override, config, f"message.{QUEUE_ATTRIBUTE}")
+        return _known(override, config)
     for route in config.routes:
         if route.function is not None:
             queue = route.function(message)
             if queue is not None:
-                return _known(queue, config, f"routing callable {route.function.__qualname__}")
+                if queue not in config.queues:
+                    # The routing code is wrong, not the message: a configuration error.
+                    raise MailQueueImproperlyConfigured(
+                        f"routing callable {route.function.__qualname__} chose queue {queue!r}, which is not "
+                        f"configured; queues: {', '.join(config.queues)}."
+                    )
+                return str(queue)
         elif _matches(route, message):
             assert route.queue is not None
             return route.queue

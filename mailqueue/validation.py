@@ -2,14 +2,17 @@
 
 The request path must not render MIME, so instead of calling
 ``EmailMessage.message()`` we check what rendering would reject: addresses
-that are not one mailbox, CR/LF in headers, and invalid header names.
+that are not one mailbox, line breaks in headers and filenames, invalid
+header names and mimetypes, and text that cannot be encoded as UTF-8.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from email import errors
 from email.headerregistry import HeaderRegistry
+from email.message import Message
 from functools import lru_cache
 from typing import Any
 
@@ -18,17 +21,30 @@ from django.utils.encoding import force_str
 
 from .exceptions import HeaderInjection, InvalidAddress, InvalidMessage
 
-# A plain, all-ASCII "local@domain.tld": the overwhelmingly common case,
-# accepted without running the full RFC 5322 parser.
-_PLAIN_ADDRESS = re.compile(
+_PLAIN = (
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+"
 )
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# The overwhelmingly common cases, accepted without the full RFC 5322 parser:
+# "local@domain.tld", and the same after a display name free of specials
+# ("Ann Smith <ann@example.com>", '"Smith, Ann" <ann@example.com>').
+_PLAIN_ADDRESS = re.compile(_PLAIN)
+_NAMED_PLAIN_ADDRESS = re.compile(
+    r'(?:"[^"\\\x00-\x1f\x7f\x85\u2028\u2029\ud800-\udfff]*"'
+    r"|[^\"<>()\[\]\\,;:@\x00-\x1f\x7f\x85\u2028\u2029\ud800-\udfff]*) ?<" + _PLAIN + ">"
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+# Everything Python's email package treats as a line break in a header value.
+_LINE_BREAK = re.compile(r"[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 # RFC 5322 field names: printable US-ASCII except colon.
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
 _ADDRESS_HEADERS = frozenset({"from", "to", "cc", "reply-to", "sender"})
 _header_factory = HeaderRegistry()
+
+
+def _real_defects(header: Any) -> list[errors.MessageDefect]:
+    # Obsolete syntax ("J. Smith <j@example.com>") is accepted by Django and by servers.
+    return [defect for defect in header.defects if not isinstance(defect, errors.ObsoleteHeaderDefect)]
 
 
 @lru_cache(maxsize=4096)
@@ -44,8 +60,9 @@ def _parse_mailbox(value: str) -> str | None:
     address = addresses[0]
     if not address.username or not address.domain:
         return "needs both a local part and a domain"
-    if header.defects:
-        return str(header.defects[0])
+    defects = _real_defects(header)
+    if defects:
+        return str(defects[0])
     return None
 
 
@@ -58,18 +75,31 @@ def _parse_address_list(value: str) -> str | None:
         header = _header_factory("To", value)
     except (ValueError, IndexError, TypeError) as error:
         return f"cannot be parsed ({error})"
-    if header.defects:
-        return str(header.defects[0])
+    defects = _real_defects(header)
+    if defects:
+        return str(defects[0])
     for address in header.addresses:  # type: ignore[attr-defined]
         if not address.username or not address.domain:
             return f"has {address!s}, which lacks a local part or domain"
     return None
 
 
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else str(force_str(value))
+
+
+def _check_encodable(text: str, where: str) -> None:
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise InvalidMessage(f"{where} cannot be encoded as UTF-8 ({error.reason} at {error.start}).") from None
+
+
 def validate_address(value: Any, field: str) -> str:
     """Return ``value`` as text if it is one valid mailbox, else raise InvalidAddress."""
-    text: str = value if isinstance(value, str) else str(force_str(value))
-    if _PLAIN_ADDRESS.fullmatch(text):
+    text = _text(value)
+    if _PLAIN_ADDRESS.fullmatch(text) or _NAMED_PLAIN_ADDRESS.fullmatch(text):
         return text
     if _CONTROL.search(text):
         raise InvalidAddress(f"{field} address {text!r} contains a control character (CR, LF, NUL, ...).")
@@ -95,19 +125,53 @@ def validate_header(name: Any, value: Any) -> None:
         raise InvalidMessage(
             'Bcc is not a valid email header. Use the "bcc" argument for blind carbon copy recipients.'
         )
-    if isinstance(value, str) and ("\n" in value or "\r" in value):
-        raise HeaderInjection(f"Header {name!r} contains a newline: {value!r}.")
+    text = _text(value)
+    if _LINE_BREAK.search(text):
+        raise HeaderInjection(f"Header {name!r} contains a line break: {text!r}.")
+    _check_encodable(text, f"Header {name!r}")
     if lowered in _ADDRESS_HEADERS:
-        reason = _parse_address_list(force_str(value))
+        reason = _parse_address_list(text)
         if reason is not None:
-            raise InvalidAddress(f"Header {name!r} value {value!r} is invalid: it {reason}.")
+            raise InvalidAddress(f"Header {name!r} value {text!r} is invalid: it {reason}.")
+
+
+def _validate_mimetype(mimetype: Any, where: str) -> None:
+    if not isinstance(mimetype, str) or "/" not in mimetype or _LINE_BREAK.search(mimetype):
+        raise InvalidMessage(f"{where} mimetype {mimetype!r} is not 'type/subtype'.")
+
+
+def _validate_filename(filename: Any, where: str) -> None:
+    parts = filename if isinstance(filename, tuple) else (filename,)  # RFC 2231 (charset, language, name)
+    for part in parts:
+        if part is not None and _LINE_BREAK.search(_text(part)):
+            raise HeaderInjection(f"{where} filename {filename!r} contains a line break.")
+
+
+def _validate_attachments(message: EmailMessage) -> None:
+    for index, attachment in enumerate(message.attachments):
+        if isinstance(attachment, Message):
+            continue  # a MIME part: its headers were checked when it was built
+        if isinstance(attachment, tuple) and len(attachment) == 3:
+            filename, content, mimetype = attachment
+            where = f"attachments[{index}]"
+            _validate_filename(filename, where)
+            _validate_mimetype(mimetype, where)
+            if isinstance(content, str):
+                _check_encodable(content, f"{where} content")
+    for index, (content, mimetype) in enumerate(getattr(message, "alternatives", None) or ()):
+        _validate_mimetype(mimetype, f"alternatives[{index}]")
+        if isinstance(content, str):
+            _check_encodable(content, f"alternatives[{index}] content")
 
 
 def validate_message(message: EmailMessage) -> None:
     """Raise an InvalidMessage subclass naming the first problem in ``message``."""
-    subject = message.subject if isinstance(message.subject, str) else force_str(message.subject)
-    if "\n" in subject or "\r" in subject:
-        raise HeaderInjection(f"Subject contains a newline: {subject!r}.")
+    subject = _text(message.subject)
+    if _LINE_BREAK.search(subject):
+        raise HeaderInjection(f"Subject contains a line break: {subject!r}.")
+    _check_encodable(subject, "Subject")
+    if isinstance(message.body, str):
+        _check_encodable(message.body, "Body")
     validate_address(message.from_email, "from_email")
     validate_addresses(message.to, "to")
     validate_addresses(message.cc, "cc")
@@ -115,3 +179,5 @@ def validate_message(message: EmailMessage) -> None:
     validate_addresses(message.reply_to, "reply_to")
     for name, value in message.extra_headers.items():
         validate_header(name, value)
+    if message.attachments or getattr(message, "alternatives", None):
+        _validate_attachments(message)

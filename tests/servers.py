@@ -43,6 +43,7 @@ class RecordingSMTPHandler:
         self.received: list[ReceivedMail] = []
         self.replies: deque[str] = deque()
         self.rcpt_replies: dict[str, str] = {}
+        self.mail_reply: str | None = None
         self.sessions = 0
         self.stall_seconds = 0.0
         self.lock = threading.Lock()
@@ -52,6 +53,13 @@ class RecordingSMTPHandler:
             self.sessions += 1
         session.host_name = hostname
         return responses
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if self.mail_reply:
+            return self.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         reply = self.rcpt_replies.get(address)
@@ -75,10 +83,10 @@ class RecordingSMTPHandler:
 class SMTPServer:
     """A real SMTP server on a free loopback port."""
 
-    def __init__(self) -> None:
+    def __init__(self, idle_timeout: float = 300) -> None:
         self.handler = RecordingSMTPHandler()
         self.port = free_port()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, timeout=idle_timeout)
 
     @property
     def received(self) -> list[ReceivedMail]:

@@ -17,6 +17,7 @@ from django.core.mail import (
     send_mass_mail,
 )
 from django.db import transaction
+from django.utils.translation import gettext_lazy
 
 from mailqueue.exceptions import (
     BrokerUnavailable,
@@ -38,6 +39,18 @@ class CountingConnection(redis.Connection):
     def send_packed_command(self, command, check_health=True):
         type(self).sent += 1
         return super().send_packed_command(command, check_health)
+
+
+def with_alternative(content: str, mimetype: str) -> EmailMultiAlternatives:
+    message = EmailMultiAlternatives("s", "b", None, ["a@example.com"])
+    message.alternatives.append((content, mimetype))
+    return message
+
+
+def with_attachment(filename: str, content: str, mimetype: str) -> EmailMessage:
+    message = EmailMessage("s", "b", None, ["a@example.com"])
+    message.attachments.append((filename, content, mimetype))
+    return message
 
 
 def ready(queue: str) -> int:
@@ -121,7 +134,7 @@ def test_sent_messages_know_their_queue_id(smtp_setup, redis_client, namespace) 
         (
             lambda: EmailMessage("Hi\nBcc: evil@example.com", "b", None, ["a@example.com"]),
             HeaderInjection,
-            "Subject contains a newline",
+            "Subject contains a line break",
         ),
         (
             lambda: EmailMessage("s", "b", None, ["a@example.com"], headers={"X-Evil": "v\r\nBcc: e@example.com"}),
@@ -143,12 +156,51 @@ def test_sent_messages_know_their_queue_id(smtp_setup, redis_client, namespace) 
             InvalidAddress,
             "Reply-To",
         ),
+        (
+            lambda: EmailMessage("s", "b", None, ["a@example.com"], headers={"X-Lazy": gettext_lazy("a\nb")}),
+            HeaderInjection,
+            "X-Lazy",
+        ),
+        (
+            lambda: EmailMessage("s", "b", None, ["a@example.com"], headers={"X-Vt": "a\x0bBcc: e@example.com"}),
+            HeaderInjection,
+            "line break",
+        ),
+        (
+            lambda: EmailMessage("Hi\u2028there", "b", None, ["a@example.com"]),
+            HeaderInjection,
+            "Subject contains a line break",
+        ),
+        (
+            lambda: EmailMessage("s", "bad \udcff body", None, ["a@example.com"]),
+            InvalidMessage,
+            "Body cannot be encoded as UTF-8",
+        ),
+        (lambda: EmailMessage("s", "b", None, ["Smith, John <j@example.com>"]), InvalidAddress, "holds 2 addresses"),
+        (lambda: EmailMessage("s", "b", None, ["Zo\udcff <z@example.com>"]), InvalidAddress, "is invalid"),
+        (lambda: with_alternative("<p>x</p>", "html"), InvalidMessage, "alternatives\\[0\\] mimetype 'html'"),
+        (
+            lambda: with_attachment("evil\r\nX-Injected: 1.txt", "x", "text/plain"),
+            HeaderInjection,
+            "attachments\\[0\\] filename",
+        ),
+        (lambda: with_attachment("a.txt", "x", "textplain"), InvalidMessage, "attachments\\[0\\] mimetype"),
     ],
 )
 def test_bad_input_fails_at_send_time_with_a_clear_error(smtp_setup, build, error, fragment) -> None:
     with pytest.raises(error, match=fragment):
         build().send()
     assert ready("default") == 0
+
+
+def test_common_display_names_are_accepted(smtp_setup) -> None:
+    to = [
+        "J. Smith <j@example.com>",
+        '"Smith, John" <john@example.com>',
+        "Zoë Ö. <zoe@example.com>",
+        "<bare@example.com>",
+    ]
+    assert send_mail("s", "b", None, to) == 1
 
 
 def test_bad_input_errors_are_value_errors_like_djangos(smtp_setup) -> None:

@@ -10,7 +10,7 @@ from django.core.management.base import SystemCheckError
 from mailqueue.checks import check_configuration
 from mailqueue.exceptions import MailQueueImproperlyConfigured
 
-SMTP = {"BACKEND": "django.core.mail.backends.smtp.EmailBackend", "OPTIONS": {"host": "127.0.0.1"}}
+SMTP = {"BACKEND": "django.core.mail.backends.smtp.EmailBackend", "OPTIONS": {"host": "127.0.0.1", "timeout": 5}}
 QUEUED = "mailqueue.backend.EmailBackend"
 
 
@@ -136,6 +136,21 @@ def test_each_misconfiguration_is_reported(settings, mailqueue, mailers, code, f
     found = errors(settings, mailqueue, mailers)
     assert code in found, found
     assert fragment in found[code]
+
+
+def test_a_provider_without_a_timeout_is_warned_about(settings) -> None:
+    no_timeout = {"BACKEND": "django.core.mail.backends.smtp.EmailBackend", "OPTIONS": {"host": "127.0.0.1"}}
+    with_timeout = {
+        "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+        "OPTIONS": {"host": "127.0.0.1", "timeout": 5},
+    }
+    found = errors(
+        settings,
+        {"QUEUES": {"default": {"providers": ["a", "b"]}}},
+        {"default": {"BACKEND": QUEUED}, "a": no_timeout, "b": with_timeout},
+    )
+    assert list(found) == ["mailqueue.W001"]
+    assert "MAILERS['a'] has no timeout" in found["mailqueue.W001"]
 
 
 def test_manage_py_check_fails_on_misconfiguration(settings) -> None:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 
 import pytest
 from anymail.message import AnymailMessage
 from django.core.mail import EmailMessage, EmailMultiAlternatives, mailers, send_mail
 
 from mailqueue import deadletters
-from mailqueue.broker import QueueKeys, actor_name, redis_client
+from mailqueue.broker import QueueKeys, actor_name, encode, push, redis_client
+from mailqueue.envelope import Envelope
 from mailqueue.monitoring import queue_depths
 from tests.mime import structure
-from tests.servers import free_port
+from tests.servers import SMTPServer, free_port
 
 
 def depth(queue: str):
@@ -87,7 +90,10 @@ def test_anymail_esp_receives_the_message_over_one_keep_alive_connection(configu
     assert len(postmark_api.connections) == 1
 
 
-def test_transient_smtp_failures_are_retried_inside_the_attempt(smtp_setup, run_worker) -> None:
+def test_transient_smtp_failures_are_retried_inside_the_attempt(configure, smtp_server, run_worker) -> None:
+    queues = {name: {"providers": ["smtp"], "max_retries": 0} for name in ("critical", "default", "bulk")}
+    configure(providers={"smtp": smtp_server.mailer()}, queues=queues)  # no Dramatiq retry: only tenacity can help
+    smtp_setup = smtp_server
     smtp_setup.handler.replies.extend(["451 4.3.0 try again later"])
     send_mail("retry me", "b", None, ["a@example.com"])
     with run_worker() as worker:
@@ -118,13 +124,16 @@ def test_failover_from_an_esp_answering_5xx_to_smtp(configure, postmark_api, smt
     assert [m.parsed["Subject"] for m in smtp_server.wait_for(1)] == ["via smtp"]
 
 
-def test_dramatiq_retries_later_when_every_provider_fails(smtp_setup, run_worker) -> None:
-    smtp_setup.handler.replies.extend(["451 busy"] * 2)  # both in-attempt tries of the first attempt
+def test_dramatiq_retries_later_when_every_provider_fails(configure, smtp_server, run_worker, caplog) -> None:
+    configure(providers={"smtp": smtp_server.mailer()}, PROVIDERS={"smtp": {"attempts": 1}})  # no tenacity retry
+    smtp_server.handler.replies.append("451 busy")
+    caplog.set_level(logging.INFO, logger="workers.actors")
     send_mail("second attempt", "b", None, ["a@example.com"])
     with run_worker() as worker:
         worker.drain()
-    assert [m.parsed["Subject"] for m in smtp_setup.wait_for(1)] == ["second attempt"]
+    assert [m.parsed["Subject"] for m in smtp_server.wait_for(1)] == ["second attempt"]
     assert depth("default").dead == 0
+    assert "via smtp (attempt 2)" in caplog.text
 
 
 def test_permanent_rejection_is_not_retried_and_is_dead_lettered(smtp_setup, run_worker) -> None:
@@ -248,9 +257,74 @@ def test_a_stalled_last_attempt_is_dead_lettered_by_mailqueue_not_lost_to_dramat
         },
     )
     smtp_server.handler.stall_seconds = 3
+    smtp_server.handler.replies.append("451 too late anyway")  # the server does not take it: no duplicate
     send_mail("too slow", "b", None, ["a@example.com"])
     with run_worker() as worker:
         worker.drain()
     (letter,) = deadletters.iter_dead("default")
     assert letter.error_type == "TimeLimitExceeded"
+    assert "time_limit (200 ms)" in letter.reason
     assert not redis_client.exists(f"{namespace}:default.XQ")  # nothing in Dramatiq's expiring set
+
+
+def test_a_connection_the_server_closed_while_idle_is_reopened_without_failing_over(configure, run_worker) -> None:
+    server = SMTPServer(idle_timeout=0.5).start()
+    try:
+        queues = {name: {"providers": ["smtp"], "max_retries": 0} for name in ("critical", "default", "bulk")}
+        configure(providers={"smtp": server.mailer()}, queues=queues, PROVIDERS={"smtp": {"attempts": 1}})
+        with run_worker(threads=1) as worker:
+            send_mail("before idle", "b", None, ["a@example.com"])
+            worker.drain()
+            time.sleep(1.5)  # the server drops the idle session
+            send_mail("after idle", "b", None, ["a@example.com"])
+            worker.drain()
+        assert [m.parsed["Subject"] for m in server.wait_for(2)] == ["before idle", "after idle"]
+        assert server.handler.sessions == 2
+        assert depth("default").dead == 0
+    finally:
+        server.stop()
+
+
+def test_a_provider_refusing_the_sender_fails_over(configure, smtp_server, backup_smtp, run_worker) -> None:
+    configure(providers={"primary": smtp_server.mailer(), "backup": backup_smtp.mailer()})
+    smtp_server.handler.mail_reply = "550 5.7.1 sender not allowed to relay"
+    send_mail("relay", "b", None, ["a@example.com"])
+    with run_worker() as worker:
+        worker.drain()
+    assert [m.parsed["Subject"] for m in backup_smtp.wait_for(1)] == ["relay"]
+
+
+def test_every_provider_refusing_dead_letters_at_once(configure, smtp_server, postmark_api, run_worker) -> None:
+    configure(providers={"smtp": smtp_server.mailer(), "postmark": postmark_api.mailer()})
+    smtp_server.handler.mail_reply = "550 5.7.1 sender not allowed"
+    postmark_api.responses.append((422, {"ErrorCode": 300, "Message": "Invalid 'From' address: 'x'."}))
+    send_mail("nobody wants it", "b", None, ["a@example.com"])
+    with run_worker() as worker:
+        worker.drain()
+    (letter,) = deadletters.iter_dead("default")
+    assert letter.error_type == "AllProvidersRefused"
+    assert letter.attempts == 1
+    assert "smtp: SMTPSenderRefused: 550" in letter.reason and "postmark: AnymailRequestsAPIError" in letter.reason
+    assert len(postmark_api.requests) == 1  # a refusal is not retried on the same provider
+
+
+def test_a_message_that_cannot_be_rendered_is_dead_lettered_at_once(smtp_setup, run_worker) -> None:
+    # Bypass send-time validation, as an older client or a hand-made payload could.
+    envelope = Envelope.from_message(
+        EmailMessage("ok", "b", None, ["a@example.com"]), queue="default", mailer="default"
+    )
+    broken = Envelope(
+        id=envelope.id,
+        queue="default",
+        mailer="default",
+        created_at=envelope.created_at,
+        message={**envelope.message, "headers": {**envelope.message["headers"], "X-Bad": "a\nb"}},
+    )
+    push([encode(broken)])
+    with run_worker() as worker:
+        worker.drain()
+    (letter,) = deadletters.iter_dead("default")
+    assert letter.error_type == "PermanentDeliveryError"
+    assert letter.reason.startswith("message cannot be rendered: ValueError")
+    assert letter.attempts == 1
+    assert smtp_setup.received == []

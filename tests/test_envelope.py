@@ -230,3 +230,10 @@ def test_metadata_that_is_not_json_is_refused_with_its_path() -> None:
     message = AnymailMessage("Hi", "body", "from@example.com", ["to@example.com"], metadata={"when": object()})
     with pytest.raises(UnserializableMessage, match=r"metadata\['when'\] is a object"):
         Envelope.from_message(message, queue="default", mailer="default")
+
+
+def test_user_dicts_that_look_like_type_tags_stay_dicts() -> None:
+    metadata = {"x": {"$date": "2024-01-01"}, "y": {"$date": "soon"}, "$top": 1, "when": date(2024, 1, 1)}
+    message = AnymailMessage("Hi", "body", "from@example.com", ["to@example.com"], metadata=metadata)
+    _, rebuilt = through_redis(message)
+    assert rebuilt.metadata == metadata

@@ -6,7 +6,7 @@ import pytest
 from anymail.message import AnymailMessage
 from django.core.mail import EmailMessage, send_mail
 
-from mailqueue.exceptions import UnknownQueue
+from mailqueue.exceptions import MailQueueImproperlyConfigured
 from mailqueue.monitoring import queue_depths
 
 ROUTES = [
@@ -57,8 +57,8 @@ def test_a_callable_routes(routed) -> None:
     assert where() == {"critical": 1}
 
 
-def test_a_callable_naming_an_unknown_queue_fails_at_send_time(routed) -> None:
-    with pytest.raises(UnknownQueue, match="by_subject chose queue 'nosuchqueue'"):
+def test_a_callable_naming_an_unknown_queue_is_a_configuration_error(routed) -> None:
+    with pytest.raises(MailQueueImproperlyConfigured, match="by_subject chose queue 'nosuchqueue'"):
         send_mail("[nowhere] x", "b", None, ["a@example.com"])
 
 

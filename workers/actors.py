@@ -31,40 +31,63 @@ from .middleware import CloseDatabaseConnections, CloseProviderConnections
 logger = logging.getLogger(__name__)
 
 
-def dead_letter(queue: str, message_id: str, payload: Any, error: BaseException, attempts: int) -> None:
-    """Move a message to the dead-letter store with its last error."""
-    record(
-        DeadLetter(
+#: Message option holding a dead letter not yet recorded (Redis failed while
+#: recording it): the next attempt records it instead of sending again.
+PENDING_DEAD_LETTER = "mailqueue_dead_letter"
+
+
+def _reason(error: BaseException, queue: QueueConfig) -> str:
+    if isinstance(error, TimeLimitExceeded):
+        return f"TimeLimitExceeded: the attempt ran over the queue's time_limit ({queue.time_limit} ms)"
+    return str(error) or type(error).__name__
+
+
+def dead_letter(letter: DeadLetter, options: dict[str, Any] | None) -> None:
+    """Record ``letter``; if Redis fails, keep it in the message options and re-raise.
+
+    Dramatiq then retries the message, and that attempt only records the letter.
+    """
+    try:
+        record(letter)
+    except Exception:
+        if options is not None:
+            options[PENDING_DEAD_LETTER] = letter.to_json()
+        raise
+    logger.error(
+        "dead-lettered %s on %s after %d attempt(s): %s", letter.id, letter.queue, letter.attempts, letter.reason
+    )
+
+
+def process(payload: Any, queue: QueueConfig, config: MailQueueConfig) -> str | None:
+    """Deliver one queued payload; return the provider that took it, or None if dead-lettered."""
+    current = CurrentMessage.get_current_message()
+    options = current.options if current is not None else None
+    retries = options.get("retries", 0) if options is not None else 0
+    message_id = current.message_id if current is not None else "unknown"
+    attempts = retries + 1
+    pending = options.pop(PENDING_DEAD_LETTER, None) if options is not None else None
+    if pending is not None:
+        dead_letter(DeadLetter(**pending), options)
+        return None
+    try:
+        envelope = Envelope.decode(payload)
+        provider = deliver(envelope, queue, config)
+    except (Exception, TimeLimitExceeded) as error:
+        final = isinstance(error, (EnvelopeError, PermanentDeliveryError)) or retries >= queue.max_retries
+        if not final:
+            raise
+        letter = DeadLetter(
             id=message_id,
-            queue=queue,
-            reason=str(error),
+            queue=queue.name,
+            reason=_reason(error, queue),
             error_type=type(error).__name__,
             failed_at=time.time(),
             attempts=attempts,
             payload=payload,
             provider=getattr(error, "provider", None),
         )
-    )
-    logger.error("dead-lettered %s on %s after %d attempt(s): %s", message_id, queue, attempts, error)
-
-
-def process(payload: Any, queue: QueueConfig, config: MailQueueConfig) -> str | None:
-    """Deliver one queued payload; return the provider that took it, or None if dead-lettered."""
-    current = CurrentMessage.get_current_message()
-    retries = current.options.get("retries", 0) if current is not None else 0
-    message_id = current.message_id if current is not None else "unknown"
-    attempts = retries + 1
-    try:
-        envelope = Envelope.decode(payload)
-        provider = deliver(envelope, config)
-    except (EnvelopeError, PermanentDeliveryError) as error:
-        dead_letter(queue.name, message_id, payload, error, attempts)
+        dead_letter(letter, options)
         return None
-    except (Exception, TimeLimitExceeded) as error:
-        if retries >= queue.max_retries:
-            dead_letter(queue.name, message_id, payload, error, attempts)
-            return None
-        raise
     logger.info("delivered %s from %s via %s (attempt %d)", envelope.id, queue.name, provider, attempts)
     return provider
 

@@ -1,11 +1,17 @@
-"""Sorting provider failures into transient (retry, fail over) and permanent (stop).
+"""Sorting provider failures by what can still help.
 
-Only failures that retrying can never fix are permanent: the provider refused
-every recipient or the message content with a 5xx, or anymail judged the
-message invalid. Everything else, including errors we do not recognise, is
-transient, so a surprise costs a retry rather than a lost message. A
-provider's configuration error is transient too: the next provider in the
-chain can still deliver, and the error is logged loudly (see delivery.py).
+- **Permanent**: the message itself is the problem and no provider will take
+  it: every recipient refused with a 5xx, or anymail judged an address invalid
+  or the message unserializable. Dead-lettered at once.
+- **Refused by this provider**: the provider's account or policy is the
+  problem (sender not allowed, content refused with a 5xx, an HTTP 4xx API
+  error about the request, a feature it lacks). Not retried on that provider;
+  the next one in the chain is tried.
+- **Transient**: everything else, including errors we do not recognise, so a
+  surprise costs a retry rather than a lost message. Timeouts, connection
+  errors, SMTP 4xx, HTTP 5xx/408/409/425/429, and 401/403/404 (credentials,
+  account, API URL: about the provider, so failing over helps). A provider's
+  configuration error is transient too, and logged loudly (see delivery.py).
 """
 
 from __future__ import annotations
@@ -20,47 +26,36 @@ from anymail.exceptions import (
     AnymailUnsupportedFeature,
 )
 
-from mailqueue.exceptions import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from mailqueue.exceptions import DeliveryError, PermanentDeliveryError, ProviderRefused, TransientDeliveryError
 
-#: HTTP 4xx statuses that are about the provider, not the message: try again
-#: later (408, 409, 425, 429) or fail over (401, 403, 404: credentials, account, API URL).
+#: HTTP 4xx statuses that are about the provider, not the request: try again
+#: later (408, 409, 425, 429) or fail over (401, 403, 404).
 TRANSIENT_HTTP_STATUSES = frozenset({401, 403, 404, 408, 409, 425, 429})
 
-_PERMANENT_ANYMAIL = (
-    AnymailRecipientsRefused,
-    AnymailInvalidAddress,
-    AnymailSerializationError,
-    AnymailUnsupportedFeature,
-)
+_PERMANENT_ANYMAIL = (AnymailRecipientsRefused, AnymailInvalidAddress, AnymailSerializationError)
 
 
-def _smtp_is_permanent(error: smtplib.SMTPException) -> bool:
+def _is_5xx(code: int) -> bool:
+    return 500 <= code < 600
+
+
+def kind_of(error: BaseException) -> type[DeliveryError]:
+    """Which DeliveryError class ``error`` amounts to."""
+    if isinstance(error, _PERMANENT_ANYMAIL):
+        return PermanentDeliveryError
+    if isinstance(error, AnymailUnsupportedFeature):
+        return ProviderRefused
+    if isinstance(error, AnymailAPIError):
+        status = error.status_code
+        if status is not None and 400 <= status < 500 and status not in TRANSIENT_HTTP_STATUSES:
+            return ProviderRefused
+        return TransientDeliveryError
     if isinstance(error, smtplib.SMTPRecipientsRefused):
         codes = [code for code, _ in error.recipients.values()]
-        return bool(codes) and all(500 <= code < 600 for code in codes)
-    if isinstance(error, smtplib.SMTPAuthenticationError):
-        return False  # the provider's credentials, not the message: fail over
-    if isinstance(error, (smtplib.SMTPSenderRefused, smtplib.SMTPDataError)):
-        return 500 <= error.smtp_code < 600
-    return False
-
-
-def _http_is_permanent(error: AnymailAPIError) -> bool:
-    status = error.status_code
-    if status is None:  # no response at all: connection refused, timeout, DNS
-        return False
-    return 400 <= status < 500 and status not in TRANSIENT_HTTP_STATUSES
-
-
-def is_permanent(error: BaseException) -> bool:
-    """True when sending the same message again cannot succeed."""
-    if isinstance(error, _PERMANENT_ANYMAIL):
-        return True
-    if isinstance(error, AnymailAPIError):
-        return _http_is_permanent(error)
-    if isinstance(error, smtplib.SMTPException):
-        return _smtp_is_permanent(error)
-    return False
+        return PermanentDeliveryError if codes and all(map(_is_5xx, codes)) else TransientDeliveryError
+    if isinstance(error, (smtplib.SMTPSenderRefused, smtplib.SMTPDataError)) and _is_5xx(error.smtp_code):
+        return ProviderRefused
+    return TransientDeliveryError
 
 
 def _smtp_text(reply: bytes | str) -> str:
@@ -78,11 +73,5 @@ def describe(error: BaseException) -> str:
 
 
 def classify(error: BaseException, *, provider: str, envelope_id: str) -> DeliveryError:
-    """Wrap a provider's exception as a Transient- or PermanentDeliveryError."""
-    kind = PermanentDeliveryError if is_permanent(error) else TransientDeliveryError
-    return kind(
-        describe(error),
-        envelope_id=envelope_id,
-        provider=provider,
-        cause=error,
-    )
+    """Wrap a provider's exception in the DeliveryError subclass that says what to do next."""
+    return kind_of(error)(describe(error), envelope_id=envelope_id, provider=provider, cause=error)

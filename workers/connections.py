@@ -21,6 +21,10 @@ class ProviderConnections(threading.local):
     def __init__(self) -> None:
         self.open: dict[str, BaseEmailBackend] = {}
 
+    def is_open(self, alias: str) -> bool:
+        """True when this thread already holds a connection to ``alias`` (it may have gone stale)."""
+        return alias in self.open
+
     def get(self, alias: str) -> BaseEmailBackend:
         """The open backend for ``alias``, opening it on first use."""
         backend = self.open.get(alias)

@@ -2,45 +2,95 @@
 
 For each provider in the queue's chain, primary first: send over this
 thread's open connection; a transient failure is retried a few times with
-tenacity (reconnecting each time), then the next provider is tried; a
-permanent failure stops everything. When every provider failed transiently,
-``AllProvidersFailed`` tells the actor to let Dramatiq retry later.
+tenacity (reconnecting each time); a refusal by that provider, or transient
+failures beyond its tries, move on to the next provider; a permanent failure
+stops everything. When no provider took the message, ``AllProvidersFailed``
+tells the actor to let Dramatiq retry later, and ``AllProvidersRefused``
+(every provider refused) dead-letters it.
 """
 
 from __future__ import annotations
 
 import logging
+import smtplib
 
+import requests
 from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import EmailMessage
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from mailqueue.conf import MailQueueConfig, ProviderConfig
+from mailqueue.conf import MailQueueConfig, ProviderConfig, QueueConfig
 from mailqueue.envelope import Envelope
-from mailqueue.exceptions import AllProvidersFailed, TransientDeliveryError
+from mailqueue.exceptions import (
+    AllProvidersFailed,
+    AllProvidersRefused,
+    DeliveryError,
+    PermanentDeliveryError,
+    ProviderRefused,
+    TransientDeliveryError,
+)
 
 from .classify import classify
 from .connections import connections
 
 logger = logging.getLogger(__name__)
 
+#: What a kept-open connection raises when the server closed it while idle.
+STALE_CONNECTION_ERRORS = (
+    smtplib.SMTPServerDisconnected,
+    ConnectionResetError,
+    BrokenPipeError,
+    requests.exceptions.ConnectionError,
+)
+#: What Django raises when a message's own content cannot be rendered.
+RENDERING_ERRORS = (ValueError, TypeError, LookupError)
+
+
+def _send(alias: str, message: EmailMessage, envelope_id: str) -> None:
+    sent = connections.get(alias).send_messages([message])
+    if sent != 1:
+        raise TransientDeliveryError(
+            f"provider reported {sent!r} messages sent instead of 1", envelope_id=envelope_id, provider=alias
+        )
+
+
+def _failure(error: Exception, alias: str, message: EmailMessage, envelope_id: str) -> DeliveryError:
+    """Classify ``error``; a message that cannot even be rendered is a permanent failure."""
+    if isinstance(error, DeliveryError):
+        return error
+    failure = classify(error, provider=alias, envelope_id=envelope_id)
+    if isinstance(failure, TransientDeliveryError) and isinstance(error, RENDERING_ERRORS):
+        try:
+            message.message()
+        except RENDERING_ERRORS as rendering:
+            return PermanentDeliveryError(
+                f"message cannot be rendered: {type(rendering).__name__}: {rendering}",
+                envelope_id=envelope_id,
+                provider=alias,
+                cause=rendering,
+            )
+    return failure
+
 
 def send_once(alias: str, message: EmailMessage, envelope_id: str) -> None:
     """Hand ``message`` to provider ``alias``; raise a DeliveryError if it did not take it."""
+    reused = connections.is_open(alias)
     try:
-        sent = connections.get(alias).send_messages([message])
+        try:
+            _send(alias, message, envelope_id)
+        except STALE_CONNECTION_ERRORS:
+            if not reused:
+                raise
+            # The server closed our idle connection: reconnect once, without spending a try.
+            connections.discard(alias)
+            _send(alias, message, envelope_id)
     except Exception as error:
         connections.discard(alias)
-        raise classify(error, provider=alias, envelope_id=envelope_id) from error
+        raise _failure(error, alias, message, envelope_id) from error
     except BaseException:
         # Interrupted mid-send (time limit, shutdown): the connection is in an unknown state.
         connections.discard(alias)
         raise
-    if sent != 1:
-        connections.discard(alias)
-        raise TransientDeliveryError(
-            f"provider reported {sent!r} messages sent instead of 1", envelope_id=envelope_id, provider=alias
-        )
 
 
 def send_with_retries(provider: ProviderConfig, message: EmailMessage, envelope_id: str) -> None:
@@ -56,18 +106,18 @@ def send_with_retries(provider: ProviderConfig, message: EmailMessage, envelope_
             send_once(provider.alias, message, envelope_id)
 
 
-def deliver(envelope: Envelope, config: MailQueueConfig) -> str:
-    """Deliver ``envelope`` through its queue's provider chain; return the provider used.
+def deliver(envelope: Envelope, queue: QueueConfig, config: MailQueueConfig) -> str:
+    """Deliver ``envelope`` through ``queue``'s provider chain; return the provider used.
 
-    Raises PermanentDeliveryError (do not retry), AllProvidersFailed (retry
-    later), or EnvelopeError (the payload cannot be rebuilt).
+    Raises PermanentDeliveryError (do not retry; AllProvidersRefused is one),
+    AllProvidersFailed (retry later), or EnvelopeError (cannot be rebuilt).
     """
     message = envelope.to_message()
-    failures: list[TransientDeliveryError] = []
-    for alias in config.queues[envelope.queue].providers:
+    failures: list[DeliveryError] = []
+    for alias in queue.providers:
         try:
             send_with_retries(config.provider(alias), message, envelope.id)
-        except TransientDeliveryError as error:
+        except (TransientDeliveryError, ProviderRefused) as error:
             if isinstance(error.cause, ImproperlyConfigured):
                 logger.error("provider %s is misconfigured, failing over: %s", alias, error.cause, exc_info=error.cause)
             else:
@@ -75,4 +125,6 @@ def deliver(envelope: Envelope, config: MailQueueConfig) -> str:
             failures.append(error)
             continue
         return alias
+    if failures and all(isinstance(failure, ProviderRefused) for failure in failures):
+        raise AllProvidersRefused(envelope.id, failures)
     raise AllProvidersFailed(envelope.id, failures)
