@@ -110,31 +110,29 @@ class ProviderRefused(DeliveryError):
     """
 
 
-def _summary(errors: Sequence[DeliveryError]) -> str:
-    return "; ".join(f"{error.provider}: {error}" for error in errors)
+class ChainFailure(DeliveryError):
+    """No provider of the chain took the message; ``errors`` holds each provider's failure."""
+
+    headline = "no provider took the message"
+
+    def __init__(self, envelope_id: str, errors: Sequence[DeliveryError]):
+        summary = "; ".join(f"{error.provider}: {error}" for error in errors)
+        super().__init__(
+            f"{self.headline}: {summary}",
+            envelope_id=envelope_id,
+            provider=errors[-1].provider if errors else None,
+            cause=errors[-1] if errors else None,
+        )
+        self.errors = tuple(errors)
 
 
-class AllProvidersRefused(PermanentDeliveryError):
+class AllProvidersRefused(ChainFailure, PermanentDeliveryError):
     """Every provider in the queue's chain refused the message."""
 
-    def __init__(self, envelope_id: str, errors: Sequence[DeliveryError]):
-        super().__init__(
-            f"every provider refused: {_summary(errors)}",
-            envelope_id=envelope_id,
-            provider=errors[-1].provider if errors else None,
-            cause=errors[-1] if errors else None,
-        )
-        self.errors = tuple(errors)
+    headline = "every provider refused"
 
 
-class AllProvidersFailed(TransientDeliveryError):
+class AllProvidersFailed(ChainFailure, TransientDeliveryError):
     """Every provider in the queue's chain failed (at least one transiently) in this attempt."""
 
-    def __init__(self, envelope_id: str, errors: Sequence[DeliveryError]):
-        super().__init__(
-            f"all providers failed: {_summary(errors)}",
-            envelope_id=envelope_id,
-            provider=errors[-1].provider if errors else None,
-            cause=errors[-1] if errors else None,
-        )
-        self.errors = tuple(errors)
+    headline = "all providers failed"

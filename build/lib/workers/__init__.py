@@ -1,1 +1,0 @@
-"""mailqueue's consuming side: Dramatiq actors that deliver queued mail."""
