@@ -212,9 +212,20 @@ def _header_value(value: Any) -> str:
     return force_str(value)
 
 
+_utc_date_cache: tuple[int, str] = (0, "")
+
+
 def _now_header() -> str:
-    tz = get_current_timezone() if settings.EMAIL_USE_LOCALTIME else UTC
-    return format_datetime(datetime.now(tz))
+    """The Date header for now, as Django would write it (formatting is cached per second in UTC)."""
+    global _utc_date_cache
+    if settings.EMAIL_USE_LOCALTIME:
+        return format_datetime(datetime.now(get_current_timezone()))
+    second = int(time.time())
+    cached_second, header = _utc_date_cache
+    if cached_second != second:
+        header = format_datetime(datetime.fromtimestamp(second, UTC))
+        _utc_date_cache = (second, header)
+    return header
 
 
 def _filename(value: Any, where: str) -> Any:
