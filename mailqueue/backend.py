@@ -67,7 +67,8 @@ class EmailBackend(BaseEmailBackend):
             return 0
         on_commit = config.on_commit if self.on_commit is None else self.on_commit
         if on_commit and connections[config.on_commit_using].in_atomic_block:
-            transaction.on_commit(partial(self._push_after_commit, batch), using=config.on_commit_using)
+            # robust: the commit has happened; a Redis failure now must not cancel other apps' hooks.
+            transaction.on_commit(partial(self._push_after_commit, batch), using=config.on_commit_using, robust=True)
         else:
             push(batch)
         for message, envelope in accepted:
@@ -75,13 +76,14 @@ class EmailBackend(BaseEmailBackend):
         return len(batch)
 
     def _push_after_commit(self, batch: list[EncodedMessage]) -> None:
-        """Push a batch once its transaction committed; a failure now can no longer undo the send."""
+        """Push a batch once its transaction committed; a failure now can only be logged."""
         try:
             push(batch)
         except BrokerUnavailable:
-            logger.exception("%d message(s) accepted in a committed transaction could not be queued", len(batch))
-            if not getattr(self, "_fail_silently", False):
-                raise
+            ids = ", ".join(item.redis_id for item in batch[:20])
+            logger.exception(
+                "%d message(s) accepted in a committed transaction could not be queued (redis ids %s)", len(batch), ids
+            )
 
 
 #: The name used in MAILERS examples; Django's convention is ``EmailBackend``.

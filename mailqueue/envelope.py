@@ -84,7 +84,8 @@ class Envelope:
         """Rebuild the message a worker hands to the provider's backend."""
         try:
             return rebuild_message(self.message)
-        except (KeyError, TypeError, ValueError, binascii.Error) as error:
+        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError, binascii.Error) as error:
+            # ArithmeticError: decimal.InvalidOperation from a malformed "$decimal".
             raise EnvelopeError(
                 f"envelope {self.id} has a malformed message: {error!r}", self.message, error
             ) from error

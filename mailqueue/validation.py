@@ -8,14 +8,15 @@ header names and mimetypes, and text that cannot be encoded as UTF-8.
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Iterable
-from email import errors
-from email.headerregistry import HeaderRegistry
+from email.headerregistry import AddressHeader
 from email.message import Message
 from functools import lru_cache
 from typing import Any
 
+from django.conf import settings
 from django.core.mail import EmailMessage
 from django.utils.encoding import force_str
 
@@ -26,12 +27,13 @@ _PLAIN = (
     r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+"
 )
 # The overwhelmingly common cases, accepted without the full RFC 5322 parser:
-# "local@domain.tld", and the same after a display name free of specials
-# ("Ann Smith <ann@example.com>", '"Smith, Ann" <ann@example.com>').
+# "local@domain.tld", and the same after a display name free of specials,
+# dots and encoded-word markers ("Ann Smith <ann@example.com>",
+# '"Smith, Ann" <ann@example.com>'). Everything else takes the slow path.
 _PLAIN_ADDRESS = re.compile(_PLAIN)
 _NAMED_PLAIN_ADDRESS = re.compile(
-    r'(?:"[^"\\\x00-\x1f\x7f\x85\u2028\u2029\ud800-\udfff]*"'
-    r"|[^\"<>()\[\]\\,;:@\x00-\x1f\x7f\x85\u2028\u2029\ud800-\udfff]*) ?<" + _PLAIN + ">"
+    r'(?:"[^"\\=\x00-\x1f\x7f\x85\u2028\u2029\ud800-\udfff]*"'
+    r"|[^\"<>()\[\]\\,;:@.=?\x00-\x1f\x7f\x85\u2028\u2029\ud800-\udfff]*) ?<" + _PLAIN + ">"
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 # Everything Python's email package treats as a line break in a header value.
@@ -39,30 +41,33 @@ _LINE_BREAK = re.compile(r"[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 # RFC 5322 field names: printable US-ASCII except colon.
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
 _ADDRESS_HEADERS = frozenset({"from", "to", "cc", "reply-to", "sender"})
-_header_factory = HeaderRegistry()
+_ENCODED_WORD = re.compile(r"=\?.*\?=")
 
 
-def _real_defects(header: Any) -> list[errors.MessageDefect]:
-    # Obsolete syntax ("J. Smith <j@example.com>") is accepted by Django and by servers.
-    return [defect for defect in header.defects if not isinstance(defect, errors.ObsoleteHeaderDefect)]
+def _defects(parsed: Any) -> list[str]:
+    # Django's SMTP backend (prep_address) refuses every defect; so do we, here, before a worker would.
+    return [str(defect) for defect in parsed.all_defects]
 
 
 @lru_cache(maxsize=4096)
 def _parse_mailbox(value: str) -> str | None:
     """Return why ``value`` is not exactly one mailbox, or None when it is."""
+    if _ENCODED_WORD.search(value):
+        return "contains an RFC 2047 encoded-word; pass the display name as plain (Unicode) text"
     try:
-        header = _header_factory("To", value)
+        parsed = AddressHeader.value_parser(value)
     except (ValueError, IndexError, TypeError) as error:
         return f"cannot be parsed ({error})"
-    addresses = header.addresses  # type: ignore[attr-defined]
-    if len(addresses) != 1:
-        return f"holds {len(addresses)} addresses; give one address per list item"
-    address = addresses[0]
-    if not address.username or not address.domain:
+    mailboxes = parsed.all_mailboxes
+    if len(mailboxes) != 1:
+        return f"holds {len(mailboxes)} addresses; give one address per list item"
+    mailbox = mailboxes[0]
+    if not mailbox.local_part or not mailbox.domain:
         return "needs both a local part and a domain"
-    defects = _real_defects(header)
+    defects = _defects(parsed)
     if defects:
-        return str(defects[0])
+        hint = " (quote a display name that has dots or commas)" if "phrase" in defects[0] else ""
+        return f"has {'; '.join(defects)}{hint}"
     return None
 
 
@@ -71,16 +76,18 @@ def _parse_address_list(value: str) -> str | None:
     """Return why ``value`` is not a list of valid mailboxes, or None when it is."""
     if _CONTROL.search(value):
         return "contains a control character"
+    if _ENCODED_WORD.search(value):
+        return "contains an RFC 2047 encoded-word; pass display names as plain (Unicode) text"
     try:
-        header = _header_factory("To", value)
+        parsed = AddressHeader.value_parser(value)
     except (ValueError, IndexError, TypeError) as error:
         return f"cannot be parsed ({error})"
-    defects = _real_defects(header)
+    defects = _defects(parsed)
     if defects:
-        return str(defects[0])
-    for address in header.addresses:  # type: ignore[attr-defined]
-        if not address.username or not address.domain:
-            return f"has {address!s}, which lacks a local part or domain"
+        return f"has {'; '.join(defects)}"
+    for mailbox in parsed.all_mailboxes:
+        if not mailbox.local_part or not mailbox.domain:
+            return f"has {mailbox.addr_spec!r}, which lacks a local part or domain"
     return None
 
 
@@ -88,12 +95,22 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else str(force_str(value))
 
 
-def _check_encodable(text: str, where: str) -> None:
+def _check_encodable(text: str, where: str, charset: str = "utf-8") -> None:
     if not text.isascii():
         try:
-            text.encode("utf-8")
+            text.encode(charset)
         except UnicodeEncodeError as error:
-            raise InvalidMessage(f"{where} cannot be encoded as UTF-8 ({error.reason} at {error.start}).") from None
+            raise InvalidMessage(f"{where} cannot be encoded as {charset} ({error.reason} at {error.start}).") from None
+
+
+def _body_charset(message: EmailMessage) -> str:
+    """The charset Django will encode text bodies and text attachments with; refused if unknown."""
+    charset = str(message.encoding or settings.DEFAULT_CHARSET)
+    try:
+        codecs.lookup(charset)
+    except LookupError:
+        raise InvalidMessage(f"Message encoding {charset!r} is not a known charset.") from None
+    return charset
 
 
 def validate_address(value: Any, field: str) -> str:
@@ -143,11 +160,28 @@ def _validate_mimetype(mimetype: Any, where: str) -> None:
 def _validate_filename(filename: Any, where: str) -> None:
     parts = filename if isinstance(filename, tuple) else (filename,)  # RFC 2231 (charset, language, name)
     for part in parts:
-        if part is not None and _LINE_BREAK.search(_text(part)):
-            raise HeaderInjection(f"{where} filename {filename!r} contains a line break.")
+        if part is not None:
+            text = _text(part)
+            if _LINE_BREAK.search(text):
+                raise HeaderInjection(f"{where} filename {filename!r} contains a line break.")
+            _check_encodable(text, f"{where} filename")
 
 
-def _validate_attachments(message: EmailMessage) -> None:
+def _validate_text_content(content: Any, mimetype: str, where: str, charset: str) -> None:
+    if not mimetype.startswith("text/"):
+        return
+    if isinstance(content, bytes):
+        try:
+            content = content.decode()  # Django decodes text/* bytes as UTF-8 before encoding them again
+        except UnicodeDecodeError:
+            if where.startswith("alternatives"):  # attachments fall back to octet-stream; alternatives fail
+                raise InvalidMessage(f"{where} content is bytes that are not UTF-8 text.") from None
+            return
+    if isinstance(content, str):
+        _check_encodable(content, f"{where} content", charset)
+
+
+def _validate_attachments(message: EmailMessage, charset: str) -> None:
     for index, attachment in enumerate(message.attachments):
         if isinstance(attachment, Message):
             continue  # a MIME part: its headers were checked when it was built
@@ -156,12 +190,11 @@ def _validate_attachments(message: EmailMessage) -> None:
             where = f"attachments[{index}]"
             _validate_filename(filename, where)
             _validate_mimetype(mimetype, where)
-            if isinstance(content, str):
-                _check_encodable(content, f"{where} content")
+            _validate_text_content(content, mimetype, where, charset)
     for index, (content, mimetype) in enumerate(getattr(message, "alternatives", None) or ()):
-        _validate_mimetype(mimetype, f"alternatives[{index}]")
-        if isinstance(content, str):
-            _check_encodable(content, f"alternatives[{index}] content")
+        where = f"alternatives[{index}]"
+        _validate_mimetype(mimetype, where)
+        _validate_text_content(content, mimetype, where, charset)
 
 
 def validate_message(message: EmailMessage) -> None:
@@ -170,8 +203,9 @@ def validate_message(message: EmailMessage) -> None:
     if _LINE_BREAK.search(subject):
         raise HeaderInjection(f"Subject contains a line break: {subject!r}.")
     _check_encodable(subject, "Subject")
+    charset = _body_charset(message)
     if isinstance(message.body, str):
-        _check_encodable(message.body, "Body")
+        _check_encodable(message.body, "Body", charset)
     validate_address(message.from_email, "from_email")
     validate_addresses(message.to, "to")
     validate_addresses(message.cc, "cc")
@@ -180,4 +214,4 @@ def validate_message(message: EmailMessage) -> None:
     for name, value in message.extra_headers.items():
         validate_header(name, value)
     if message.attachments or getattr(message, "alternatives", None):
-        _validate_attachments(message)
+        _validate_attachments(message, charset)

@@ -80,13 +80,27 @@ class RecordingSMTPHandler:
         return "250 Message accepted"
 
 
+class PoliteSMTP(SMTP):
+    """Says "421" before closing an idle session, as Postfix and Exim do."""
+
+    def _timeout_cb(self) -> None:
+        self.transport.write(b"421 4.4.2 Error: timeout exceeded\r\n")
+        self.transport.close()
+
+
+class PoliteController(Controller):
+    def factory(self) -> SMTP:
+        return PoliteSMTP(self.handler, **self.SMTP_kwargs)
+
+
 class SMTPServer:
     """A real SMTP server on a free loopback port."""
 
-    def __init__(self, idle_timeout: float = 300) -> None:
+    def __init__(self, idle_timeout: float = 300, polite_idle_close: bool = False) -> None:
         self.handler = RecordingSMTPHandler()
         self.port = free_port()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, timeout=idle_timeout)
+        controller = PoliteController if polite_idle_close else Controller
+        self.controller = controller(self.handler, hostname="127.0.0.1", port=self.port, timeout=idle_timeout)
 
     @property
     def received(self) -> list[ReceivedMail]:

@@ -41,7 +41,7 @@ class CountingConnection(redis.Connection):
         return super().send_packed_command(command, check_health)
 
 
-def with_alternative(content: str, mimetype: str) -> EmailMultiAlternatives:
+def with_alternative(content: str | bytes, mimetype: str) -> EmailMultiAlternatives:
     message = EmailMultiAlternatives("s", "b", None, ["a@example.com"])
     message.alternatives.append((content, mimetype))
     return message
@@ -174,7 +174,7 @@ def test_sent_messages_know_their_queue_id(smtp_setup, redis_client, namespace) 
         (
             lambda: EmailMessage("s", "bad \udcff body", None, ["a@example.com"]),
             InvalidMessage,
-            "Body cannot be encoded as UTF-8",
+            "Body cannot be encoded as utf-8",
         ),
         (lambda: EmailMessage("s", "b", None, ["Smith, John <j@example.com>"]), InvalidAddress, "holds 2 addresses"),
         (lambda: EmailMessage("s", "b", None, ["Zo\udcff <z@example.com>"]), InvalidAddress, "is invalid"),
@@ -195,12 +195,40 @@ def test_bad_input_fails_at_send_time_with_a_clear_error(smtp_setup, build, erro
 
 def test_common_display_names_are_accepted(smtp_setup) -> None:
     to = [
-        "J. Smith <j@example.com>",
+        '"J. Smith" <j@example.com>',
         '"Smith, John" <john@example.com>',
-        "Zoë Ö. <zoe@example.com>",
+        "Zoë Ö <zoe@example.com>",
         "<bare@example.com>",
     ]
     assert send_mail("s", "b", None, to) == 1
+
+
+def with_encoding(body: str, encoding: str) -> EmailMessage:
+    message = EmailMessage("s", body, None, ["a@example.com"])
+    message.encoding = encoding
+    return message
+
+
+@pytest.mark.parametrize(
+    ("build", "fragment"),
+    [
+        # What Django's SMTP backend would refuse in the worker is refused here instead.
+        (lambda: EmailMessage("s", "b", None, ["J. Smith <j@example.com>"]), "quote a display name"),
+        (
+            lambda: EmailMessage("s", "b", None, ["=?utf-8?q?x=3Cevil=40attacker.com=3E=2C_y?= <ann@example.com>"]),
+            "encoded-word",
+        ),
+        (lambda: EmailMessage("s", "b", None, ["ünsal@example.com"]), "non-ASCII"),
+        (lambda: with_encoding("€ not in latin-1", "iso-8859-1"), "Body cannot be encoded as iso-8859-1"),
+        (lambda: with_encoding("b", "no-such-charset"), "not a known charset"),
+        (lambda: with_attachment("bad\udcff.txt", "x", "text/plain"), "filename cannot be encoded"),
+        (lambda: with_alternative(b"\xff\xfe not utf-8", "text/html"), "not UTF-8 text"),
+    ],
+)
+def test_what_the_worker_could_not_render_is_refused_at_send_time(smtp_setup, build, fragment) -> None:
+    with pytest.raises(InvalidMessage, match=fragment):
+        build().send()
+    assert ready("default") == 0
 
 
 def test_bad_input_errors_are_value_errors_like_djangos(smtp_setup) -> None:
@@ -293,3 +321,14 @@ def test_on_commit_per_mailer_option(configure, smtp_server) -> None:
 def test_bad_input_inside_a_transaction_still_fails_at_send_time(smtp_setup) -> None:
     with pytest.raises(InvalidAddress), transaction.atomic():
         send_mail("s", "b", None, ["nope"])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_redis_away_at_commit_is_logged_and_other_commit_hooks_still_run(configure, smtp_server, caplog) -> None:
+    configure(providers={"smtp": smtp_server.mailer()}, BROKER_URL="redis://127.0.0.1:1/0")
+    ran = []
+    with transaction.atomic():
+        assert send_mail("s", "b", None, ["a@example.com"]) == 1
+        transaction.on_commit(lambda: ran.append("later hook"))
+    assert ran == ["later hook"]
+    assert "1 message(s) accepted in a committed transaction could not be queued" in caplog.text

@@ -267,8 +267,11 @@ def test_a_stalled_last_attempt_is_dead_lettered_by_mailqueue_not_lost_to_dramat
     assert not redis_client.exists(f"{namespace}:default.XQ")  # nothing in Dramatiq's expiring set
 
 
-def test_a_connection_the_server_closed_while_idle_is_reopened_without_failing_over(configure, run_worker) -> None:
-    server = SMTPServer(idle_timeout=0.5).start()
+@pytest.mark.parametrize("polite", [False, True], ids=["silent-close", "421-then-close"])
+def test_a_connection_the_server_closed_while_idle_is_reopened_without_failing_over(
+    configure, run_worker, polite
+) -> None:
+    server = SMTPServer(idle_timeout=0.5, polite_idle_close=polite).start()
     try:
         queues = {name: {"providers": ["smtp"], "max_retries": 0} for name in ("critical", "default", "bulk")}
         configure(providers={"smtp": server.mailer()}, queues=queues, PROVIDERS={"smtp": {"attempts": 1}})

@@ -67,8 +67,13 @@ def process(payload: Any, queue: QueueConfig, config: MailQueueConfig) -> str | 
     attempts = retries + 1
     pending = options.pop(PENDING_DEAD_LETTER, None) if options is not None else None
     if pending is not None:
-        dead_letter(DeadLetter(**pending), options)
-        return None
+        try:
+            letter = DeadLetter(**pending)
+        except TypeError:
+            logger.exception("unreadable pending dead letter on %s; attempting delivery again", message_id)
+        else:
+            dead_letter(letter, options)
+            return None
     try:
         envelope = Envelope.decode(payload)
         provider = deliver(envelope, queue, config)

@@ -12,9 +12,7 @@ tells the actor to let Dramatiq retry later, and ``AllProvidersRefused``
 from __future__ import annotations
 
 import logging
-import smtplib
 
-import requests
 from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import EmailMessage
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -35,13 +33,6 @@ from .connections import connections
 
 logger = logging.getLogger(__name__)
 
-#: What a kept-open connection raises when the server closed it while idle.
-STALE_CONNECTION_ERRORS = (
-    smtplib.SMTPServerDisconnected,
-    ConnectionResetError,
-    BrokenPipeError,
-    requests.exceptions.ConnectionError,
-)
 #: What Django raises when a message's own content cannot be rendered.
 RENDERING_ERRORS = (ValueError, TypeError, LookupError)
 
@@ -59,6 +50,9 @@ def _failure(error: Exception, alias: str, message: EmailMessage, envelope_id: s
     if isinstance(error, DeliveryError):
         return error
     failure = classify(error, provider=alias, envelope_id=envelope_id)
+    if isinstance(error, ValueError) and str(error).startswith("Invalid address"):
+        # Django's SMTP backend refusing an address (prep_address): no provider will take it either.
+        return PermanentDeliveryError(str(error), envelope_id=envelope_id, provider=alias, cause=error)
     if isinstance(failure, TransientDeliveryError) and isinstance(error, RENDERING_ERRORS):
         try:
             message.message()
@@ -74,16 +68,8 @@ def _failure(error: Exception, alias: str, message: EmailMessage, envelope_id: s
 
 def send_once(alias: str, message: EmailMessage, envelope_id: str) -> None:
     """Hand ``message`` to provider ``alias``; raise a DeliveryError if it did not take it."""
-    reused = connections.is_open(alias)
     try:
-        try:
-            _send(alias, message, envelope_id)
-        except STALE_CONNECTION_ERRORS:
-            if not reused:
-                raise
-            # The server closed our idle connection: reconnect once, without spending a try.
-            connections.discard(alias)
-            _send(alias, message, envelope_id)
+        _send(alias, message, envelope_id)
     except Exception as error:
         connections.discard(alias)
         raise _failure(error, alias, message, envelope_id) from error
