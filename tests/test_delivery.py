@@ -18,6 +18,14 @@ from tests.mime import structure
 from tests.servers import SMTPServer, free_port
 
 
+def unreachable_smtp() -> dict:
+    """An SMTP provider on a loopback port nothing listens on: connection refused."""
+    return {
+        "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+        "OPTIONS": {"host": "127.0.0.1", "port": free_port(), "timeout": 2},
+    }
+
+
 def depth(queue: str):
     return next(d for d in queue_depths() if d.queue == queue)
 
@@ -103,10 +111,7 @@ def test_transient_smtp_failures_are_retried_inside_the_attempt(configure, smtp_
 
 
 def test_failover_to_the_next_provider_when_the_primary_is_down(configure, smtp_server, run_worker) -> None:
-    down = {
-        "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
-        "OPTIONS": {"host": "127.0.0.1", "port": free_port(), "timeout": 2},
-    }
+    down = unreachable_smtp()
     configure(providers={"primary": down, "secondary": smtp_server.mailer()})
     send_mail("failover", "b", None, ["a@example.com"], using="transactional")
     with run_worker() as worker:
@@ -171,10 +176,7 @@ def test_esp_recipient_refusal_is_permanent(configure, postmark_api, run_worker)
 
 
 def test_exhausted_retries_end_in_the_dead_letter_queue_with_the_last_error(configure, run_worker) -> None:
-    down = {
-        "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
-        "OPTIONS": {"host": "127.0.0.1", "port": free_port(), "timeout": 2},
-    }
+    down = unreachable_smtp()
     configure(providers={"down": down})
     send_mail("never", "b", None, ["a@example.com"], using="bulk")  # bulk: max_retries=1
     with run_worker() as worker:
