@@ -80,9 +80,12 @@ class EmailBackend(BaseEmailBackend):
         try:
             push(batch)
         except BrokerUnavailable:
-            ids = ", ".join(item.redis_id for item in batch[:20])
+            # Envelope ids are what the sender saw as message.mailqueue_id: name them so the loss can be traced.
+            ids = ", ".join(item.envelope_id for item in batch)
             logger.exception(
-                "%d message(s) accepted in a committed transaction could not be queued (redis ids %s)", len(batch), ids
+                "%d message(s) accepted in a committed transaction could not be queued (mailqueue ids: %s)",
+                len(batch),
+                ids,
             )
 
 

@@ -78,6 +78,7 @@ class EncodedMessage:
     """A Dramatiq message, encoded, ready for Redis."""
 
     queue: str
+    envelope_id: str
     redis_id: str
     data: bytes
 
@@ -94,7 +95,7 @@ def encode(envelope: Envelope) -> EncodedMessage:
         message_id=envelope.id,
         message_timestamp=int(envelope.created_at * 1000),
     )
-    return EncodedMessage(queue=envelope.queue, redis_id=redis_id, data=message.encode())
+    return EncodedMessage(queue=envelope.queue, envelope_id=envelope.id, redis_id=redis_id, data=message.encode())
 
 
 #: KEYS: (messages hash, ready list) per queue; ARGV: the message count per

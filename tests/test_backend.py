@@ -327,8 +327,10 @@ def test_bad_input_inside_a_transaction_still_fails_at_send_time(smtp_setup) -> 
 def test_redis_away_at_commit_is_logged_and_other_commit_hooks_still_run(configure, smtp_server, caplog) -> None:
     configure(providers={"smtp": smtp_server.mailer()}, BROKER_URL="redis://127.0.0.1:1/0")
     ran = []
+    message = EmailMessage("s", "b", None, ["a@example.com"])
     with transaction.atomic():
-        assert send_mail("s", "b", None, ["a@example.com"]) == 1
+        assert message.send() == 1
         transaction.on_commit(lambda: ran.append("later hook"))
     assert ran == ["later hook"]
     assert "1 message(s) accepted in a committed transaction could not be queued" in caplog.text
+    assert message.mailqueue_id in caplog.text
