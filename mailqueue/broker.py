@@ -25,6 +25,7 @@ from redis.commands.core import Script
 from .conf import get_config, on_config_reset
 from .envelope import Envelope
 from .exceptions import BrokerUnavailable
+from .keys import QueueKeys
 
 #: Client defaults: fail fast instead of hanging a request when Redis is away.
 CLIENT_DEFAULTS: dict[str, Any] = {
@@ -37,30 +38,6 @@ CLIENT_DEFAULTS: dict[str, Any] = {
 def actor_name(queue: str) -> str:
     """The Dramatiq actor that delivers ``queue``'s messages."""
     return f"mailqueue.deliver.{queue}"
-
-
-@dataclass(frozen=True, slots=True)
-class QueueKeys:
-    """Dramatiq's Redis key layout for one queue, plus mailqueue's dead letters."""
-
-    ready: str
-    messages: str
-    delayed: str
-    delayed_messages: str
-    dead: str
-    dead_messages: str
-
-    @classmethod
-    def of(cls, namespace: str, queue: str) -> QueueKeys:
-        base = f"{namespace}:{queue}"
-        return cls(
-            ready=base,
-            messages=f"{base}.msgs",
-            delayed=f"{base}.DQ",
-            delayed_messages=f"{base}.DQ.msgs",
-            dead=f"{namespace}:dead:{queue}",
-            dead_messages=f"{namespace}:dead:{queue}.msgs",
-        )
 
 
 @cache
@@ -154,7 +131,13 @@ def queue_messages(envelopes: Iterable[Envelope]) -> None:
 
 def new_broker() -> RedisBroker:
     """A new Dramatiq broker on ``redis_client()`` (tests and tools that need their own)."""
-    return RedisBroker(client=redis_client(), namespace=get_config().namespace)  # type: ignore[no-untyped-call]
+    config = get_config()
+    return RedisBroker(  # type: ignore[no-untyped-call]
+        client=redis_client(),
+        namespace=config.namespace,
+        heartbeat_timeout=config.heartbeat_timeout,
+        maintenance_chance=config.maintenance_chance,
+    )
 
 
 @cache

@@ -30,6 +30,15 @@ QUEUE_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9._-]*")
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_NAMESPACE = "mailqueue"
 DEFAULT_MAX_MESSAGE_BYTES = 25 * 1024 * 1024
+#: How long an idempotency key or a delivered envelope id is remembered (seconds).
+DEFAULT_DEDUP_WINDOW = 24 * 3600
+#: What the backend does when Redis refuses a batch: keep it in the outbox table, or raise.
+BROKER_FAILURE_POLICIES = ("outbox", "raise")
+
+#: ``"14/s"``, ``"50000/d"``: a count per unit of time.
+RATE_RE = re.compile(r"\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*")
+RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+RATE_UNITS |= {"d": 86400, "day": 86400}
 
 TOP_LEVEL_KEYS = frozenset(
     {
@@ -44,10 +53,19 @@ TOP_LEVEL_KEYS = frozenset(
         "ON_COMMIT_USING",
         "MAX_MESSAGE_BYTES",
         "POOLS",
+        "ON_BROKER_FAILURE",
+        "OUTBOX_DATABASE",
+        "DEDUP_WINDOW",
+        "RATE_LIMIT_MAX_WAIT",
+        "HEARTBEAT_TIMEOUT",
+        "MAINTENANCE_CHANCE",
     }
 )
 QUEUE_KEYS = frozenset({"providers", "max_retries", "min_backoff", "max_backoff", "time_limit"})
-PROVIDER_KEYS = frozenset({"attempts", "wait_min", "wait_max"})
+PROVIDER_KEYS = frozenset(
+    {"attempts", "wait_min", "wait_max", "rate_limit", "max_concurrency", "failure_threshold", "cooldown"}
+)
+RATE_KEYS = frozenset({"rate", "burst"})
 POOL_KEYS = frozenset({"queues", "processes", "threads"})
 ROUTE_KEYS = frozenset({"queue", "tag", "header", "value", "callable"})
 
@@ -68,6 +86,23 @@ class QueueConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RateLimit:
+    """A token bucket: ``count`` sends per ``period`` seconds, ``burst`` of them at once."""
+
+    count: int
+    period: int
+    burst: int
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two sends at the sustained rate."""
+        return self.period / self.count
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.period}s (burst {self.burst})"
+
+
+@dataclass(frozen=True, kw_only=True)
 class ProviderConfig:
     """How a worker treats one provider (a MAILERS alias)."""
 
@@ -77,6 +112,14 @@ class ProviderConfig:
     #: Exponential wait between those tries, in seconds.
     wait_min: float = 0.1
     wait_max: float = 2.0
+    #: Every limit must grant a token before a send; shared by all workers through Redis.
+    rate_limits: tuple[RateLimit, ...] = ()
+    #: Sends in flight at once across all workers (None: unlimited).
+    max_concurrency: int | None = None
+    #: Consecutive transient failures that open the provider's circuit.
+    failure_threshold: int = 5
+    #: Seconds an open circuit skips the provider before one probe message is let through.
+    cooldown: float = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +159,15 @@ class MailQueueConfig:
     on_commit_using: str = "default"
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     pools: Mapping[str, PoolConfig] = field(default_factory=dict)
+    on_broker_failure: str = "outbox"
+    outbox_database: str = "default"
+    dedup_window: int = DEFAULT_DEDUP_WINDOW
+    #: Longest a worker thread sleeps for a rate-limit token before re-scheduling the message (s).
+    rate_limit_max_wait: float = 1.0
+    #: Dramatiq: ms without a heartbeat before a worker's unacknowledged messages are requeued.
+    heartbeat_timeout: int = 60_000
+    #: Dramatiq: per million broker commands, how many also run that recovery.
+    maintenance_chance: int = 1_000
 
     def provider(self, alias: str) -> ProviderConfig:
         """Settings for a provider, with defaults for one not listed in PROVIDERS."""
@@ -237,6 +289,7 @@ class _Reader:
                 hint="Name a DATABASES alias, or set ON_COMMIT to False if the project has no database.",
             )
         pools = self.read_pools(raw.get("POOLS"), queues)
+        durability = self.read_durability(raw, databases)
 
         self.check_mailers(queues)
         return MailQueueConfig(
@@ -251,7 +304,71 @@ class _Reader:
             on_commit_using=on_commit_using,
             max_message_bytes=max_bytes,
             pools=pools,
+            **durability,
         )
+
+    def read_durability(self, raw: Mapping[str, Any], databases: Mapping[str, Any]) -> dict[str, Any]:
+        """The outbox, duplicate suppression, rate-limit wait and Dramatiq recovery settings."""
+        options: dict[str, Any] = {}
+        policy = raw.get("ON_BROKER_FAILURE", "outbox")
+        if policy not in BROKER_FAILURE_POLICIES:
+            self.problem(
+                "mailqueue.E013",
+                f"MAILQUEUE['ON_BROKER_FAILURE'] is {policy!r}.",
+                hint='Use "outbox" (keep the mail in the database and relay it) or "raise".',
+            )
+        else:
+            options["on_broker_failure"] = policy
+        outbox_database = raw.get("OUTBOX_DATABASE", "default")
+        if policy == "outbox" and outbox_database not in databases:
+            self.problem(
+                "mailqueue.E013",
+                f"MAILQUEUE['OUTBOX_DATABASE'] is {outbox_database!r}, not a DATABASES alias, so mail "
+                "accepted while Redis is away would have nowhere to wait.",
+                hint='Name a DATABASES alias, or set ON_BROKER_FAILURE to "raise".',
+            )
+        options["outbox_database"] = outbox_database
+        for key, name, minimum in (
+            ("DEDUP_WINDOW", "dedup_window", 1),
+            ("HEARTBEAT_TIMEOUT", "heartbeat_timeout", 1),
+            ("MAINTENANCE_CHANCE", "maintenance_chance", 0),
+        ):
+            if key in raw and self.positive_int(f"MAILQUEUE[{key!r}]", raw[key], minimum=minimum):
+                options[name] = raw[key]
+        if "RATE_LIMIT_MAX_WAIT" in raw:
+            wait = self.seconds("MAILQUEUE['RATE_LIMIT_MAX_WAIT']", raw["RATE_LIMIT_MAX_WAIT"])
+            if wait is not None:
+                options["rate_limit_max_wait"] = wait
+        return options
+
+    def seconds(self, where: str, value: Any) -> float | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            self.problem("mailqueue.E010", f"{where} must be seconds >= 0, not {value!r}.")
+            return None
+        return float(value)
+
+    def rate_limits(self, where: str, raw: Any) -> tuple[RateLimit, ...]:
+        specs = raw if isinstance(raw, (list, tuple)) else [raw]
+        limits = []
+        for spec in specs:
+            burst = None
+            if isinstance(spec, Mapping):
+                self.unknown_keys(where, spec, RATE_KEYS)
+                burst = spec.get("burst")
+                spec = spec.get("rate")
+            match = RATE_RE.fullmatch(spec) if isinstance(spec, str) else None
+            if match is None or int(match[1]) < 1:
+                self.problem(
+                    "mailqueue.E014",
+                    f"{where} has {spec!r}, which is not a rate.",
+                    hint='Write a count per unit: "14/s", "600/m", "50000/d", or {"rate": "50/s", "burst": 10}.',
+                )
+                continue
+            count = int(match[1])
+            if burst is not None and not self.positive_int(f"{where} burst", burst):
+                continue
+            limits.append(RateLimit(count=count, period=RATE_UNITS[match[2]], burst=burst or count))
+        return tuple(limits)
 
     def check_broker_url(self, url: Any) -> None:
         try:
@@ -329,6 +446,15 @@ class _Reader:
                         options[key] = float(value)
             if options.get("wait_min", 0.1) > options.get("wait_max", 2.0):
                 self.problem("mailqueue.E010", f"{where}: wait_min is larger than wait_max.")
+            if "rate_limit" in spec:
+                options["rate_limits"] = self.rate_limits(f"{where}['rate_limit']", spec["rate_limit"])
+            for key in ("max_concurrency", "failure_threshold"):
+                if key in spec and self.positive_int(f"{where}[{key!r}]", spec[key]):
+                    options[key] = spec[key]
+            if "cooldown" in spec:
+                cooldown = self.seconds(f"{where}['cooldown']", spec["cooldown"])
+                if cooldown is not None:
+                    options["cooldown"] = cooldown
             providers[alias] = ProviderConfig(alias=alias, **options)
             if alias not in _mailers():
                 self.problem(

@@ -14,10 +14,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .broker import QueueKeys, encode, redis_client
+from .broker import encode, redis_client
 from .conf import get_config
 from .envelope import Envelope
 from .exceptions import EnvelopeError
+from .keys import QueueKeys
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -136,3 +136,16 @@ class AllProvidersFailed(ChainFailure, TransientDeliveryError):
     """Every provider in the queue's chain failed (at least one transiently) in this attempt."""
 
     headline = "all providers failed"
+
+
+class DeliveryDeferred(MailQueueError):
+    """Not a failure: the providers are at their rate or concurrency limit, or their circuits are open.
+
+    The worker re-schedules the message ``delay`` seconds later without using
+    up one of its retries.
+    """
+
+    def __init__(self, reason: str, *, envelope_id: str, delay: float):
+        super().__init__(reason)
+        self.envelope_id = envelope_id
+        self.delay = delay

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .broker import QueueKeys, redis_client
+from .broker import redis_client
 from .conf import get_config
+from .keys import QueueKeys
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

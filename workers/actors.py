@@ -11,6 +11,7 @@ and Dramatiq retries the message: it is attempted once more, never dropped.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +24,7 @@ from mailqueue.broker import actor_name, get_broker, new_broker
 from mailqueue.conf import MailQueueConfig, QueueConfig, get_config
 from mailqueue.deadletters import DeadLetter, record
 from mailqueue.envelope import Envelope
-from mailqueue.exceptions import EnvelopeError, PermanentDeliveryError
+from mailqueue.exceptions import DeliveryDeferred, EnvelopeError, PermanentDeliveryError
 
 from .delivery import deliver
 from .middleware import CloseDatabaseConnections, CloseProviderConnections
@@ -34,6 +35,9 @@ logger = logging.getLogger(__name__)
 #: Message option holding a dead letter not yet recorded (Redis failed while
 #: recording it): the next attempt records it instead of sending again.
 PENDING_DEAD_LETTER = "mailqueue_dead_letter"
+
+#: Message option counting how often the message was deferred (rate limits, open circuits).
+DEFERRALS = "mailqueue_deferrals"
 
 
 def _reason(error: BaseException, queue: QueueConfig) -> str:
@@ -58,6 +62,21 @@ def dead_letter(letter: DeadLetter, options: dict[str, Any] | None) -> None:
     )
 
 
+def reschedule(current: Any, deferred: DeliveryDeferred) -> None:
+    """Put the message back ``deferred.delay`` seconds later, its retry count untouched.
+
+    The copy is enqueued before this attempt is acknowledged: a crash in between
+    leaves two copies, and the delivery record keeps the second from sending.
+    """
+    if current is None:
+        raise deferred
+    deferrals = current.options.get(DEFERRALS, 0) + 1
+    # Jitter, so messages held back together do not all come back in the same instant.
+    delay = deferred.delay * (1 + random.random() / 10)
+    dramatiq.get_broker().enqueue(current.copy(options={DEFERRALS: deferrals}), delay=max(1, int(delay * 1000)))
+    logger.info("deferred %s by %.2f s (%d time(s)): %s", current.message_id, delay, deferrals, deferred)
+
+
 def process(payload: Any, queue: QueueConfig, config: MailQueueConfig) -> str | None:
     """Deliver one queued payload; return the provider that took it, or None if dead-lettered."""
     current = CurrentMessage.get_current_message()
@@ -77,6 +96,9 @@ def process(payload: Any, queue: QueueConfig, config: MailQueueConfig) -> str | 
     try:
         envelope = Envelope.decode(payload)
         provider = deliver(envelope, queue, config)
+    except DeliveryDeferred as deferred:
+        reschedule(current, deferred)
+        return None
     except (Exception, TimeLimitExceeded) as error:
         final = isinstance(error, (EnvelopeError, PermanentDeliveryError)) or retries >= queue.max_retries
         if not final:

@@ -1,17 +1,23 @@
 """The delivery pipeline, written once, in the order a reader expects.
 
-For each provider in the queue's chain, primary first: send over this
-thread's open connection; a transient failure is retried a few times with
-tenacity (reconnecting each time); a refusal by that provider, or transient
-failures beyond its tries, move on to the next provider; a permanent failure
-stops everything. When no provider took the message, ``AllProvidersFailed``
-tells the actor to let Dramatiq retry later, and ``AllProvidersRefused``
-(every provider refused) dead-letters it.
+For each provider in the queue's chain, primary first: ask for admission
+(already delivered? circuit open? a rate-limit token and a concurrency
+slot); send over this thread's open connection; a transient failure is
+retried a few times with tenacity (reconnecting each time); a refusal by that
+provider, or transient failures beyond its tries, move on to the next
+provider; a permanent failure stops everything. Every outcome is recorded for
+the provider's circuit and counters.
+
+A provider at its limit defers the message (no failover, no retry used up);
+a provider with an open circuit is skipped. When no provider took the
+message, ``AllProvidersFailed`` tells the actor to let Dramatiq retry later,
+and ``AllProvidersRefused`` (every provider refused) dead-letters it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import EmailMessage
@@ -22,16 +28,21 @@ from mailqueue.envelope import Envelope
 from mailqueue.exceptions import (
     AllProvidersFailed,
     AllProvidersRefused,
+    DeliveryDeferred,
     DeliveryError,
     PermanentDeliveryError,
     ProviderRefused,
     TransientDeliveryError,
 )
 
+from .admission import Admission, Result, admit, settle
 from .classify import classify
 from .connections import connections
 
 logger = logging.getLogger(__name__)
+
+#: Seconds between two asks for a concurrency slot while the provider is busy.
+BUSY_POLL = 0.02
 
 #: What Django raises when a message's own content cannot be rendered.
 RENDERING_ERRORS = (ValueError, TypeError, LookupError)
@@ -92,25 +103,81 @@ def send_with_retries(provider: ProviderConfig, message: EmailMessage, envelope_
             send_once(provider.alias, message, envelope_id)
 
 
+def _admission(envelope_id: str, provider: ProviderConfig, queue: QueueConfig, config: MailQueueConfig) -> Admission:
+    """``admit``, waiting up to RATE_LIMIT_MAX_WAIT for a free concurrency slot."""
+    deadline = time.monotonic() + config.rate_limit_max_wait
+    while True:
+        admission = admit(envelope_id, provider, queue, config)
+        if admission.outcome != "busy" or time.monotonic() >= deadline:
+            return admission
+        time.sleep(BUSY_POLL)
+
+
+def _settle_quietly(
+    admission: Admission, envelope_id: str, provider: ProviderConfig, result: Result, config: MailQueueConfig
+) -> None:
+    """``settle`` for an outcome that is already being raised: its own failure must not hide that."""
+    try:
+        settle(admission, envelope_id, provider, result, config)
+    except Exception:
+        logger.exception("could not record the %s outcome of %s at provider %s", result, envelope_id, provider.alias)
+
+
 def deliver(envelope: Envelope, queue: QueueConfig, config: MailQueueConfig) -> str:
     """Deliver ``envelope`` through ``queue``'s provider chain; return the provider used.
 
     Raises PermanentDeliveryError (do not retry; AllProvidersRefused is one),
-    AllProvidersFailed (retry later), or EnvelopeError (cannot be rebuilt).
+    AllProvidersFailed (retry later), DeliveryDeferred (re-schedule without
+    using a retry), or EnvelopeError (cannot be rebuilt).
     """
     message = envelope.to_message()
     failures: list[DeliveryError] = []
+    skipped: list[float] = []
     for alias in queue.providers:
+        provider = config.provider(alias)
+        admission = _admission(envelope.id, provider, queue, config)
+        if admission.outcome == "delivered":
+            logger.warning("%s was already delivered via %s: not sending it again", envelope.id, admission.detail)
+            return admission.detail
+        if admission.outcome == "open":
+            logger.info("provider %s is skipped for %s: its circuit is open", alias, envelope.id)
+            skipped.append(admission.wait)
+            continue
+        if admission.outcome in ("busy", "later"):
+            # The provider is healthy, only at its limit: wait for it rather than fail over.
+            limit = "concurrency" if admission.outcome == "busy" else "rate"
+            raise DeliveryDeferred(
+                f"provider {alias} is at its {limit} limit",
+                envelope_id=envelope.id,
+                delay=admission.wait or config.rate_limit_max_wait,
+            )
+        if admission.wait:
+            time.sleep(admission.wait)
         try:
-            send_with_retries(config.provider(alias), message, envelope.id)
+            send_with_retries(provider, message, envelope.id)
         except (TransientDeliveryError, ProviderRefused) as error:
+            _settle_quietly(
+                admission, envelope.id, provider, "rejected" if isinstance(error, ProviderRefused) else "failed", config
+            )
             if isinstance(error.cause, ImproperlyConfigured):
                 logger.error("provider %s is misconfigured, failing over: %s", alias, error.cause, exc_info=error.cause)
             else:
                 logger.warning("provider %s failed for %s, trying the next one: %s", alias, envelope.id, error)
             failures.append(error)
             continue
+        except PermanentDeliveryError:
+            _settle_quietly(admission, envelope.id, provider, "rejected", config)
+            raise
+        except BaseException:
+            # Time limit or shutdown mid-send: whether the provider took it is unknown.
+            _settle_quietly(admission, envelope.id, provider, "aborted", config)
+            raise
+        settle(admission, envelope.id, provider, "sent", config)
         return alias
+    if skipped and not failures:
+        raise DeliveryDeferred(
+            f"every provider of queue {queue.name} has an open circuit", envelope_id=envelope.id, delay=min(skipped)
+        )
     if failures and all(isinstance(failure, ProviderRefused) for failure in failures):
         raise AllProvidersRefused(envelope.id, failures)
     raise AllProvidersFailed(envelope.id, failures)

@@ -1,0 +1,79 @@
+"""Every Redis key mailqueue uses, named in one place.
+
+Queue keys follow Dramatiq's own layout (so its workers consume what we push);
+the rest are mailqueue's: dead letters, delivery records, idempotency keys and
+each provider's shared state (rate-limit buckets, in-flight sends, circuit, stats).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Per-minute provider counters are kept this long (seconds): an hour of history, plus slack.
+STATS_TTL = 3900
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """Dramatiq's Redis key layout for one queue, plus mailqueue's dead letters."""
+
+    ready: str
+    messages: str
+    delayed: str
+    delayed_messages: str
+    dead: str
+    dead_messages: str
+
+    @classmethod
+    def of(cls, namespace: str, queue: str) -> QueueKeys:
+        base = f"{namespace}:{queue}"
+        return cls(
+            ready=base,
+            messages=f"{base}.msgs",
+            delayed=f"{base}.DQ",
+            delayed_messages=f"{base}.DQ.msgs",
+            dead=f"{namespace}:dead:{queue}",
+            dead_messages=f"{namespace}:dead:{queue}.msgs",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderKeys:
+    """A provider's state shared by every worker on every host."""
+
+    alias: str
+    #: Hash: state (closed/open/half-open), consecutive failures, reopen and probe deadlines.
+    circuit: str
+    #: Sorted set of in-flight sends (member: a lease token; score: lease expiry in ms).
+    in_flight: str
+    #: Prefix of one string per rate limit: its theoretical arrival time (GCRA), in ms.
+    rate_prefix: str
+    #: Prefix of one hash per minute: sent / failed counters.
+    stats_prefix: str
+
+    @classmethod
+    def of(cls, namespace: str, alias: str) -> ProviderKeys:
+        base = f"{namespace}:provider:{alias}"
+        return cls(
+            alias=alias,
+            circuit=f"{base}:circuit",
+            in_flight=f"{base}:in-flight",
+            rate_prefix=f"{base}:rate:",
+            stats_prefix=f"{base}:stats:",
+        )
+
+    def rate(self, index: int) -> str:
+        return f"{self.rate_prefix}{index}"
+
+    def stats(self, minute: int) -> str:
+        return f"{self.stats_prefix}{minute}"
+
+
+def delivered_key(namespace: str, envelope_id: str) -> str:
+    """Set when a provider accepted the envelope: a redelivery is then not sent again."""
+    return f"{namespace}:delivered:{envelope_id}"
+
+
+def idempotency_key(namespace: str, key: str) -> str:
+    """Holds the envelope id first enqueued under a caller's idempotency key."""
+    return f"{namespace}:idempotency:{key}"

@@ -1,0 +1,215 @@
+"""May this message go to this provider now? And, afterwards, how did it go?
+
+Everything a provider's workers must agree on lives in Redis and changes in
+one Lua script call per step, on Redis's clock (so hosts whose clocks differ
+still share one limit):
+
+* ``admit`` (before a send): was the envelope already delivered (a redelivery
+  after a crash)? Is the provider's circuit open? Is a concurrency slot free?
+  Which rate-limit token does this send get, and how long until it is due?
+* ``settle`` (after the send): record the delivery, the provider's health
+  (closing or opening its circuit) and its per-minute counters.
+
+Two round trips per message, whatever is configured.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from functools import cache
+from typing import Literal
+
+import redis
+from redis.commands.core import Script
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
+
+from mailqueue.broker import redis_client
+from mailqueue.conf import MailQueueConfig, ProviderConfig, QueueConfig, on_config_reset
+from mailqueue.keys import STATS_TTL, ProviderKeys, delivered_key
+
+#: KEYS: delivered, circuit, in-flight, then one bucket per rate limit.
+#: ARGV: lease token, in-flight lease ms, probe lease ms, max concurrency (0: none),
+#: longest wait for a token in ms, then (interval ms, burst) per rate limit.
+#: Returns {outcome, number, text}: {"delivered", 0, provider}, {"open", retry ms, ""},
+#: {"busy", 0, ""}, {"later", wait ms, ""}, or {"go", wait in µs, "closed" | "probe"}.
+ADMIT_SCRIPT = """
+local delivered = redis.call("get", KEYS[1])
+if delivered then return {"delivered", 0, delivered} end
+local clock = redis.call("time")
+local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
+
+local role = "closed"
+local circuit = redis.call("hmget", KEYS[2], "state", "reopen_at", "probe_until")
+if circuit[1] == "open" then
+  local reopen_at = tonumber(circuit[2]) or 0
+  if now < reopen_at then return {"open", math.ceil(reopen_at - now), ""} end
+  role = "probe"
+elseif circuit[1] == "half-open" then
+  local probe_until = tonumber(circuit[3]) or 0
+  if now < probe_until then return {"open", math.ceil(probe_until - now), ""} end
+  role = "probe"
+end
+
+local concurrency = tonumber(ARGV[4])
+if concurrency > 0 then
+  redis.call("zremrangebyscore", KEYS[3], "-inf", now)
+  if redis.call("zcard", KEYS[3]) >= concurrency then return {"busy", 0, ""} end
+end
+
+-- GCRA: a bucket's theoretical arrival time (tat) advances by one interval per
+-- send; a send may go at tat - (burst - 1) * interval. Reserve the slot even if
+-- it is in the future, as long as the wait is short: threads then sleep until
+-- their own slot and the sustained rate is exact.
+local wait = 0
+local tats = {}
+for i = 4, #KEYS do
+  local interval = tonumber(ARGV[6 + 2 * (i - 4)])
+  local burst = tonumber(ARGV[7 + 2 * (i - 4)])
+  local tat = math.max(tonumber(redis.call("get", KEYS[i])) or now, now)
+  wait = math.max(wait, tat - (burst - 1) * interval - now)
+  tats[i] = tat + interval
+end
+if wait > tonumber(ARGV[5]) then return {"later", math.ceil(wait), ""} end
+for i = 4, #KEYS do
+  redis.call("set", KEYS[i], tostring(tats[i]), "px", math.ceil(tats[i] - now) + 1000)
+end
+if concurrency > 0 then redis.call("zadd", KEYS[3], now + tonumber(ARGV[2]), ARGV[1]) end
+if role == "probe" then
+  redis.call("hset", KEYS[2], "state", "half-open", "probe_until", tostring(now + tonumber(ARGV[3])))
+end
+return {"go", math.floor(wait * 1000), role}
+"""
+
+#: KEYS: delivered, circuit, in-flight, this minute's counters.
+#: ARGV: outcome ("sent", "failed", "rejected", "aborted"), provider alias, lease token,
+#: dedup window s, failure threshold, cooldown ms, counters' ttl s.
+#: "failed" is a transient provider failure (it counts towards opening the circuit);
+#: "rejected" means the provider answered but refused this message (it is up);
+#: "aborted" only releases the in-flight slot. Returns the circuit's state.
+SETTLE_SCRIPT = """
+local outcome = ARGV[1]
+redis.call("zrem", KEYS[3], ARGV[3])
+if outcome == "aborted" then return redis.call("hget", KEYS[2], "state") or "closed" end
+local clock = redis.call("time")
+local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
+if outcome == "sent" then redis.call("set", KEYS[1], ARGV[2], "ex", ARGV[4]) end
+redis.call("hincrby", KEYS[4], outcome == "sent" and "sent" or "failed", 1)
+redis.call("expire", KEYS[4], ARGV[7])
+
+local state = redis.call("hget", KEYS[2], "state") or "closed"
+if outcome == "failed" then
+  local failures = redis.call("hincrby", KEYS[2], "failures", 1)
+  if state == "half-open" or (state == "closed" and failures >= tonumber(ARGV[5])) then
+    redis.call("hset", KEYS[2], "state", "open", "opened_at", tostring(now),
+      "reopen_at", tostring(now + tonumber(ARGV[6])))
+    redis.call("hdel", KEYS[2], "probe_until")
+    return "open"
+  end
+  return state
+end
+if state ~= "closed" then
+  redis.call("hset", KEYS[2], "state", "closed", "failures", 0, "closed_at", tostring(now))
+  redis.call("hdel", KEYS[2], "reopen_at", "probe_until")
+elseif redis.call("hget", KEYS[2], "failures") ~= "0" then
+  redis.call("hset", KEYS[2], "failures", 0)
+end
+return "closed"
+"""
+
+Outcome = Literal["go", "delivered", "open", "busy", "later"]
+Result = Literal["sent", "failed", "rejected", "aborted"]
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The answer of ``admit``: go (after ``wait`` seconds), or why not and for how long."""
+
+    outcome: Outcome
+    #: go: seconds to sleep until the reserved token is due; open/later: seconds until worth asking again.
+    wait: float
+    #: delivered: the provider that took it earlier; go: "closed" or "probe" (the half-open trial send).
+    detail: str
+    #: Identifies this send's in-flight slot, released by ``settle``.
+    token: str
+
+
+@cache
+def _admit_script() -> Script:
+    return redis_client().register_script(ADMIT_SCRIPT)
+
+
+@cache
+def _settle_script() -> Script:
+    return redis_client().register_script(SETTLE_SCRIPT)
+
+
+on_config_reset(_admit_script.cache_clear)
+on_config_reset(_settle_script.cache_clear)
+
+
+def admit(envelope_id: str, provider: ProviderConfig, queue: QueueConfig, config: MailQueueConfig) -> Admission:
+    """Ask whether ``envelope_id`` may be sent through ``provider`` now, reserving what it needs."""
+    keys = ProviderKeys.of(config.namespace, provider.alias)
+    token = uuid.uuid4().hex
+    rate_args: list[float] = []
+    for limit in provider.rate_limits:
+        rate_args += (limit.interval * 1000, limit.burst)
+    outcome, number, detail = _admit_script()(
+        keys=[
+            delivered_key(config.namespace, envelope_id),
+            keys.circuit,
+            keys.in_flight,
+            *(keys.rate(index) for index in range(len(provider.rate_limits))),
+        ],
+        args=[
+            token,
+            queue.time_limit,
+            math.ceil(provider.cooldown * 1000),
+            provider.max_concurrency or 0,
+            math.ceil(config.rate_limit_max_wait * 1000),
+            *rate_args,
+        ],
+    )
+    outcome = outcome.decode()
+    scale = 1_000_000 if outcome == "go" else 1000
+    return Admission(outcome=outcome, wait=int(number) / scale, detail=detail.decode(), token=token)
+
+
+def settle(
+    admission: Admission, envelope_id: str, provider: ProviderConfig, result: Result, config: MailQueueConfig
+) -> str:
+    """Record how the send went; return the provider's circuit state afterwards.
+
+    A delivery record is what stops a redelivered message from being sent
+    twice, so recording "sent" is retried briefly through a Redis hiccup.
+    """
+    keys = ProviderKeys.of(config.namespace, provider.alias)
+    retrying = Retrying(
+        stop=stop_after_attempt(5 if result == "sent" else 1),
+        wait=wait_fixed(0.2),
+        retry=retry_if_exception_type(redis.ConnectionError),
+        reraise=True,
+    )
+    for attempt in retrying:
+        with attempt:
+            state = _settle_script()(
+                keys=[
+                    delivered_key(config.namespace, envelope_id),
+                    keys.circuit,
+                    keys.in_flight,
+                    keys.stats(int(time.time() // 60)),
+                ],
+                args=[
+                    result,
+                    provider.alias,
+                    admission.token,
+                    config.dedup_window,
+                    provider.failure_threshold,
+                    math.ceil(provider.cooldown * 1000),
+                    STATS_TTL,
+                ],
+            )
+    return state.decode() if isinstance(state, bytes) else str(state)
