@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -11,14 +12,40 @@ from django.core.mail import EmailMessage
 from django.core.mail.backends.base import BaseEmailBackend
 from django.db import connections, transaction
 
+from . import outbox
 from .broker import EncodedMessage, encode, push
-from .conf import get_config
+from .conf import MailQueueConfig, get_config
 from .envelope import Envelope
-from .exceptions import BrokerUnavailable, MailQueueError, MessageTooLarge
+from .exceptions import BrokerUnavailable, InvalidMessage, MailQueueError, MessageTooLarge
 from .routing import choose_queue
 from .validation import validate_message
 
+#: Longest idempotency key accepted (it becomes part of an id, not a Redis key).
+MAX_IDEMPOTENCY_KEY = 500
+
+
+def idempotent_id(key: object, config: MailQueueConfig) -> str | None:
+    """The envelope id for a message's ``idempotency_key``: the same key always gives the same id."""
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidMessage(
+            f"idempotency_key must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY} characters, not {key!r}."
+        )
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"mailqueue:{config.namespace}:{key}").hex
+
+
 logger = logging.getLogger(__name__)
+
+
+def push_or_keep(batch: list[EncodedMessage], config: MailQueueConfig) -> None:
+    """Push to Redis; if Redis refuses, keep the batch in the outbox (or raise, if so configured)."""
+    try:
+        push(batch)
+    except BrokerUnavailable as error:
+        if config.on_broker_failure != "outbox":
+            raise
+        outbox.keep(batch, error)
 
 
 class EmailBackend(BaseEmailBackend):
@@ -32,8 +59,9 @@ class EmailBackend(BaseEmailBackend):
     def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
         """Enqueue every message with recipients; return how many were accepted.
 
-        Raises an InvalidMessage subclass for bad input and BrokerUnavailable
-        when Redis refuses the batch; in both cases nothing of the batch is queued.
+        Raises an InvalidMessage subclass for bad input, and BrokerUnavailable
+        when Redis refuses the batch and it cannot be kept in the outbox (or
+        ON_BROKER_FAILURE is "raise"); in both cases nothing of the batch is queued.
         """
         try:
             return self._enqueue(email_messages)
@@ -54,8 +82,9 @@ class EmailBackend(BaseEmailBackend):
                 continue
             validate_message(message)
             queue = choose_queue(message, mailer_queue, config)
-            envelope = Envelope.from_message(message, queue=queue, mailer=mailer)
-            encoded = encode(envelope)
+            envelope_id = idempotent_id(getattr(message, "idempotency_key", None), config)
+            envelope = Envelope.from_message(message, queue=queue, mailer=mailer, id=envelope_id)
+            encoded = encode(envelope, guarded=envelope_id is not None)
             if len(encoded.data) > config.max_message_bytes:
                 raise MessageTooLarge(
                     f"Message {message.subject!r} is {len(encoded.data)} bytes once encoded, over "
@@ -70,7 +99,7 @@ class EmailBackend(BaseEmailBackend):
             # robust: the commit has happened; a Redis failure now must not cancel other apps' hooks.
             transaction.on_commit(partial(self._push_after_commit, batch), using=config.on_commit_using, robust=True)
         else:
-            push(batch)
+            push_or_keep(batch, config)
         for message, envelope in accepted:
             message.mailqueue_id = envelope.id  # type: ignore[attr-defined]
         return len(batch)
@@ -78,7 +107,7 @@ class EmailBackend(BaseEmailBackend):
     def _push_after_commit(self, batch: list[EncodedMessage]) -> None:
         """Push a batch once its transaction committed; a failure now can only be logged."""
         try:
-            push(batch)
+            push_or_keep(batch, get_config())
         except BrokerUnavailable:
             # Envelope ids are what the sender saw as message.mailqueue_id: name them so the loss can be traced.
             ids = ", ".join(item.envelope_id for item in batch)

@@ -10,6 +10,7 @@ cost the request an extra read.)
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -25,7 +26,9 @@ from redis.commands.core import Script
 from .conf import get_config, on_config_reset
 from .envelope import Envelope
 from .exceptions import BrokerUnavailable
-from .keys import QueueKeys
+from .keys import QueueKeys, enqueued_key
+
+logger = logging.getLogger(__name__)
 
 #: Client defaults: fail fast instead of hanging a request when Redis is away.
 CLIENT_DEFAULTS: dict[str, Any] = {
@@ -58,9 +61,11 @@ class EncodedMessage:
     envelope_id: str
     redis_id: str
     data: bytes
+    #: Queue it only if this envelope id was not pushed within DEDUP_WINDOW (idempotency keys, the outbox relay).
+    guarded: bool = False
 
 
-def encode(envelope: Envelope) -> EncodedMessage:
+def encode(envelope: Envelope, *, guarded: bool = False) -> EncodedMessage:
     """Wrap ``envelope`` as a message for its queue's delivery actor."""
     redis_id = str(uuid.uuid4())
     message: dramatiq.Message[Any] = dramatiq.Message(
@@ -72,22 +77,32 @@ def encode(envelope: Envelope) -> EncodedMessage:
         message_id=envelope.id,
         message_timestamp=int(envelope.created_at * 1000),
     )
-    return EncodedMessage(queue=envelope.queue, envelope_id=envelope.id, redis_id=redis_id, data=message.encode())
+    return EncodedMessage(
+        queue=envelope.queue, envelope_id=envelope.id, redis_id=redis_id, data=message.encode(), guarded=guarded
+    )
 
 
-#: KEYS: (messages hash, ready list) per queue; ARGV: the message count per
-#: queue, then (redis id, data) pairs in the same order.
+#: KEYS: (messages hash, ready list) per queue; ARGV: the dedup window in
+#: seconds, the message count per queue, then (redis id, data, guard key or "")
+#: triples in the same order. A message with a guard key is queued only if that
+#: key was not set within the window. Returns how many messages were queued.
 ENQUEUE_SCRIPT = """
-local arg = #KEYS / 2 + 1
-for queue = 1, #KEYS / 2 do
+local queues = #KEYS / 2
+local arg = queues + 2
+local queued = 0
+for queue = 1, queues do
   local messages, ready = KEYS[2 * queue - 1], KEYS[2 * queue]
-  for _ = 1, tonumber(ARGV[queue]) do
-    redis.call("hset", messages, ARGV[arg], ARGV[arg + 1])
-    redis.call("rpush", ready, ARGV[arg])
-    arg = arg + 2
+  for _ = 1, tonumber(ARGV[queue + 1]) do
+    local guard = ARGV[arg + 2]
+    if guard == "" or redis.call("set", guard, "1", "nx", "ex", ARGV[1]) then
+      redis.call("hset", messages, ARGV[arg], ARGV[arg + 1])
+      redis.call("rpush", ready, ARGV[arg])
+      queued = queued + 1
+    end
+    arg = arg + 3
   end
 end
-return (arg - #KEYS / 2 - 1) / 2
+return queued
 """
 
 
@@ -99,29 +114,38 @@ def _enqueue_script() -> Script:
 on_config_reset(_enqueue_script.cache_clear)
 
 
-def push(batch: Sequence[EncodedMessage]) -> None:
-    """Queue every message of ``batch`` in one atomic round trip."""
+def push(batch: Sequence[EncodedMessage]) -> int:
+    """Queue every message of ``batch`` in one atomic round trip; return how many were new.
+
+    A guarded message already pushed within DEDUP_WINDOW is left out (and not counted).
+    """
     if not batch:
-        return
-    namespace = get_config().namespace
+        return 0
+    config = get_config()
+    namespace = config.namespace
     by_queue: dict[str, list[EncodedMessage]] = defaultdict(list)
     for item in batch:
         by_queue[item.queue].append(item)
     keys: list[str] = []
     counts: list[int] = []
-    pairs: list[str | bytes] = []
+    triples: list[str | bytes] = []
     for queue, items in by_queue.items():
         queue_keys = QueueKeys.of(namespace, queue)
         keys += (queue_keys.messages, queue_keys.ready)
         counts.append(len(items))
         for item in items:
-            pairs += (item.redis_id, item.data)
+            triples += (item.redis_id, item.data, enqueued_key(namespace, item.envelope_id) if item.guarded else "")
     try:
-        _enqueue_script()(keys=keys, args=[*counts, *pairs])
+        queued = _enqueue_script()(keys=keys, args=[config.dedup_window, *counts, *triples])
     except redis.RedisError as error:
         raise BrokerUnavailable(
             f"Redis did not accept {len(batch)} message(s) ({error}); nothing of this batch was queued."
         ) from error
+    if queued != len(batch):
+        logger.info(
+            "%d of %d message(s) were already queued earlier: not queued again", len(batch) - queued, len(batch)
+        )
+    return int(queued)
 
 
 def queue_messages(envelopes: Iterable[Envelope]) -> None:

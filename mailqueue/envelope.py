@@ -70,10 +70,10 @@ class Envelope:
     version: int = ENVELOPE_VERSION
 
     @classmethod
-    def from_message(cls, message: EmailMessage, *, queue: str, mailer: str) -> Envelope:
+    def from_message(cls, message: EmailMessage, *, queue: str, mailer: str, id: str | None = None) -> Envelope:
         """Capture ``message`` now; raise UnserializableMessage if a part cannot travel."""
         return cls(
-            id=uuid.uuid4().hex,
+            id=id or uuid.uuid4().hex,
             queue=queue,
             mailer=mailer,
             created_at=time.time(),

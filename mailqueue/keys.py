@@ -1,7 +1,7 @@
 """Every Redis key mailqueue uses, named in one place.
 
 Queue keys follow Dramatiq's own layout (so its workers consume what we push);
-the rest are mailqueue's: dead letters, delivery records, idempotency keys and
+the rest are mailqueue's: dead letters, enqueue and delivery records, and
 each provider's shared state (rate-limit buckets, in-flight sends, circuit, stats).
 """
 
@@ -74,6 +74,6 @@ def delivered_key(namespace: str, envelope_id: str) -> str:
     return f"{namespace}:delivered:{envelope_id}"
 
 
-def idempotency_key(namespace: str, key: str) -> str:
-    """Holds the envelope id first enqueued under a caller's idempotency key."""
-    return f"{namespace}:idempotency:{key}"
+def enqueued_key(namespace: str, envelope_id: str) -> str:
+    """Set by a guarded push: the same envelope id pushed again within the window is not queued twice."""
+    return f"{namespace}:enqueued:{envelope_id}"

@@ -30,6 +30,8 @@ class ReceivedMail:
     rcpt_tos: list[str]
     data: bytes
     peer: Any
+    #: When the server accepted it (time.time()).
+    received_at: float = 0.0
 
     @property
     def parsed(self) -> email.message.EmailMessage:
@@ -75,7 +77,13 @@ class RecordingSMTPHandler:
             if self.replies:
                 return self.replies.popleft()
             self.received.append(
-                ReceivedMail(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, session.peer)
+                ReceivedMail(
+                    envelope.mail_from,
+                    list(envelope.rcpt_tos),
+                    envelope.original_content,
+                    session.peer,
+                    received_at=time.time(),
+                )
             )
         return "250 Message accepted"
 
@@ -99,8 +107,12 @@ class SMTPServer:
     def __init__(self, idle_timeout: float = 300, polite_idle_close: bool = False) -> None:
         self.handler = RecordingSMTPHandler()
         self.port = free_port()
-        controller = PoliteController if polite_idle_close else Controller
-        self.controller = controller(self.handler, hostname="127.0.0.1", port=self.port, timeout=idle_timeout)
+        self.idle_timeout = idle_timeout
+        self.controller_class = PoliteController if polite_idle_close else Controller
+        self.controller = self._controller()
+
+    def _controller(self) -> Controller:
+        return self.controller_class(self.handler, hostname="127.0.0.1", port=self.port, timeout=self.idle_timeout)
 
     @property
     def received(self) -> list[ReceivedMail]:
@@ -112,6 +124,11 @@ class SMTPServer:
 
     def stop(self) -> None:
         self.controller.stop()
+
+    def restart(self) -> None:
+        """Listen again on the same port (after ``stop``), keeping what was received."""
+        self.controller = self._controller()
+        self.controller.start()
 
     def mailer(self) -> dict[str, Any]:
         return {

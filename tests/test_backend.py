@@ -16,7 +16,7 @@ from django.core.mail import (
     send_mail,
     send_mass_mail,
 )
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils.translation import gettext_lazy
 
 from mailqueue.exceptions import (
@@ -28,6 +28,7 @@ from mailqueue.exceptions import (
     UnknownQueue,
     UnserializableMessage,
 )
+from mailqueue.models import OutboxMessage
 from mailqueue.monitoring import queue_depths
 
 
@@ -276,10 +277,35 @@ def test_oversized_message_fails_at_send_time(configure, smtp_server) -> None:
     assert ready("default") == 0
 
 
-def test_unreachable_redis_is_a_clear_error(configure, smtp_server) -> None:
-    configure(providers={"smtp": smtp_server.mailer()}, BROKER_URL="redis://127.0.0.1:1/0")
+def test_unreachable_redis_is_a_clear_error_when_configured_to_raise(configure, smtp_server) -> None:
+    configure(providers={"smtp": smtp_server.mailer()}, BROKER_URL="redis://127.0.0.1:1/0", ON_BROKER_FAILURE="raise")
     with pytest.raises(BrokerUnavailable, match="nothing of this batch was queued"):
         send_mail("s", "b", None, ["a@example.com"])
+
+
+@pytest.mark.django_db
+def test_unreachable_redis_keeps_the_mail_in_the_outbox(configure, smtp_server) -> None:
+    configure(providers={"smtp": smtp_server.mailer()}, BROKER_URL="redis://127.0.0.1:1/0", ON_COMMIT=False)
+    message = EmailMessage("s", "b", None, ["a@example.com"])
+    assert message.send() == 1
+    kept = OutboxMessage.objects.get()
+    assert kept.envelope_id == message.mailqueue_id
+    assert kept.queue == "default"
+    assert "Connection refused" in kept.reason
+
+
+@pytest.mark.django_db(transaction=True)
+def test_when_the_outbox_database_fails_too_the_caller_gets_a_clear_error(configure, smtp_server) -> None:
+    configure(providers={"smtp": smtp_server.mailer()}, BROKER_URL="redis://127.0.0.1:1/0", ON_COMMIT=False)
+    table = OutboxMessage._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {table} RENAME TO {table}_away")
+    try:
+        with pytest.raises(BrokerUnavailable, match="The outbox database 'default' refused it too"):
+            send_mail("s", "b", None, ["a@example.com"])
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {table}_away RENAME TO {table}")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -324,8 +350,18 @@ def test_bad_input_inside_a_transaction_still_fails_at_send_time(smtp_setup) -> 
 
 
 @pytest.mark.django_db(transaction=True)
-def test_redis_away_at_commit_is_logged_and_other_commit_hooks_still_run(configure, smtp_server, caplog) -> None:
+def test_redis_away_at_commit_keeps_the_mail_in_the_outbox(configure, smtp_server) -> None:
     configure(providers={"smtp": smtp_server.mailer()}, BROKER_URL="redis://127.0.0.1:1/0")
+    message = EmailMessage("s", "b", None, ["a@example.com"])
+    with transaction.atomic():
+        assert message.send() == 1
+        assert not OutboxMessage.objects.exists()
+    assert OutboxMessage.objects.get().envelope_id == message.mailqueue_id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_redis_away_at_commit_is_logged_and_other_commit_hooks_still_run(configure, smtp_server, caplog) -> None:
+    configure(providers={"smtp": smtp_server.mailer()}, BROKER_URL="redis://127.0.0.1:1/0", ON_BROKER_FAILURE="raise")
     ran = []
     message = EmailMessage("s", "b", None, ["a@example.com"])
     with transaction.atomic():

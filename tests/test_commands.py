@@ -20,22 +20,47 @@ def run(*args: str) -> str:
     return out.getvalue()
 
 
-def test_status_table_shows_every_queue(smtp_setup) -> None:
+@pytest.mark.django_db(transaction=True)
+def test_status_table_shows_every_queue_provider_and_the_outbox(smtp_setup) -> None:
     send_mail("s", "b", None, ["a@example.com"], using="bulk")
     send_mail("s", "b", None, ["a@example.com"], using="bulk")
-    lines = run("status").splitlines()
+    queues, providers, outbox = run("status").split("\n\n")
+    lines = queues.splitlines()
     assert lines[0].split() == ["queue", "ready", "in_progress", "delayed", "dead"]
     assert [line.split() for line in lines[1:]] == [
         ["critical", "0", "0", "0", "0"],
         ["default", "0", "0", "0", "0"],
         ["bulk", "2", "0", "0", "0"],
     ]
+    lines = providers.splitlines()
+    assert lines[0].split() == [
+        "provider", "state", "failures", "probe_in", "sent_5m", "failed_5m", "sent_1h", "failed_1h"
+    ]  # fmt: skip
+    assert lines[1].split() == ["smtp", "closed", "0", "-", "0", "0", "0", "0"]
+    assert outbox.strip() == "outbox: 0 message(s) waiting for Redis"
 
 
-def test_status_json(smtp_setup) -> None:
+@pytest.mark.django_db(transaction=True)
+def test_status_json(smtp_setup, run_worker) -> None:
+    send_mail("s", "b", None, ["a@example.com"], using="transactional")
+    with run_worker() as worker:
+        worker.drain()
     send_mail("s", "b", None, ["a@example.com"], using="transactional")
     data = json.loads(run("status", "--json"))
-    assert data[0] == {"queue": "critical", "ready": 1, "in_progress": 0, "delayed": 0, "dead": 0}
+    assert data["queues"][0] == {"queue": "critical", "ready": 1, "in_progress": 0, "delayed": 0, "dead": 0}
+    assert data["providers"] == [
+        {
+            "provider": "smtp",
+            "state": "closed",
+            "failures": 0,
+            "probe_in": None,
+            "sent_5m": 1,
+            "failed_5m": 0,
+            "sent_1h": 1,
+            "failed_1h": 0,
+        }
+    ]
+    assert data["outbox"] == 0
 
 
 @pytest.fixture

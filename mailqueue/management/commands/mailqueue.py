@@ -1,4 +1,4 @@
-"""``manage.py mailqueue``: queue depth, dead letters, requeue and purge."""
+"""``manage.py mailqueue``: status, dead letters, requeue and purge, and the outbox relay."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 
-from mailqueue import deadletters
+from mailqueue import deadletters, outbox
 from mailqueue.conf import get_config
-from mailqueue.exceptions import EnvelopeError
-from mailqueue.monitoring import queue_depths
+from mailqueue.exceptions import BrokerUnavailable, EnvelopeError
+from mailqueue.monitoring import provider_health, queue_depths
 
 DEPTH_COLUMNS = ("queue", "ready", "in_progress", "delayed", "dead")
+HEALTH_COLUMNS = ("provider", "state", "failures", "probe_in", "sent_5m", "failed_5m", "sent_1h", "failed_1h")
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -38,13 +40,20 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True, parser_class=argparse.ArgumentParser)
-        status = sub.add_parser("status", help="queue depth per queue (ready, in progress, delayed, dead)")
+        status = sub.add_parser(
+            "status", help="queue depth per queue, each provider's health, and mail waiting in the outbox"
+        )
         status.add_argument("--json", action="store_true", help="machine-readable output")
         dead = sub.add_parser("dead", help="list dead-lettered messages with their reason")
         dead.add_argument("--queue", help="only this queue")
         dead.add_argument("--json", action="store_true", help="machine-readable output, payloads included")
         _add_selectors(sub.add_parser("requeue", help="put dead letters back on their queue"))
         _add_selectors(sub.add_parser("purge", help="delete dead letters for good"))
+        relay = sub.add_parser(
+            "relay", help="push mail kept in the outbox (Redis was away) to Redis; runs until stopped"
+        )
+        relay.add_argument("--once", action="store_true", help="relay what is waiting now, then exit")
+        relay.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="pause when idle")
 
     def handle(self, *args: Any, action: str, **options: Any) -> None:
         queue = options.get("queue")
@@ -53,13 +62,49 @@ class Command(BaseCommand):
         getattr(self, f"handle_{action}")(**options)
 
     def handle_status(self, *, json: bool = False, **options: Any) -> None:
-        depths = queue_depths()
+        depths = [depth.as_dict() for depth in queue_depths()]
+        health = [provider.as_dict() for provider in provider_health()]
+        try:
+            waiting: int | str = outbox.waiting()
+        except DatabaseError as error:
+            waiting = f"unknown ({error})"
         if json:
-            self.stdout.write(_dumps([depth.as_dict() for depth in depths]))
+            self.stdout.write(_dumps({"queues": depths, "providers": health, "outbox": waiting}))
             return
-        rows = [list(DEPTH_COLUMNS)]
-        rows += [[str(depth.as_dict()[column]) for column in DEPTH_COLUMNS] for depth in depths]
-        self.stdout.write(_table(rows))
+        self.stdout.write(
+            _table([list(DEPTH_COLUMNS), *([_cell(row[column]) for column in DEPTH_COLUMNS] for row in depths)])
+        )
+        self.stdout.write("")
+        self.stdout.write(
+            _table([list(HEALTH_COLUMNS), *([_cell(row[column]) for column in HEALTH_COLUMNS] for row in health)])
+        )
+        self.stdout.write(f"\noutbox: {waiting} message(s) waiting for Redis")
+
+    def handle_relay(self, *, once: bool = False, interval: float = 1.0, **options: Any) -> None:
+        relayed = 0
+        try:
+            while True:
+                try:
+                    pushed = outbox.relay_batch()
+                except BrokerUnavailable as error:
+                    if once:
+                        raise CommandError(str(error)) from error
+                    self.stderr.write(f"Redis is still unavailable, retrying in {interval:g}s: {error}")
+                    time.sleep(interval)
+                    continue
+                relayed += pushed
+                if pushed:
+                    self.stdout.write(f"relayed {pushed} message(s)")
+                    continue
+                if once:
+                    break
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            pass
+        stranded = outbox.stranded()
+        if stranded:
+            self.stderr.write(f"left in the outbox, their queue is no longer configured: {stranded}")
+        self.stdout.write(f"relayed {relayed} message(s) in all")
 
     def handle_dead(self, *, queue: str | None = None, json: bool = False, **options: Any) -> None:
         letters = list(deadletters.iter_dead(queue))
@@ -95,6 +140,14 @@ class Command(BaseCommand):
     def handle_purge(self, **options: Any) -> None:
         count = deadletters.purge(self._select(options))
         self.stdout.write(f"purged {count} message(s)")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
 
 
 def _dumps(data: Any) -> str:

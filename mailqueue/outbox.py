@@ -1,0 +1,95 @@
+"""The durable fallback: keep a batch in the database when Redis refuses it, relay it when Redis is back.
+
+Relayed messages are pushed guarded (by envelope id), so a relay that crashes
+between pushing and deleting its rows queues nothing twice when it runs again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from django.db import DatabaseError, transaction
+
+from .broker import EncodedMessage, push
+from .conf import get_config
+from .exceptions import BrokerUnavailable
+from .models import OutboxMessage
+
+logger = logging.getLogger(__name__)
+
+#: Rows pushed per relay transaction.
+RELAY_BATCH = 500
+
+
+def keep(batch: Sequence[EncodedMessage], error: BrokerUnavailable) -> None:
+    """Store ``batch`` in the outbox; raise BrokerUnavailable if the database refuses too."""
+    database = get_config().outbox_database
+    rows = [
+        OutboxMessage(
+            envelope_id=item.envelope_id, queue=item.queue, redis_id=item.redis_id, data=item.data, reason=str(error)
+        )
+        for item in batch
+    ]
+    try:
+        # ignore_conflicts: an envelope id already waiting (same idempotency key) is one message.
+        OutboxMessage.objects.using(database).bulk_create(rows, ignore_conflicts=True)
+    except DatabaseError as db_error:
+        raise BrokerUnavailable(
+            f"{error} The outbox database {database!r} refused it too ({db_error}); the message was not accepted."
+        ) from db_error
+    logger.warning(
+        "Redis is unavailable (%s): %d message(s) kept in the outbox until `manage.py mailqueue relay` pushes them",
+        error,
+        len(rows),
+    )
+
+
+def waiting() -> int:
+    """How many messages wait in the outbox."""
+    return OutboxMessage.objects.using(get_config().outbox_database).count()
+
+
+def relay_batch(limit: int = RELAY_BATCH) -> int:
+    """Push up to ``limit`` waiting messages to Redis, oldest first; return how many.
+
+    Raises BrokerUnavailable (nothing is removed) when Redis still refuses them.
+    Rows of queues no longer configured stay where they are, and are logged.
+    """
+    config = get_config()
+    database = config.outbox_database
+    with transaction.atomic(using=database):
+        rows = OutboxMessage.objects.using(database).filter(queue__in=list(config.queues)).order_by("id")
+        if transaction.get_connection(database).features.has_select_for_update_skip_locked:
+            # Several relays may run: each takes rows the others are not pushing.
+            rows = rows.select_for_update(skip_locked=True)
+        taken = list(rows[:limit])
+        if not taken:
+            return 0
+        push(
+            [
+                EncodedMessage(
+                    queue=row.queue,
+                    envelope_id=row.envelope_id,
+                    redis_id=row.redis_id,
+                    data=bytes(row.data),
+                    guarded=True,
+                )
+                for row in taken
+            ]
+        )
+        OutboxMessage.objects.using(database).filter(pk__in=[row.pk for row in taken]).delete()
+    return len(taken)
+
+
+def stranded() -> dict[str, int]:
+    """Waiting messages whose queue is no longer configured, by queue: the relay leaves them alone."""
+    config = get_config()
+    counts: dict[str, int] = {}
+    for queue in (
+        OutboxMessage.objects.using(config.outbox_database)
+        .exclude(queue__in=list(config.queues))
+        .values_list("queue", flat=True)
+    ):
+        counts[queue] = counts.get(queue, 0) + 1
+    return counts
