@@ -74,6 +74,11 @@ def delivered_key(namespace: str, envelope_id: str) -> str:
     return f"{namespace}:delivered:{envelope_id}"
 
 
+def sending_key(namespace: str, envelope_id: str) -> str:
+    """Held by the worker sending the envelope now: another copy of it waits instead of sending too."""
+    return f"{namespace}:sending:{envelope_id}"
+
+
 def enqueued_key(namespace: str, envelope_id: str) -> str:
     """Set by a guarded push: the same envelope id pushed again within the window is not queued twice."""
     return f"{namespace}:enqueued:{envelope_id}"

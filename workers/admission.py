@@ -5,12 +5,12 @@ one Lua script call per step, on Redis's clock (so hosts whose clocks differ
 still share one limit):
 
 * ``admit`` (before a send): was the envelope already delivered (a redelivery
-  after a crash)? Is the provider's circuit open? Is a concurrency slot free?
+  after a crash), or is another worker sending it right now? Is the provider's circuit open? Is a concurrency slot free?
   Which rate-limit token does this send get, and how long until it is due?
 * ``settle`` (after the send): record the delivery, the provider's health
   (closing or opening its circuit) and its per-minute counters.
 
-Two round trips per message, whatever is configured.
+Two round trips per delivered message, whatever is configured.
 """
 
 from __future__ import annotations
@@ -28,16 +28,19 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from mailqueue.broker import redis_client
 from mailqueue.conf import MailQueueConfig, ProviderConfig, QueueConfig, on_config_reset
-from mailqueue.keys import STATS_TTL, ProviderKeys, delivered_key
+from mailqueue.keys import STATS_TTL, ProviderKeys, delivered_key, sending_key
 
-#: KEYS: delivered, circuit, in-flight, then one bucket per rate limit.
+#: KEYS: delivered, circuit, in-flight, sending claim, then one bucket per rate limit.
 #: ARGV: lease token, in-flight lease ms, probe lease ms, max concurrency (0: none),
-#: longest wait for a token in ms, then (interval ms, burst) per rate limit.
-#: Returns {outcome, number, text}: {"delivered", 0, provider}, {"open", retry ms, ""},
-#: {"busy", 0, ""}, {"later", wait ms, ""}, or {"go", wait in µs, "closed" | "probe"}.
+#: longest wait for a token in ms, claim token, then (interval ms, burst) per rate limit.
+#: Returns {outcome, number, text}: {"delivered", 0, provider}, {"claimed", retry ms, ""},
+#: {"open", retry ms, ""}, {"busy", 0, ""}, {"later", wait ms, ""}, or
+#: {"go", wait in µs, "closed" | "probe"}.
 ADMIT_SCRIPT = """
 local delivered = redis.call("get", KEYS[1])
 if delivered then return {"delivered", 0, delivered} end
+local holder = redis.call("get", KEYS[4])
+if holder and holder ~= ARGV[6] then return {"claimed", math.max(redis.call("pttl", KEYS[4]), 1), ""} end
 local clock = redis.call("time")
 local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
 
@@ -65,17 +68,18 @@ end
 -- their own slot and the sustained rate is exact.
 local wait = 0
 local tats = {}
-for i = 4, #KEYS do
-  local interval = tonumber(ARGV[6 + 2 * (i - 4)])
-  local burst = tonumber(ARGV[7 + 2 * (i - 4)])
+for i = 5, #KEYS do
+  local interval = tonumber(ARGV[7 + 2 * (i - 5)])
+  local burst = tonumber(ARGV[8 + 2 * (i - 5)])
   local tat = math.max(tonumber(redis.call("get", KEYS[i])) or now, now)
   wait = math.max(wait, tat - (burst - 1) * interval - now)
   tats[i] = tat + interval
 end
 if wait > tonumber(ARGV[5]) then return {"later", math.ceil(wait), ""} end
-for i = 4, #KEYS do
+for i = 5, #KEYS do
   redis.call("set", KEYS[i], tostring(tats[i]), "px", math.ceil(tats[i] - now) + 1000)
 end
+redis.call("set", KEYS[4], ARGV[6], "px", ARGV[2])
 if concurrency > 0 then redis.call("zadd", KEYS[3], now + tonumber(ARGV[2]), ARGV[1]) end
 if role == "probe" then
   redis.call("hset", KEYS[2], "state", "half-open", "probe_until", tostring(now + tonumber(ARGV[3])))
@@ -83,19 +87,23 @@ end
 return {"go", math.floor(wait * 1000), role}
 """
 
-#: KEYS: delivered, circuit, in-flight, this minute's counters.
+#: KEYS: delivered, circuit, in-flight, this minute's counters, sending claim.
 #: ARGV: outcome ("sent", "failed", "rejected", "aborted"), provider alias, lease token,
 #: dedup window s, failure threshold, cooldown ms, counters' ttl s.
 #: "failed" is a transient provider failure (it counts towards opening the circuit);
 #: "rejected" means the provider answered but refused this message (it is up);
-#: "aborted" only releases the in-flight slot. Returns the circuit's state.
+#: "aborted" only releases the in-flight slot. "sent" also drops the sending claim,
+#: which the delivery record replaces. Returns the circuit's state.
 SETTLE_SCRIPT = """
 local outcome = ARGV[1]
 redis.call("zrem", KEYS[3], ARGV[3])
 if outcome == "aborted" then return redis.call("hget", KEYS[2], "state") or "closed" end
 local clock = redis.call("time")
 local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
-if outcome == "sent" then redis.call("set", KEYS[1], ARGV[2], "ex", ARGV[4]) end
+if outcome == "sent" then
+  redis.call("set", KEYS[1], ARGV[2], "ex", ARGV[4])
+  redis.call("del", KEYS[5])
+end
 redis.call("hincrby", KEYS[4], outcome == "sent" and "sent" or "failed", 1)
 redis.call("expire", KEYS[4], ARGV[7])
 
@@ -119,7 +127,13 @@ end
 return "closed"
 """
 
-Outcome = Literal["go", "delivered", "open", "busy", "later"]
+#: KEYS: sending claim; ARGV: claim token. Drops the claim if it is still ours.
+RELEASE_SCRIPT = """
+if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end
+return 0
+"""
+
+Outcome = Literal["go", "delivered", "claimed", "open", "busy", "later"]
 Result = Literal["sent", "failed", "rejected", "aborted"]
 
 
@@ -128,7 +142,7 @@ class Admission:
     """The answer of ``admit``: go (after ``wait`` seconds), or why not and for how long."""
 
     outcome: Outcome
-    #: go: seconds to sleep until the reserved token is due; open/later: seconds until worth asking again.
+    #: go: seconds to sleep until the reserved token is due; otherwise seconds until worth asking again.
     wait: float
     #: delivered: the provider that took it earlier; go: "closed" or "probe" (the half-open trial send).
     detail: str
@@ -146,12 +160,30 @@ def _settle_script() -> Script:
     return redis_client().register_script(SETTLE_SCRIPT)
 
 
+@cache
+def _release_script() -> Script:
+    return redis_client().register_script(RELEASE_SCRIPT)
+
+
 on_config_reset(_admit_script.cache_clear)
 on_config_reset(_settle_script.cache_clear)
+on_config_reset(_release_script.cache_clear)
 
 
-def admit(envelope_id: str, provider: ProviderConfig, queue: QueueConfig, config: MailQueueConfig) -> Admission:
-    """Ask whether ``envelope_id`` may be sent through ``provider`` now, reserving what it needs."""
+def new_claim() -> str:
+    """A token naming one delivery attempt: it claims the envelope while that attempt sends."""
+    return uuid.uuid4().hex
+
+
+def admit(
+    envelope_id: str, provider: ProviderConfig, queue: QueueConfig, config: MailQueueConfig, claim: str | None = None
+) -> Admission:
+    """Ask whether ``envelope_id`` may be sent through ``provider`` now, reserving what it needs.
+
+    ``claim`` (from ``new_claim``) names the attempt; a go claims the envelope
+    for the queue's time limit, so another copy of it (a redelivery while this
+    attempt still runs) waits instead of sending too.
+    """
     keys = ProviderKeys.of(config.namespace, provider.alias)
     token = uuid.uuid4().hex
     rate_args: list[float] = []
@@ -162,6 +194,7 @@ def admit(envelope_id: str, provider: ProviderConfig, queue: QueueConfig, config
             delivered_key(config.namespace, envelope_id),
             keys.circuit,
             keys.in_flight,
+            sending_key(config.namespace, envelope_id),
             *(keys.rate(index) for index in range(len(provider.rate_limits))),
         ],
         args=[
@@ -170,6 +203,7 @@ def admit(envelope_id: str, provider: ProviderConfig, queue: QueueConfig, config
             math.ceil(provider.cooldown * 1000),
             provider.max_concurrency or 0,
             math.ceil(config.rate_limit_max_wait * 1000),
+            claim or token,
             *rate_args,
         ],
     )
@@ -201,6 +235,7 @@ def settle(
                     keys.circuit,
                     keys.in_flight,
                     keys.stats(int(time.time() // 60)),
+                    sending_key(config.namespace, envelope_id),
                 ],
                 args=[
                     result,
@@ -213,3 +248,8 @@ def settle(
                 ],
             )
     return state.decode() if isinstance(state, bytes) else str(state)
+
+
+def release(envelope_id: str, claim: str, config: MailQueueConfig) -> None:
+    """Drop this attempt's claim on the envelope (it was not delivered): the next attempt may send."""
+    _release_script()(keys=[sending_key(config.namespace, envelope_id)], args=[claim])

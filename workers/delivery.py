@@ -30,12 +30,13 @@ from mailqueue.exceptions import (
     AllProvidersRefused,
     DeliveryDeferred,
     DeliveryError,
+    MailQueueError,
     PermanentDeliveryError,
     ProviderRefused,
     TransientDeliveryError,
 )
 
-from .admission import Admission, Result, admit, settle
+from .admission import Admission, Result, admit, new_claim, release, settle
 from .classify import classify
 from .connections import connections
 
@@ -103,11 +104,13 @@ def send_with_retries(provider: ProviderConfig, message: EmailMessage, envelope_
             send_once(provider.alias, message, envelope_id)
 
 
-def _admission(envelope_id: str, provider: ProviderConfig, queue: QueueConfig, config: MailQueueConfig) -> Admission:
+def _admission(
+    envelope_id: str, provider: ProviderConfig, queue: QueueConfig, config: MailQueueConfig, claim: str
+) -> Admission:
     """``admit``, waiting up to RATE_LIMIT_MAX_WAIT for a free concurrency slot."""
     deadline = time.monotonic() + config.rate_limit_max_wait
     while True:
-        admission = admit(envelope_id, provider, queue, config)
+        admission = admit(envelope_id, provider, queue, config, claim)
         if admission.outcome != "busy" or time.monotonic() >= deadline:
             return admission
         time.sleep(BUSY_POLL)
@@ -131,14 +134,38 @@ def deliver(envelope: Envelope, queue: QueueConfig, config: MailQueueConfig) -> 
     using a retry), or EnvelopeError (cannot be rebuilt).
     """
     message = envelope.to_message()
+    claim = new_claim()
+    try:
+        return _through_chain(envelope, message, queue, config, claim)
+    except MailQueueError:
+        # Not delivered: let the next attempt (or another copy) send it without waiting out the claim.
+        # An interruption mid-send (time limit, shutdown) keeps the claim: the provider may have taken it.
+        _release_quietly(envelope.id, claim, config)
+        raise
+
+
+def _release_quietly(envelope_id: str, claim: str, config: MailQueueConfig) -> None:
+    try:
+        release(envelope_id, claim, config)
+    except Exception:
+        logger.exception("could not release the sending claim on %s; it expires with the time limit", envelope_id)
+
+
+def _through_chain(
+    envelope: Envelope, message: EmailMessage, queue: QueueConfig, config: MailQueueConfig, claim: str
+) -> str:
     failures: list[DeliveryError] = []
     skipped: list[float] = []
     for alias in queue.providers:
         provider = config.provider(alias)
-        admission = _admission(envelope.id, provider, queue, config)
+        admission = _admission(envelope.id, provider, queue, config, claim)
         if admission.outcome == "delivered":
             logger.warning("%s was already delivered via %s: not sending it again", envelope.id, admission.detail)
             return admission.detail
+        if admission.outcome == "claimed":
+            raise DeliveryDeferred(
+                f"another worker is sending {envelope.id} right now", envelope_id=envelope.id, delay=admission.wait
+            )
         if admission.outcome == "open":
             logger.info("provider %s is skipped for %s: its circuit is open", alias, envelope.id)
             skipped.append(admission.wait)
@@ -156,9 +183,8 @@ def deliver(envelope: Envelope, queue: QueueConfig, config: MailQueueConfig) -> 
         try:
             send_with_retries(provider, message, envelope.id)
         except (TransientDeliveryError, ProviderRefused) as error:
-            _settle_quietly(
-                admission, envelope.id, provider, "rejected" if isinstance(error, ProviderRefused) else "failed", config
-            )
+            result: Result = "rejected" if isinstance(error, ProviderRefused) else "failed"
+            _settle_quietly(admission, envelope.id, provider, result, config)
             if isinstance(error.cause, ImproperlyConfigured):
                 logger.error("provider %s is misconfigured, failing over: %s", alias, error.cause, exc_info=error.cause)
             else:
