@@ -8,6 +8,7 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
 from mailqueue.checks import check_configuration
+from mailqueue.conf import RateLimit, get_config
 from mailqueue.exceptions import MailQueueImproperlyConfigured
 
 SMTP = {"BACKEND": "django.core.mail.backends.smtp.EmailBackend", "OPTIONS": {"host": "127.0.0.1", "timeout": 5}}
@@ -125,6 +126,72 @@ def test_a_valid_configuration_has_no_errors(settings) -> None:
             "'on_commit' must be True or False",
         ),
         (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "ON_BROKER_FAILURE": "drop"},
+            None,
+            "mailqueue.E013",
+            "MAILQUEUE['ON_BROKER_FAILURE'] is 'drop'",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "OUTBOX_DATABASE": "nope"},
+            None,
+            "mailqueue.E013",
+            "'nope', not a DATABASES alias",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "PROVIDERS": {"smtp": {"rate_limit": "14 per sec"}}},
+            None,
+            "mailqueue.E014",
+            "'14 per sec', which is not a rate",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "PROVIDERS": {"smtp": {"rate_limit": "0/s"}}},
+            None,
+            "mailqueue.E014",
+            "not a rate",
+        ),
+        (
+            {
+                "QUEUES": {"default": {"providers": ["smtp"]}},
+                "PROVIDERS": {"smtp": {"rate_limit": {"rate": "5/s", "burst": 0}}},
+            },
+            None,
+            "mailqueue.E010",
+            "burst must be an integer >= 1",
+        ),
+        (
+            {
+                "QUEUES": {"default": {"providers": ["smtp"]}},
+                "PROVIDERS": {"smtp": {"rate_limit": {"rate": "5/s", "brust": 2}}},
+            },
+            None,
+            "mailqueue.E001",
+            "unknown key(s) 'brust'",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "PROVIDERS": {"smtp": {"max_concurrency": 0}}},
+            None,
+            "mailqueue.E010",
+            "max_concurrency",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "PROVIDERS": {"smtp": {"cooldown": -1}}},
+            None,
+            "mailqueue.E010",
+            "cooldown",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "DEDUP_WINDOW": 0},
+            None,
+            "mailqueue.E010",
+            "DEDUP_WINDOW",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "RATE_LIMIT_MAX_WAIT": "1s"},
+            None,
+            "mailqueue.E010",
+            "RATE_LIMIT_MAX_WAIT",
+        ),
+        (
             {"QUEUES": {"default": {"providers": ["postmark"]}}},
             {"default": {"BACKEND": QUEUED}, "postmark": {"BACKEND": "anymail.backends.postmark.EmailBackend"}},
             "mailqueue.E012",
@@ -165,3 +232,18 @@ def test_sending_with_a_broken_configuration_raises_improperly_configured(settin
     settings.MAILQUEUE = {"QUEUES": {"default": {"providers": ["postmark"]}}}
     with pytest.raises(MailQueueImproperlyConfigured, match="mailqueue.E004"):
         send_mail("s", "b", None, ["a@example.com"])
+
+
+def test_rate_limits_are_read_into_token_buckets(settings) -> None:
+    errors(
+        settings,
+        {
+            "QUEUES": {"default": {"providers": ["smtp"]}},
+            "PROVIDERS": {"smtp": {"rate_limit": [{"rate": "14/s", "burst": 2}, "50000/day", "600 / m"]}},
+        },
+    )
+    assert get_config().provider("smtp").rate_limits == (
+        RateLimit(count=14, period=1, burst=2),
+        RateLimit(count=50000, period=86400, burst=50000),
+        RateLimit(count=600, period=60, burst=600),
+    )
