@@ -87,6 +87,7 @@ class Case:
     build: Callable[[], EmailMessage]
     outcome: Refused | None
     settings: dict[str, Any] = field(default_factory=dict)
+    bug: str = ""  # a known bug: the row is a strict xfail until it is fixed
 
 
 CORPUS = [
@@ -227,6 +228,13 @@ CORPUS = [
         attaching('a"; name="evil.exe', b"x", "application/octet-stream"),
         DELIVERED,
     ),
+    Case(
+        "message-partial-attachment",
+        attaching("part.eml", b"Subject: part 1 of 2\r\n\r\nbody", "message/partial"),
+        Refused(InvalidMessage, r"attachments\[0\].*message/partial"),
+        bug="accepted at send time, then dead-lettered by the worker: Python's email package cannot build "
+        "a message/partial attachment (ValueError), and validation does not know it",
+    ),
     # --- nested message/rfc822 -----------------------------------------------------------------
     Case("nested-rfc822", attaching("fwd.eml", inner_message(), "message/rfc822"), DELIVERED),
     Case("nested-rfc822-twice", doubly_nested, DELIVERED),
@@ -239,6 +247,20 @@ CORPUS = [
         "nested-rfc822-raw-garbage-bytes",
         attaching("junk.eml", b"\xff\xfe\x00garbage\r\n\r\n", "message/rfc822"),
         DELIVERED,
+    ),
+    Case(
+        "nested-rfc822-crlf-injection-in-its-subject",
+        attaching("fwd.eml", inner_message("Hi\nBcc: evil@example.com"), "message/rfc822"),
+        Refused(HeaderInjection, r"attachments\[0\].*Subject contains a line break"),
+        bug="an attached EmailMessage is not validated; rendering it in Envelope.from_message raises the "
+        "email package's bare ValueError, which names neither the attachment nor the header",
+    ),
+    Case(
+        "nested-rfc822-lone-surrogate-in-its-body",
+        attaching("fwd.eml", inner_message(body="bad \udcff body"), "message/rfc822"),
+        Refused(InvalidMessage, r"attachments\[0\].*Body cannot be encoded"),
+        bug="an attached EmailMessage is not validated; rendering it in Envelope.from_message raises a bare "
+        "UnicodeEncodeError that does not name the attachment",
     ),
 ]
 
@@ -259,7 +281,14 @@ def _idle() -> bool:
     return all((d.ready, d.in_progress, d.delayed, d.dead) == (0, 0, 0, 0) for d in queue_depths())
 
 
-@pytest.mark.parametrize("case", [pytest.param(case, id=case.id) for case in CORPUS])
+def _params(rows: list[Any]) -> list[Any]:
+    return [
+        pytest.param(row, id=row.id, marks=[pytest.mark.xfail(strict=True, reason=row.bug)] if row.bug else [])
+        for row in rows
+    ]
+
+
+@pytest.mark.parametrize("case", _params(CORPUS))
 def test_hostile_message(case: Case, configure, smtp_server: SMTPServer, run_worker) -> None:
     configure(providers={"smtp": smtp_server.mailer()}, **case.settings)
     if case.outcome is not None:
@@ -289,7 +318,7 @@ def test_hostile_message(case: Case, configure, smtp_server: SMTPServer, run_wor
 
 def test_the_whole_corpus_then_an_ordinary_message_on_one_queue(smtp_setup: SMTPServer, run_worker) -> None:
     for case in CORPUS:
-        if case.outcome is not None and not case.settings:
+        if case.outcome is not None and not case.settings and not case.bug:
             with pytest.raises(case.outcome.error):
                 case.build().send()
     batch = []
