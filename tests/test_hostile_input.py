@@ -5,21 +5,30 @@ refused by ``send()`` with an ``InvalidMessage`` subclass whose text names the p
 is queued), or delivered by a real Dramatiq worker to a real SMTP server byte for byte as a
 synchronous send of the same message through the same server. Either way the queue keeps flowing:
 an ordinary message sent next is delivered, and nothing is left ready, in progress, delayed or dead.
+A second table does the same for poison that no ``send()`` could produce, written straight into Redis:
+it must be dead-lettered with a decode error while the worker goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
 import email.policy
+import json
 import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import dramatiq.worker
 import pytest
 from django.core.mail import EmailMessage, EmailMultiAlternatives, mailers
+from dramatiq.errors import QueueJoinTimeout
 
+from mailqueue import deadletters
+from mailqueue.broker import QueueKeys, actor_name, redis_client
+from mailqueue.envelope import Envelope
 from mailqueue.exceptions import HeaderInjection, InvalidAddress, InvalidMessage, MessageTooLarge
 from mailqueue.monitoring import queue_depths
 from tests.servers import ReceivedMail, SMTPServer
@@ -336,3 +345,97 @@ def test_the_whole_corpus_then_an_ordinary_message_on_one_queue(smtp_setup: SMTP
         [case.id for case in CORPUS if case.outcome is DELIVERED] + ["ordinary"]
     )
     assert _idle()
+
+
+# --- poison in Redis: what no send() produces, written straight into the queue ---------------
+# An unknown envelope version is covered by test_delivery.py; Envelope.decode's errors one by one
+# by test_envelope.py. These rows go end to end, including below the envelope: Dramatiq's own message.
+
+
+def dramatiq_message(redis_id: str, args: list[Any]) -> bytes:
+    """A well-formed Dramatiq message for the default queue's actor, carrying ``args``."""
+    message = {
+        "queue_name": "default",
+        "actor_name": actor_name("default"),
+        "args": args,
+        "kwargs": {},
+        "options": {"redis_message_id": redis_id},
+        "message_id": redis_id,
+        "message_timestamp": 0,
+    }
+    return json.dumps(message).encode()
+
+
+def envelope(**changes: Any) -> dict[str, Any]:
+    good = Envelope.from_message(EmailMessage("poison", "b", FROM, TO), queue="default", mailer="default").encode()
+    return {**good, **changes}
+
+
+def with_message_fields(**changes: Any) -> dict[str, Any]:
+    good = envelope()
+    return {**good, "message": {**good["message"], **changes}}
+
+
+@dataclass(frozen=True)
+class Poison:
+    id: str
+    data: Callable[[str], bytes]  # what is stored in Redis, given the Redis message id
+    error_type: str
+    reason: str  # a regex the dead letter's reason must match
+    bug: str = ""
+
+
+POISONS = [
+    Poison(
+        "envelope-is-a-string",
+        lambda rid: dramatiq_message(rid, ["\x80garbage"]),
+        "EnvelopeError",
+        "envelope is a str, not a mapping",
+    ),
+    Poison(
+        "envelope-of-the-wrong-shape",
+        lambda rid: dramatiq_message(rid, [{"v": 1, "id": "x"}]),
+        "EnvelopeError",
+        "missing or has a bad field",
+    ),
+    Poison(
+        "envelope-message-without-body",
+        lambda rid: dramatiq_message(rid, [envelope(message={"subject": "s"})]),
+        "EnvelopeError",
+        "malformed message: KeyError",
+    ),
+    Poison(
+        "envelope-to-is-a-string",
+        lambda rid: dramatiq_message(rid, [with_message_fields(to="a@example.com")]),
+        "EnvelopeError",
+        "malformed message: TypeError",
+    ),
+    Poison(
+        "envelope-attachment-not-base64",
+        lambda rid: dramatiq_message(rid, [with_message_fields(attachments=[{"mime": "!!"}])]),
+        "EnvelopeError",
+        "malformed message",
+    ),
+]
+
+
+@pytest.mark.parametrize("poison", _params(POISONS))
+def test_poison_in_redis_is_dead_lettered_and_the_queue_keeps_flowing(
+    poison: Poison, smtp_setup: SMTPServer, run_worker, namespace: str, monkeypatch
+) -> None:
+    # Dramatiq waits 3 s before restarting a consumer that raised; the bug rows need not wait that long.
+    monkeypatch.setattr(dramatiq.worker, "CONSUMER_RESTART_DELAY_SECS", 0.1)
+    keys = QueueKeys.of(namespace, "default")
+    redis_client().hset(keys.messages, "poison-1", poison.data("poison-1"))
+    redis_client().rpush(keys.ready, "poison-1")
+    assert EmailMessage("ordinary", "after the poison", FROM, TO).send() == 1
+    # Healthy rows drain in a fraction of a second; what a stuck queue holds, the asserts below report.
+    with run_worker(threads=1) as worker, contextlib.suppress(QueueJoinTimeout):
+        worker.drain(timeout=1 if poison.bug else 15)
+    depth = next(d for d in queue_depths() if d.queue == "default")
+    assert (depth.ready, depth.in_progress, depth.delayed, depth.dead) == (0, 0, 0, 1)
+    (letter,) = deadletters.iter_dead("default")
+    assert letter.error_type == poison.error_type
+    assert re.search(poison.reason, letter.reason), letter.reason
+    assert letter.attempts == 1
+    assert [_headers(mail)["Subject"] for mail in smtp_setup.wait_for(1)] == ["ordinary"]
