@@ -385,7 +385,23 @@ class Poison:
     bug: str = ""
 
 
+UNDECODABLE = (
+    "Dramatiq's consumer cannot decode it (DecodeError), logs 'Consumer encountered an unexpected error' and "
+    "restarts; the message stays in the worker's in-progress set for as long as the worker lives, and so does "
+    "every message prefetched with it: the ordinary message is never delivered"
+)
+
 POISONS = [
+    Poison("garbage-bytes", lambda _: b"\x80\xfe not json at all", "DecodeError", "(?i)decode", bug=UNDECODABLE),
+    Poison("json-of-the-wrong-shape", lambda _: b'{"hello": "world"}', "DecodeError", "(?i)decode", bug=UNDECODABLE),
+    Poison(
+        "no-envelope-argument",
+        lambda rid: dramatiq_message(rid, []),
+        "EnvelopeError",
+        "(?i)envelope",
+        bug="the actor is called as deliver_default() and raises TypeError before process() can dead-letter "
+        "it; the actor has max_retries=None, so Dramatiq retries it forever",
+    ),
     Poison(
         "envelope-is-a-string",
         lambda rid: dramatiq_message(rid, ["\x80garbage"]),
