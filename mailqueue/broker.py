@@ -153,21 +153,12 @@ def queue_messages(envelopes: Iterable[Envelope]) -> None:
     push([encode(envelope) for envelope in envelopes])
 
 
-def new_broker() -> RedisBroker:
+def new_broker(broker_class: type[RedisBroker] = RedisBroker) -> RedisBroker:
     """A new Dramatiq broker on ``redis_client()`` (tests and tools that need their own)."""
     config = get_config()
-    return RedisBroker(  # type: ignore[no-untyped-call]
+    return broker_class(
         client=redis_client(),
         namespace=config.namespace,
         heartbeat_timeout=config.heartbeat_timeout,
         maintenance_chance=config.maintenance_chance,
     )
-
-
-@cache
-def get_broker() -> RedisBroker:
-    """The process's Dramatiq broker that workers consume from."""
-    return new_broker()
-
-
-on_config_reset(get_broker.cache_clear)

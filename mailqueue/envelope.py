@@ -34,7 +34,7 @@ from django.utils.encoding import force_str
 from django.utils.functional import Promise
 from django.utils.timezone import get_current_timezone
 
-from .exceptions import EnvelopeError, UnserializableMessage
+from .exceptions import EnvelopeError, InvalidMessage, UnserializableMessage
 
 ENVELOPE_VERSION = 1
 
@@ -255,10 +255,13 @@ def _attachment(attachment: Any, index: int) -> dict[str, Any]:
     mimetype = _text(mimetype, f"{where} mimetype")
     if "/" not in mimetype:
         raise UnserializableMessage(f"{where} mimetype {mimetype!r} is not 'type/subtype'.")
-    if isinstance(content, EmailMessage):
-        content = content.message().as_bytes()
-    elif isinstance(content, email.message.Message):
-        content = content.as_bytes()
+    try:
+        if isinstance(content, EmailMessage):
+            content = content.message().as_bytes()
+        elif isinstance(content, email.message.Message):
+            content = content.as_bytes()
+    except ValueError as error:  # UnicodeEncodeError too
+        raise InvalidMessage(f"{where} content is a message that cannot be rendered: {error}") from error
     return {
         "filename": _filename(filename, f"{where} filename"),
         "content": _content(content, f"{where} content"),

@@ -190,11 +190,23 @@ def _validate_attachments(message: EmailMessage, charset: str) -> None:
             where = f"attachments[{index}]"
             _validate_filename(filename, where)
             _validate_mimetype(mimetype, where)
+            if mimetype.lower().replace(" ", "") == "message/partial":
+                raise InvalidMessage(f"{where} mimetype 'message/partial' cannot be attached (Python cannot build it).")
+            if isinstance(content, EmailMessage):
+                _validate_attached_message(content, where)
             _validate_text_content(content, mimetype, where, charset)
     for index, (content, mimetype) in enumerate(getattr(message, "alternatives", None) or ()):
         where = f"alternatives[{index}]"
         _validate_mimetype(mimetype, where)
         _validate_text_content(content, mimetype, where, charset)
+
+
+def _validate_attached_message(message: EmailMessage, where: str) -> None:
+    """An attached (forwarded) message is rendered into this one: it must be valid too."""
+    try:
+        validate_message(message)
+    except InvalidMessage as error:
+        raise type(error)(f"{where} (an attached message): {error}") from None
 
 
 def validate_message(message: EmailMessage) -> None:

@@ -52,7 +52,7 @@ def test_a_failed_probe_opens_the_circuit_again(circuit) -> None:
     time.sleep(0.35)
     probe = admit("m1", provider, queue, config)
     assert settle(probe, "m1", provider, "failed", config) == "open"
-    assert admit("m1", provider, queue, config).outcome == "open"
+    assert admit("m2", provider, queue, config).outcome == "open"
 
 
 def test_a_refusal_is_an_answer_not_a_failure(circuit) -> None:

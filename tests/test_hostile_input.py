@@ -241,8 +241,6 @@ CORPUS = [
         "message-partial-attachment",
         attaching("part.eml", b"Subject: part 1 of 2\r\n\r\nbody", "message/partial"),
         Refused(InvalidMessage, r"attachments\[0\].*message/partial"),
-        bug="accepted at send time, then dead-lettered by the worker: Python's email package cannot build "
-        "a message/partial attachment (ValueError), and validation does not know it",
     ),
     # --- nested message/rfc822 -----------------------------------------------------------------
     Case("nested-rfc822", attaching("fwd.eml", inner_message(), "message/rfc822"), DELIVERED),
@@ -261,15 +259,11 @@ CORPUS = [
         "nested-rfc822-crlf-injection-in-its-subject",
         attaching("fwd.eml", inner_message("Hi\nBcc: evil@example.com"), "message/rfc822"),
         Refused(HeaderInjection, r"attachments\[0\].*Subject contains a line break"),
-        bug="an attached EmailMessage is not validated; rendering it in Envelope.from_message raises the "
-        "email package's bare ValueError, which names neither the attachment nor the header",
     ),
     Case(
         "nested-rfc822-lone-surrogate-in-its-body",
         attaching("fwd.eml", inner_message(body="bad \udcff body"), "message/rfc822"),
         Refused(InvalidMessage, r"attachments\[0\].*Body cannot be encoded"),
-        bug="an attached EmailMessage is not validated; rendering it in Envelope.from_message raises a bare "
-        "UnicodeEncodeError that does not name the attachment",
     ),
 ]
 
@@ -385,22 +379,14 @@ class Poison:
     bug: str = ""
 
 
-UNDECODABLE = (
-    "Dramatiq's consumer cannot decode it (DecodeError), logs 'Consumer encountered an unexpected error' and "
-    "restarts; the message stays in the worker's in-progress set for as long as the worker lives, and so does "
-    "every message prefetched with it: the ordinary message is never delivered"
-)
-
 POISONS = [
-    Poison("garbage-bytes", lambda _: b"\x80\xfe not json at all", "DecodeError", "(?i)decode", bug=UNDECODABLE),
-    Poison("json-of-the-wrong-shape", lambda _: b'{"hello": "world"}', "DecodeError", "(?i)decode", bug=UNDECODABLE),
+    Poison("garbage-bytes", lambda _: b"\x80\xfe not json at all", "DecodeError", "(?i)decode"),
+    Poison("json-of-the-wrong-shape", lambda _: b'{"hello": "world"}', "DecodeError", "(?i)decode"),
     Poison(
         "no-envelope-argument",
         lambda rid: dramatiq_message(rid, []),
         "EnvelopeError",
         "(?i)envelope",
-        bug="the actor is called as deliver_default() and raises TypeError before process() can dead-letter "
-        "it; the actor has max_retries=None, so Dramatiq retries it forever",
     ),
     Poison(
         "envelope-is-a-string",

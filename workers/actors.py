@@ -14,18 +14,20 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
 
-from mailqueue.broker import actor_name, get_broker, new_broker
-from mailqueue.conf import MailQueueConfig, QueueConfig, get_config
+from mailqueue.broker import actor_name, new_broker
+from mailqueue.conf import MailQueueConfig, QueueConfig, get_config, on_config_reset
 from mailqueue.deadletters import DeadLetter, record
 from mailqueue.envelope import Envelope
 from mailqueue.exceptions import DeliveryDeferred, EnvelopeError, PermanentDeliveryError
 
+from .consumer import WorkerBroker
 from .delivery import deliver
 from .middleware import CloseDatabaseConnections, CloseProviderConnections
 
@@ -77,8 +79,11 @@ def reschedule(current: Any, deferred: DeliveryDeferred) -> None:
     logger.info("deferred %s by %.2f s (%d time(s)): %s", current.message_id, delay, deferrals, deferred)
 
 
-def process(payload: Any, queue: QueueConfig, config: MailQueueConfig) -> str | None:
-    """Deliver one queued payload; return the provider that took it, or None if dead-lettered."""
+def process(payload: Any, queue: QueueConfig, config: MailQueueConfig, *, problem: str | None = None) -> str | None:
+    """Deliver one queued payload; return the provider that took it, or None if dead-lettered.
+
+    ``problem`` says why the payload is known to be unreadable before decoding it.
+    """
     current = CurrentMessage.get_current_message()
     options = current.options if current is not None else None
     retries = options.get("retries", 0) if options is not None else 0
@@ -94,6 +99,8 @@ def process(payload: Any, queue: QueueConfig, config: MailQueueConfig) -> str | 
             dead_letter(letter, options)
             return None
     try:
+        if problem is not None:
+            raise EnvelopeError(f"{problem}, got {payload!r:.200}", payload)
         envelope = Envelope.decode(payload)
         provider = deliver(envelope, queue, config)
     except DeliveryDeferred as deferred:
@@ -119,9 +126,13 @@ def process(payload: Any, queue: QueueConfig, config: MailQueueConfig) -> str | 
     return provider
 
 
-def _deliverer(queue: QueueConfig, config: MailQueueConfig) -> Callable[[Any], None]:
-    def deliver_queue(payload: Any) -> None:
-        process(payload, queue, config)
+def _deliverer(queue: QueueConfig, config: MailQueueConfig) -> Callable[..., None]:
+    def deliver_queue(*args: Any, **kwargs: Any) -> None:
+        if len(args) == 1 and not kwargs:
+            process(args[0], queue, config)
+        else:
+            # Not sent by mailqueue: dead-letter it with what it carried rather than fail (and retry) forever.
+            process({"args": list(args), "kwargs": kwargs}, queue, config, problem="expected one envelope argument")
 
     deliver_queue.__name__ = deliver_queue.__qualname__ = f"deliver_{queue.name}"
     return deliver_queue
@@ -153,13 +164,21 @@ def declare(broker: RedisBroker, config: MailQueueConfig) -> dict[str, dramatiq.
     return actors
 
 
+@cache
+def _shared_broker() -> RedisBroker:
+    return new_broker(WorkerBroker)
+
+
+on_config_reset(_shared_broker.cache_clear)
+
+
 def worker_broker(*, fresh: bool = False) -> RedisBroker:
     """The configured broker with every queue's actor declared: what workers run.
 
     ``fresh=True`` builds a new broker instead of the process-wide one, so a
     test's short-lived worker leaves no middleware behind on the shared broker.
     """
-    broker = new_broker() if fresh else get_broker()
+    broker = new_broker(WorkerBroker) if fresh else _shared_broker()
     declare(broker, get_config())
     dramatiq.set_broker(broker)
     return broker
