@@ -13,10 +13,10 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
-# The demo site, a worker pool per queue, a local SMTP catcher as the provider,
-# and (when REDIS_URL is not set) a private Redis. Open http://127.0.0.1:8000/
+# The demo site, a worker pool per queue, the outbox relay, a local SMTP catcher
+# as the provider, and (when REDIS_URL is not set) a private Redis. Open http://127.0.0.1:8000/
 run: $(BIN)/.installed
-	mkdir -p var/mailbox
+	mkdir -p var/mailbox var/redis
 	$(BIN)/python manage.py migrate --verbosity 0
 	$(BIN)/python manage.py check
 	@export DJANGO_SETTINGS_MODULE="$${DJANGO_SETTINGS_MODULE:-project.settings}"; \
@@ -26,7 +26,7 @@ run: $(BIN)/.installed
 	  PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start; \
 	else \
 	  echo "Open http://127.0.0.1:8000/  (Redis at $$REDIS_URL)"; \
-	  PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start web worker_critical worker_default worker_bulk smtp; \
+	  PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start web worker_critical worker_default worker_bulk relay smtp; \
 	fi
 
 lint: $(BIN)/.installed

@@ -117,6 +117,8 @@ MAILQUEUE = {
         "bulk": {"providers": PROVIDERS, "max_retries": 5},
     },
     "ROUTES": [{"tag": "newsletter", "queue": "bulk"}],
+    # Shared by every worker on every host; a message without a token waits, it does not fail.
+    "PROVIDERS": {"smtp": {"rate_limit": os.environ.get("DEMO_SMTP_RATE_LIMIT", "20/s"), "cooldown": 10}},
     "POOLS": {
         "critical": {"queues": ["critical"], "processes": 1, "threads": 4},
         "default": {"queues": ["default"], "processes": 1, "threads": 4},
