@@ -21,7 +21,7 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
 
-from mailqueue.broker import actor_name, new_broker
+from mailqueue.broker import MESSAGE_ENCODER, actor_name, new_broker
 from mailqueue.conf import MailQueueConfig, QueueConfig, get_config, on_config_reset
 from mailqueue.deadletters import DeadLetter, record
 from mailqueue.envelope import Envelope
@@ -178,6 +178,7 @@ def worker_broker(*, fresh: bool = False) -> RedisBroker:
     ``fresh=True`` builds a new broker instead of the process-wide one, so a
     test's short-lived worker leaves no middleware behind on the shared broker.
     """
+    dramatiq.set_encoder(MESSAGE_ENCODER)
     broker = new_broker(WorkerBroker) if fresh else _shared_broker()
     declare(broker, get_config())
     dramatiq.set_broker(broker)
