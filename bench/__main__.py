@@ -166,7 +166,8 @@ def main() -> None:
 
     postgres = args.postgres_url if with_peers and postgres_available(args.postgres_url) else None
     results: dict[str, Any] = {name: {"failed": report.Failed(reason)} for name, reason in unavailable.items()}
-    with Services.run(redis_url=args.redis_url, postgres_url=postgres, log=log) as services:
+    grace = 0.3 if args.smoke else 1.0
+    with Services.run(redis_url=args.redis_url, postgres_url=postgres, log=log, grace=grace) as services:
         for system in systems:
             if system.uses_database:
                 if not postgres and system.name == "django-mailer":

@@ -127,12 +127,16 @@ class Services:
     http_port: int
     work_dir: Path
     database_admin: str | None = None
+    #: Seconds to keep counting after the last expected message, for late duplicates.
+    grace: float = 1.0
     databases: dict[str, str] = field(default_factory=dict)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
     @classmethod
     @contextlib.contextmanager
-    def run(cls, *, redis_url: str | None, postgres_url: str | None, log: Path) -> Iterator[Services]:
+    def run(
+        cls, *, redis_url: str | None, postgres_url: str | None, log: Path, grace: float = 1.0
+    ) -> Iterator[Services]:
         work_dir = Path(tempfile.mkdtemp(prefix="mqbench-"))
         started: list[subprocess.Popen[Any]] = []
         services: Services | None = None
@@ -160,6 +164,7 @@ class Services:
                 http_port=http_port,
                 work_dir=work_dir,
                 database_admin=postgres_url,
+                grace=grace,
             )
             yield services
         finally:
@@ -403,7 +408,7 @@ def _wait_for_sink(
         if tree is not None and not tree.running() and received == services.sink("_stats")["received"]:
             break
         time.sleep(0.2)
-    time.sleep(1.0)  # late duplicates would arrive now
+    time.sleep(services.grace)  # late duplicates would arrive now
     return services.sink("_stats"), cpu_per_message, samples
 
 
