@@ -53,7 +53,8 @@ def measure_system(
     attempt(results, "latency", lambda: driver(services, system, "latency", "--count", str(sizes.latency)))
     if system is LOCMEM:
         return
-    attempt(results, "django", lambda: results["latency"]["django"])
+    if isinstance(results["latency"], dict):
+        results["django"] = results["latency"]["django"]
     reset(services, system)
     if system.workers is not None:
         progress(f"{system.name}: batch send_messages, N={sizes.batch}")
@@ -81,7 +82,7 @@ def measure_esp(services: Services, sizes: Sizes, args: argparse.Namespace, resu
     progress(f"anymail ESP (Postmark API on loopback): drain {sizes.small}, 1 process; the same sent synchronously")
     for system, key in ((MAILQUEUE, "esp"), (DJANGO_SMTP, "esp_sync")):
         attempt(
-            results[system.name],
+            results.setdefault(system.name, {}),
             key,
             lambda system=system: drain(
                 services, system, count=sizes.small, size="small", processes=1, threads=args.threads, provider="esp"
@@ -131,6 +132,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, nargs="+", help="worker processes per drain (default: 1 2; smoke: 1)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every message count (not the soak)")
     parser.add_argument("--soak", type=int, help="messages in the worker-RSS drain (0: skip)")
+    parser.add_argument("--only", nargs="+", metavar="SYSTEM", help="measure only these systems (and the floors)")
     args = parser.parse_args()
 
     base = SMOKE if args.smoke else FULL
@@ -164,6 +166,8 @@ def main() -> None:
                         unavailable[peer.name] = f"could not install {env.requirements.name}: {error}"
         systems += [peer for peer in PEERS if peer.name not in unavailable]
 
+    if args.only:
+        systems = [system for system in systems if system.name in args.only or system is LOCMEM]
     postgres = args.postgres_url if with_peers and postgres_available(args.postgres_url) else None
     results: dict[str, Any] = {name: {"failed": report.Failed(reason)} for name, reason in unavailable.items()}
     grace = 0.3 if args.smoke else 1.0
@@ -180,9 +184,10 @@ def main() -> None:
                     results[system.name] = {"failed": report.Failed(str(error))}
                     continue
             measure_system(services, system, sizes, args, results.setdefault(system.name, {}))
-        measure_esp(services, sizes, args, results)
+        if MAILQUEUE in systems:
+            measure_esp(services, sizes, args, results)
         measure_floors(services, sizes, results)
-        if sizes.soak:
+        if sizes.soak and MAILQUEUE in systems:
             measure_soak(services, sizes, args, results)
         database_kind = services.database_kind
     elapsed = time.monotonic() - started

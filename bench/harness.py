@@ -422,7 +422,7 @@ def drain(
     threads: int,
     provider: str = "smtp",
     rss: bool = False,
-    stall: float = 60.0,
+    stall: float = 30.0,
 ) -> Drain:
     """Queue ``count`` messages, then let ``processes`` workers deliver them; check the sink got each once."""
     run = f"{services.run_id}-{system.name}-{size}-{processes}"

@@ -44,6 +44,7 @@ TIME_ZONE = "UTC"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 DATABASES = {"default": _database(DATABASE)}
 INSTALLED_APPS: list[str] = ["django.contrib.contenttypes"]
+TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}]
 MEDIA_ROOT = os.path.join(WORK_DIR, "media")
 DEFAULT_FROM_EMAIL = "shop@example.com"
 LOGGING = {
@@ -103,7 +104,7 @@ elif SYSTEM == "django-mailer":
     # Row locks (SELECT ... FOR UPDATE NOWAIT) share the queue between processes; the file lock would not.
     MAILER_USE_FILE_LOCK = False
 elif SYSTEM == "django-dramatiq-email":
-    INSTALLED_APPS += ["django_dramatiq"]
+    INSTALLED_APPS += ["django_dramatiq", "django_dramatiq_email"]
     EMAIL_BACKEND = "django_dramatiq_email.backends.DramatiqEmailBackend"
     DRAMATIQ_EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     EMAIL_HOST, EMAIL_PORT, EMAIL_TIMEOUT = "127.0.0.1", SMTP_PORT, 30

@@ -116,7 +116,7 @@ DJANGO_SMTP = System(name="django-smtp", env=None)
 LOCMEM = System(name="locmem", env=None)
 PEERS = (
     System(name="django-dramatiq-email", env=DJANGO52, workers=_dramatiq_email_workers, redis_db=1),
-    System(name="django-celery-email", env=DJANGO61, workers=_celery_workers, redis_db=2),
+    System(name="django-celery-email", env=DJANGO52, workers=_celery_workers, redis_db=2),
     System(name="django-post-office", env=DJANGO61, workers=_post_office_workers, one_shot=True, uses_database=True),
     System(name="django-mailer", env=DJANGO61, workers=_mailer_workers, one_shot=True, uses_database=True),
 )
