@@ -278,7 +278,7 @@ class Services:
 
 
 def _start_redis(work_dir: Path, log: Path) -> tuple[str, subprocess.Popen[Any]]:
-    server = shutil.which("redis-server")
+    server = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
     if server is None:
         raise BenchError("redis-server is not on PATH (Debian: apt-get install redis-server), or pass --redis-url")
     port = free_port()
