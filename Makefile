@@ -41,8 +41,10 @@ pytest: $(BIN)/.installed
 
 test: lint typecheck pytest
 
+# mailqueue beside the other Django mail queues and the floors, on a private Redis and a local sink;
+# the first run installs the peers into .bench/ from PyPI. BENCH_ARGS=--smoke for a tiny run.
 bench: $(BIN)/.installed
-	.ci/with-test-redis $(BIN)/python -m bench
+	REDIS_SERVER="$$(.ci/redis-server-path)" $(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,25 +1,197 @@
-"""``python -m bench [--smoke]``: run the benchmarks and print ratios against same-run baselines."""
+"""``python -m bench [--smoke]``: mailqueue beside the other Django mail queues and the physical floors, one run.
+
+Starts a private Redis (unless ``--redis-url``), one counting SMTP/HTTP sink and, for the database-backed
+peers, PostgreSQL databases of its own (SQLite when no PostgreSQL answers); creates the peers' virtual
+environments on first use; measures every system in subprocesses; prints Markdown tables of figures and ratios.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
+from dataclasses import dataclass, replace
+from typing import Any
 
-import django
+from . import report
+from .harness import BenchError, Services, drain, driver, postgres_available, redis_benchmark, reset
+from .systems import DJANGO_SMTP, ENVS_DIR, LOCMEM, MAILQUEUE, PEERS, System
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sizes:
+    latency: int
+    batch: int
+    small: int
+    large: int
+    soak: int
+    redis_requests: int
+
+
+FULL = Sizes(latency=2_000, batch=10_000, small=2_000, large=200, soak=100_000, redis_requests=100_000)
+SMOKE = Sizes(latency=50, batch=100, small=40, large=4, soak=0, redis_requests=2_000)
+
+
+def progress(text: str) -> None:
+    print(f"# {time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)  # noqa: T201
+
+
+def attempt(results: dict[str, Any], key: str, measure: Any) -> None:
+    """Store ``measure()``'s result under ``key``, or the reason it could not be made."""
+    try:
+        results[key] = measure()
+    except BenchError as error:
+        results[key] = report.Failed(str(error))
+        progress(f"  {key}: {error}")
+
+
+def measure_system(
+    services: Services, system: System, sizes: Sizes, args: argparse.Namespace, results: dict[str, Any]
+) -> None:
+    progress(f"{system.name}: enqueue latency, N={sizes.latency}")
+    attempt(results, "latency", lambda: driver(services, system, "latency", "--count", str(sizes.latency)))
+    if system is LOCMEM:
+        return
+    if isinstance(results["latency"], dict):
+        results["django"] = results["latency"]["django"]
+    reset(services, system)
+    if system.workers is not None:
+        progress(f"{system.name}: batch send_messages, N={sizes.batch}")
+        batch = ("fill", "--count", str(sizes.batch), "--chunk", str(sizes.batch), "--run", "batch")
+        attempt(results, "batch", lambda: driver(services, system, *batch))
+        reset(services, system)
+    for size, count in (("small", sizes.small), ("large", sizes.large)):
+        for processes in args.processes:
+            key = f"drain_{size}_{processes}"
+            if processes > 1 and system.note:
+                results[key] = report.Failed(system.note)
+                continue
+            progress(f"{system.name}: drain {count} {size} messages, {processes} process(es)")
+            attempt(
+                results,
+                key,
+                lambda size=size, count=count, processes=processes: drain(
+                    services, system, count=count, size=size, processes=processes, threads=args.threads
+                ),
+            )
+    reset(services, system)
+
+
+def measure_esp(services: Services, sizes: Sizes, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    progress(f"anymail ESP (Postmark API on loopback): drain {sizes.small}, 1 process; the same sent synchronously")
+    for system, key in ((MAILQUEUE, "esp"), (DJANGO_SMTP, "esp_sync")):
+        attempt(
+            results.setdefault(system.name, {}),
+            key,
+            lambda system=system: drain(
+                services, system, count=sizes.small, size="small", processes=1, threads=args.threads, provider="esp"
+            ),
+        )
+
+
+def measure_floors(services: Services, sizes: Sizes, results: dict[str, Any]) -> None:
+    floors = results.setdefault("floors", {})
+    if services.private_redis:
+        progress(f"floor: redis-benchmark LPUSH/RPOP, {sizes.redis_requests} requests")
+        attempt(floors, "redis", lambda: redis_benchmark(services, requests=sizes.redis_requests))
+    else:
+        floors["redis"] = report.Failed("not run against a shared Redis (--redis-url): it would write its own keys")
+    for size, count in (("small", sizes.small), ("large", sizes.large)):
+        progress(f"floor: raw smtplib, pre-rendered, one connection, {count} {size}")
+        services.sink("_reset", "POST")
+        args = ("--count", str(count), "--size", size, "--run", f"floor-{size}")
+        attempt(floors, f"smtplib_{size}", lambda args=args: driver(services, DJANGO_SMTP, "smtplib", *args))
+        stats = services.sink("_stats")
+        if stats["unique"] != count:
+            floors[f"smtplib_{size}"] = report.Failed(f"sink got {stats['unique']} of {count}")
+
+
+def measure_soak(services: Services, sizes: Sizes, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    progress(f"mailqueue: worker RSS over a drain of {sizes.soak} messages, 1 process")
+    attempt(
+        results["mailqueue"],
+        "soak",
+        lambda: drain(services, MAILQUEUE, count=sizes.soak, size="small", processes=1, threads=args.threads, rss=True),
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes: only checks that the harness works")
-    parser.add_argument("--redis-url", default=os.environ.get("MAILQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, no peers: only checks the harness works")
+    parser.add_argument(
+        "--peers", action=argparse.BooleanOptionalAction, default=None, help="(default: not in --smoke)"
+    )
+    parser.add_argument("--redis-url", help="use this Redis (keys under mqbench-<id>-*) instead of a private one")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        help="admin URL for the peers' databases (created and dropped here); SQLite if it does not answer",
+    )
+    parser.add_argument("--threads", type=int, default=8, help="threads per worker process (Dramatiq systems)")
+    parser.add_argument("--processes", type=int, nargs="+", help="worker processes per drain (default: 1 2; smoke: 1)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every message count (not the soak)")
+    parser.add_argument("--soak", type=int, help="messages in the worker-RSS drain (0: skip)")
+    parser.add_argument("--only", nargs="+", metavar="SYSTEM", help="measure only these systems (and the floors)")
     args = parser.parse_args()
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
-    django.setup()
-    from bench import enqueue  # noqa: PLC0415  (imports Django mail machinery: after setup)
 
-    count, batch = (50, 100) if args.smoke else (5000, 10000)
-    for line in enqueue.run(args.redis_url, count, batch):
+    base = SMOKE if args.smoke else FULL
+    sizes = Sizes(
+        latency=max(int(base.latency * args.scale), 10),
+        batch=max(int(base.batch * args.scale), 10),
+        small=max(int(base.small * args.scale), 10),
+        large=max(int(base.large * args.scale), 2),
+        soak=base.soak if args.soak is None else args.soak,
+        redis_requests=base.redis_requests,
+    )
+    with_peers = not args.smoke if args.peers is None else args.peers
+    if args.processes is None:
+        args.processes = [1] if args.smoke else [1, 2]
+    ENVS_DIR.mkdir(exist_ok=True)
+    log = ENVS_DIR / "bench.log"
+    started = time.monotonic()
+
+    systems = [LOCMEM, MAILQUEUE, DJANGO_SMTP]
+    unavailable: dict[str, str] = {}
+    if with_peers:
+        if args.redis_url:
+            parser.error("the peers need the private Redis (Celery's keys cannot be namespaced): drop --redis-url")
+        for env in {peer.env for peer in PEERS if peer.env is not None}:
+            progress(f"peer environment {env.name}: {env.requirements.name} (first run installs from PyPI; log {log})")
+            try:
+                env.ensure(log)
+            except Exception as error:  # noqa: BLE001  (any install failure means: report the peers as not run)
+                for peer in PEERS:
+                    if peer.env == env:
+                        unavailable[peer.name] = f"could not install {env.requirements.name}: {error}"
+        systems += [peer for peer in PEERS if peer.name not in unavailable]
+
+    if args.only:
+        systems = [system for system in systems if system.name in args.only or system is LOCMEM]
+    postgres = args.postgres_url if with_peers and postgres_available(args.postgres_url) else None
+    results: dict[str, Any] = {name: {"failed": report.Failed(reason)} for name, reason in unavailable.items()}
+    grace = 0.3 if args.smoke else 1.0
+    with Services.run(redis_url=args.redis_url, postgres_url=postgres, log=log, grace=grace) as services:
+        for system in systems:
+            if system.uses_database:
+                if not postgres and system.name == "django-mailer":
+                    # SQLite has no row locks: two send_mail processes would both send every message.
+                    system = replace(system, note="needs PostgreSQL row locks for 2 processes")
+                progress(f"{system.name}: migrate ({services.database_kind})")
+                try:
+                    driver(services, system, "migrate")
+                except BenchError as error:
+                    results[system.name] = {"failed": report.Failed(str(error))}
+                    continue
+            measure_system(services, system, sizes, args, results.setdefault(system.name, {}))
+        if MAILQUEUE in systems:
+            measure_esp(services, sizes, args, results)
+        measure_floors(services, sizes, results)
+        if sizes.soak and MAILQUEUE in systems:
+            measure_soak(services, sizes, args, results)
+        database_kind = services.database_kind
+    elapsed = time.monotonic() - started
+    for line in report.render(results, sizes=sizes, args=args, database=database_kind, elapsed=elapsed):
         print(line)  # noqa: T201
     sys.stdout.flush()
 

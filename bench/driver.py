@@ -1,0 +1,187 @@
+"""``python -m bench.driver OP``: one measurement of one system, in that system's own virtual environment.
+
+The harness runs it with ``DJANGO_SETTINGS_MODULE=bench.settings`` and ``BENCH_SYSTEM`` naming the system,
+so mailqueue, every peer and the floors are measured by the same code on the same messages. It prints one
+JSON object on its last line. It imports nothing from mailqueue: peers run it on their own Django.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import smtplib
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from email.policy import SMTP as SMTP_POLICY
+from typing import Any
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+# The peers that predate Django 6.1 use its deprecated email API on purpose; their warnings are noise here.
+warnings.simplefilter("ignore", DeprecationWarning)
+warnings.simplefilter("ignore", PendingDeprecationWarning)
+django.setup()
+
+from django.conf import settings  # noqa: E402  (after setup)
+from django.core import mail  # noqa: E402
+from django.core.mail import EmailMessage, get_connection, send_mail  # noqa: E402
+from django.core.mail.backends.base import BaseEmailBackend  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+
+try:
+    from django.core.mail import mailers  # Django >= 6.1
+except ImportError:  # the peers that need Django 5.2
+    mailers = None
+
+if settings.SYSTEM == "django-celery-email":
+    import bench.celery_app  # noqa: F401  (send_emails.delay() must publish through this app's broker)
+
+BODY = "Thanks for your order.\n" * 8
+#: 100 KB that do not compress, the same bytes in every run.
+ATTACHMENT = random.Random(4).randbytes(100 * 1024)
+
+
+def message(run: str, index: int, size: str) -> EmailMessage:
+    """Message ``index`` of a run: its Message-ID is how the sink counts it."""
+    email = EmailMessage(
+        subject=f"Your receipt {index}",
+        body=BODY,
+        from_email="shop@example.com",
+        to=[f"customer{index}@example.com"],
+        headers={"Message-ID": f"<{run}.{index}@bench.invalid>"},
+    )
+    if size == "large":
+        email.attach("report.bin", ATTACHMENT, "application/octet-stream")
+    return email
+
+
+def default_backend() -> BaseEmailBackend:
+    if mailers is not None and hasattr(settings, "MAILERS"):
+        return mailers["default"]
+    return get_connection()
+
+
+def latency(args: argparse.Namespace) -> dict[str, Any]:
+    """One send_mail() call as a view makes it: median and p99 in microseconds."""
+
+    def call() -> None:
+        send_mail("Your receipt", "Thanks for your order.", "shop@example.com", ["ann@example.com"])
+        if settings.SYSTEM == "locmem":
+            mail.outbox.clear()
+
+    def timings(count: int) -> list[float]:
+        samples = []
+        for _ in range(count):
+            started = time.perf_counter_ns()
+            call()
+            samples.append((time.perf_counter_ns() - started) / 1000)
+        return samples
+
+    timings(args.warmup)  # connections, caches, imports
+    ordered = sorted(timings(args.count))
+    return {
+        "median_us": statistics.median(ordered),
+        "p99_us": ordered[max(int(len(ordered) * 0.99) - 1, 0)],
+        "count": args.count,
+    }
+
+
+def fill(args: argparse.Namespace) -> dict[str, Any]:
+    """send_messages() of ``count`` messages through the default mailer, in chunks: queues them (or sends them)."""
+    backend = default_backend()
+    elapsed = 0.0
+    for start in range(args.start, args.start + args.count, args.chunk):
+        stop = min(start + args.chunk, args.start + args.count)
+        batch = [message(args.run, index, args.size) for index in range(start, stop)]
+        began = time.perf_counter()
+        backend.send_messages(batch)
+        elapsed += time.perf_counter() - began
+    if hasattr(backend, "close"):
+        backend.close()
+    return {"seconds": elapsed, "rate": args.count / elapsed if elapsed else 0.0, "count": args.count}
+
+
+def smtplib_floor(args: argparse.Namespace) -> dict[str, Any]:
+    """Raw smtplib over one reused connection, with bytes rendered beforehand: the SMTP floor."""
+    messages = [message(args.run, index, args.size) for index in range(args.count)]
+    began = time.perf_counter()
+    rendered = [(item.from_email, item.recipients(), item.message(policy=SMTP_POLICY).as_bytes()) for item in messages]
+    render_seconds = time.perf_counter() - began
+    with smtplib.SMTP("127.0.0.1", settings.SMTP_PORT, timeout=30) as session:
+        began = time.perf_counter()
+        for sender, recipients, data in rendered:
+            session.sendmail(sender, recipients, data)
+        elapsed = time.perf_counter() - began
+    return {
+        "seconds": elapsed,
+        "rate": args.count / elapsed,
+        "render_us": render_seconds / args.count * 1e6,
+        "message_bytes": len(rendered[0][2]),
+        "count": args.count,
+    }
+
+
+def clear(args: argparse.Namespace) -> dict[str, Any]:
+    """Forget what this system queued in its database (Redis is flushed by the harness)."""
+    deleted = 0
+    if settings.SYSTEM == "django-post-office":
+        from post_office.models import Email  # noqa: PLC0415  (only in the peers' environment)
+
+        deleted = Email.objects.all().delete()[0]
+    elif settings.SYSTEM == "django-mailer":
+        from mailer.models import Message, MessageLog  # noqa: PLC0415  (only in the peers' environment)
+
+        deleted = Message.objects.all().delete()[0] + MessageLog.objects.all().delete()[0]
+    return {"deleted": deleted}
+
+
+def queued(args: argparse.Namespace) -> dict[str, Any]:
+    """How many messages this system's database still holds unsent."""
+    remaining = 0
+    if settings.SYSTEM == "django-post-office":
+        from post_office.models import STATUS, Email  # noqa: PLC0415  (only in the peers' environment)
+
+        remaining = Email.objects.exclude(status=STATUS.sent).count()
+    elif settings.SYSTEM == "django-mailer":
+        from mailer.models import Message  # noqa: PLC0415  (only in the peers' environment)
+
+        remaining = Message.objects.count()
+    return {"remaining": remaining}
+
+
+def migrate(args: argparse.Namespace) -> dict[str, Any]:
+    call_command("migrate", verbosity=0, interactive=False)
+    return {"migrated": True}
+
+
+OPS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "latency": latency,
+    "fill": fill,
+    "smtplib": smtplib_floor,
+    "clear": clear,
+    "queued": queued,
+    "migrate": migrate,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.driver", description=__doc__)
+    parser.add_argument("op", choices=OPS)
+    parser.add_argument("--count", type=int, default=0)
+    parser.add_argument("--start", type=int, default=0)
+    parser.add_argument("--chunk", type=int, default=10_000)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--size", choices=("small", "large"), default="small")
+    parser.add_argument("--run", default="bench")
+    args = parser.parse_args()
+    result = OPS[args.op](args)
+    print(json.dumps({"system": settings.SYSTEM, "django": django.get_version(), **result}), flush=True)  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,485 @@
+"""The services every measurement shares, and the measurements themselves.
+
+``Services`` starts (and always stops) one Redis, one counting sink and, for the database-backed peers, one
+database, so every system runs against the same ones. Each measurement runs ``bench.driver`` or a system's
+workers in subprocesses with that system's Python and settings, and returns plain numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from .systems import ROOT, System
+
+
+class BenchError(RuntimeError):
+    """A measurement could not be made; the message says why, and the report shows it."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _stop(process: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    """SIGTERM the process group this harness started, then SIGKILL it if it does not go."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
+
+
+# --- process trees: CPU and memory from /proc -----------------------------------------------------------
+
+
+def _descendants(pid: int) -> list[int]:
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as children:
+                    pending.extend(int(child) for child in children.read().split())
+    return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and its reaped children."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_bytes(pid: int) -> int:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@dataclass
+class ProcessTree:
+    """Processes started for one run, sampled for CPU and RSS while they work."""
+
+    processes: list[subprocess.Popen[Any]]
+    cpu_by_pid: dict[int, float] = field(default_factory=dict)
+
+    def pids(self) -> list[int]:
+        return [pid for process in self.processes for pid in _descendants(process.pid)]
+
+    def cpu(self) -> float:
+        # Keep the last reading of processes that have exited, so their work still counts.
+        for pid in self.pids():
+            self.cpu_by_pid[pid] = max(self.cpu_by_pid.get(pid, 0.0), _cpu_seconds(pid))
+        return sum(self.cpu_by_pid.values())
+
+    def worker_rss(self) -> int:
+        """RSS of the largest process: a worker, not its small supervisor."""
+        return max((_rss_bytes(pid) for pid in self.pids()), default=0)
+
+    def running(self) -> bool:
+        return any(process.poll() is None for process in self.processes)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            _stop(process)
+
+
+# --- the shared services -------------------------------------------------------------------------------
+
+
+@dataclass
+class Services:
+    """One Redis, one sink, one database; started by ``Services.run()``."""
+
+    redis_url: str
+    private_redis: bool
+    smtp_port: int
+    http_port: int
+    work_dir: Path
+    database_admin: str | None = None
+    #: Seconds to keep counting after the last expected message, for late duplicates.
+    grace: float = 1.0
+    databases: dict[str, str] = field(default_factory=dict)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    @classmethod
+    @contextlib.contextmanager
+    def run(
+        cls, *, redis_url: str | None, postgres_url: str | None, log: Path, grace: float = 1.0
+    ) -> Iterator[Services]:
+        work_dir = Path(tempfile.mkdtemp(prefix="mqbench-"))
+        started: list[subprocess.Popen[Any]] = []
+        services: Services | None = None
+        try:
+            private = redis_url is None
+            if redis_url is None:
+                redis_url, server = _start_redis(work_dir, log)
+                started.append(server)
+            smtp_port, http_port = free_port(), free_port()
+            sink = subprocess.Popen(
+                [sys.executable, "-m", "bench.sink", "--smtp-port", str(smtp_port), "--http-port", str(http_port)],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=log.open("a"),
+                text=True,
+                start_new_session=True,
+            )
+            started.append(sink)
+            if sink.stdout is None or sink.stdout.readline().strip() != "ready":
+                raise BenchError(f"the SMTP sink did not start; see {log}")
+            services = cls(
+                redis_url=redis_url,
+                private_redis=private,
+                smtp_port=smtp_port,
+                http_port=http_port,
+                work_dir=work_dir,
+                database_admin=postgres_url,
+                grace=grace,
+            )
+            yield services
+        finally:
+            if services is not None:
+                services.drop_databases()
+                services.delete_namespace_keys()
+            for process in reversed(started):
+                _stop(process)
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+    # Redis -----------------------------------------------------------------------------------------
+
+    def namespace(self, system: System) -> str:
+        return f"mqbench-{self.run_id}-{system.name}"
+
+    def redis_url_for(self, system: System) -> str:
+        if not self.private_redis:
+            return self.redis_url
+        base = self.redis_url.rsplit("/", 1)[0]
+        return f"{base}/{system.redis_db}"
+
+    def redis(self, system: System) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url_for(system))
+
+    def clear_redis(self, system: System) -> None:
+        client = self.redis(system)
+        try:
+            if self.private_redis:
+                client.flushdb()
+            else:
+                keys = list(client.scan_iter(match=f"{self.namespace(system)}:*", count=1000))
+                if keys:
+                    client.delete(*keys)
+        finally:
+            client.close()
+
+    def delete_namespace_keys(self) -> None:
+        """On a shared Redis, delete every key this run made (all under mqbench-<run id>-)."""
+        if self.private_redis:
+            return
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            keys = list(client.scan_iter(match=f"mqbench-{self.run_id}-*", count=1000))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()
+
+    def key_bytes(self, system: System) -> int:
+        """Bytes Redis holds for the system's keys (MEMORY USAGE, every field counted)."""
+        client = self.redis(system)
+        pattern = "*" if self.private_redis else f"{self.namespace(system)}:*"
+        try:
+            return sum(int(client.memory_usage(key, samples=0) or 0) for key in client.scan_iter(match=pattern))
+        finally:
+            client.close()
+
+    # Databases -------------------------------------------------------------------------------------
+
+    def database_for(self, system: System) -> str:
+        """A database of the system's own: PostgreSQL when one was given, else a SQLite file."""
+        if not system.uses_database:
+            return ":memory:"
+        if system.name not in self.databases:
+            if self.database_admin:
+                name = f"mqbench_{self.run_id}_{system.name.replace('-', '_')}"
+                _postgres(self.database_admin, f'CREATE DATABASE "{name}"')
+                self.databases[system.name] = f"{self.database_admin.rsplit('/', 1)[0]}/{name}"
+            else:
+                self.databases[system.name] = str(self.work_dir / f"{system.name}.sqlite3")
+        return self.databases[system.name]
+
+    def drop_databases(self) -> None:
+        if not self.database_admin:
+            return
+        for url in self.databases.values():
+            with contextlib.suppress(BenchError):
+                _postgres(self.database_admin, f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+    @property
+    def database_kind(self) -> str:
+        return "PostgreSQL" if self.database_admin else "SQLite"
+
+    # Sink ------------------------------------------------------------------------------------------
+
+    def sink(self, path: str, method: str = "GET") -> dict[str, Any]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/{path}", method=method)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return dict(json.load(response))
+
+    # Subprocess environment ------------------------------------------------------------------------
+
+    def env(self, system: System, *, provider: str = "smtp") -> dict[str, str]:
+        env = {
+            key: value for key, value in os.environ.items() if not key.startswith(("BENCH_", "DJANGO_", "VIRTUAL_ENV"))
+        }
+        env.update(
+            DJANGO_SETTINGS_MODULE="bench.settings",
+            PYTHONPATH=str(ROOT),
+            PYTHONWARNINGS="ignore::DeprecationWarning",
+            BENCH_SYSTEM=system.name,
+            BENCH_REDIS_URL=self.redis_url_for(system),
+            BENCH_NAMESPACE=self.namespace(system),
+            BENCH_SMTP_PORT=str(self.smtp_port),
+            BENCH_HTTP_PORT=str(self.http_port),
+            BENCH_PROVIDER=provider,
+            BENCH_DATABASE=self.database_for(system),
+            BENCH_WORK_DIR=str(self.work_dir),
+        )
+        return env
+
+
+def _start_redis(work_dir: Path, log: Path) -> tuple[str, subprocess.Popen[Any]]:
+    server = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
+    if server is None:
+        raise BenchError("redis-server is not on PATH (Debian: apt-get install redis-server), or pass --redis-url")
+    port = free_port()
+    process = subprocess.Popen(
+        [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+         "--dir", str(work_dir), "--logfile", str(work_dir / "redis.log")],
+        stdout=log.open("a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    for _ in range(100):
+        with contextlib.suppress(redis.ConnectionError):
+            redis.Redis.from_url(url).ping()
+            return url, process
+        time.sleep(0.05)
+    _stop(process)
+    raise BenchError(f"the private redis-server did not answer on port {port}")
+
+
+def _postgres(admin_url: str, statement: str) -> None:
+    """Run one statement as the PostgreSQL admin user, with psql."""
+    psql = shutil.which("psql")
+    if psql is None:
+        raise BenchError("psql is not on PATH")
+    result = subprocess.run(
+        [psql, admin_url, "-v", "ON_ERROR_STOP=1", "-qc", statement], capture_output=True, text=True
+    )
+    if result.returncode:
+        raise BenchError(f"psql: {result.stderr.strip()}")
+
+
+def postgres_available(url: str) -> bool:
+    psql = shutil.which("psql")
+    if psql is None:
+        return False
+    result = subprocess.run([psql, url, "-qtAc", "select 1"], capture_output=True, text=True, timeout=10)
+    return result.returncode == 0
+
+
+# --- measurements --------------------------------------------------------------------------------------
+
+
+def driver(services: Services, system: System, op: str, *args: str, provider: str = "smtp") -> dict[str, Any]:
+    """Run ``bench.driver OP`` for ``system``; its JSON result, or BenchError with its error output."""
+    result = subprocess.run(
+        [str(system.python()), "-m", "bench.driver", op, *args],
+        cwd=ROOT,
+        env=services.env(system, provider=provider),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if result.returncode:
+        tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise BenchError(f"{system.name} {op} failed: {tail}")
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def reset(services: Services, system: System) -> None:
+    """Empty whatever the system queued: its Redis database or namespace, and its tables."""
+    if system.uses_database:
+        driver(services, system, "clear")
+    else:
+        services.clear_redis(system)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Drain:
+    """One drain run: N messages through the system's workers to the sink."""
+
+    count: int
+    received: int
+    unique: int
+    duplicates: int
+    rate: float
+    cpu_us: float | None
+    redis_bytes: int | None = None
+    rss_samples: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def exact(self) -> bool:
+        return self.received == self.count == self.unique and not self.duplicates
+
+
+def _start(services: Services, system: System, commands: list[list[str]], provider: str) -> ProcessTree:
+    env = services.env(system, provider=provider)
+    log = services.work_dir / f"{system.name}-workers.log"
+    processes = [
+        subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+        for command in commands
+    ]
+    return ProcessTree(processes)
+
+
+def _wait_for_sink(
+    services: Services, tree: ProcessTree | None, count: int, *, stall: float, rss: bool
+) -> tuple[dict[str, Any], float | None, list[tuple[int, int]]]:
+    """Poll until the sink holds ``count`` messages, nothing arrives for ``stall`` s, or one-shot workers exit.
+
+    Returns the sink's stats, the workers' CPU seconds between the first and the last arrival (per message),
+    and (received, RSS) samples.
+    """
+    samples: list[tuple[int, int]] = []
+    cpu_first: tuple[int, float] | None = None
+    cpu_per_message = None
+    last_progress, last_received = time.monotonic(), -1
+    while True:
+        stats = services.sink("_stats")
+        received = stats["received"]
+        if tree is not None:
+            cpu = tree.cpu()
+            if cpu_first is None and received:
+                cpu_first = (received, cpu)
+            if cpu_first is not None and received > cpu_first[0]:
+                cpu_per_message = (cpu - cpu_first[1]) / (received - cpu_first[0])
+            if rss:
+                samples.append((received, tree.worker_rss()))
+        if received != last_received:
+            last_progress, last_received = time.monotonic(), received
+        if received >= count:
+            break
+        if time.monotonic() - last_progress > stall:
+            break
+        if tree is not None and not tree.running() and received == services.sink("_stats")["received"]:
+            break
+        time.sleep(0.2)
+    time.sleep(services.grace)  # late duplicates would arrive now
+    return services.sink("_stats"), cpu_per_message, samples
+
+
+def drain(
+    services: Services,
+    system: System,
+    *,
+    count: int,
+    size: str,
+    processes: int,
+    threads: int,
+    provider: str = "smtp",
+    rss: bool = False,
+    stall: float = 30.0,
+) -> Drain:
+    """Queue ``count`` messages, then let ``processes`` workers deliver them; check the sink got each once."""
+    run = f"{services.run_id}-{system.name}-{size}-{processes}"
+    reset(services, system)
+    services.sink("_reset", "POST")
+    redis_bytes = None
+    if system.workers is None:
+        # Synchronous: the send is the drain; N processes each send their share over one connection.
+        share = -(-count // processes)
+        commands = [
+            [str(system.python()), "-m", "bench.driver", "fill", "--count", str(min(share, count - start)),
+             "--start", str(start), "--size", size, "--run", run]
+            for start in range(0, count, share)
+        ]  # fmt: skip
+        tree = _start(services, system, commands, provider)
+    else:
+        driver(services, system, "fill", "--count", str(count), "--size", size, "--run", run, provider=provider)
+        if not system.uses_database:
+            redis_bytes = services.key_bytes(system)
+        tree = _start(
+            services, system, system.workers(system.python(), processes, threads, services.work_dir), provider
+        )
+    try:
+        stats, cpu, samples = _wait_for_sink(services, tree, count, stall=stall, rss=rss)
+    finally:
+        tree.stop()
+    span = stats["last"] - stats["first"]
+    rate = (stats["received"] - 1) / span if span > 0 else 0.0
+    return Drain(
+        count=count,
+        received=stats["received"],
+        unique=stats["unique"],
+        duplicates=stats["duplicates"],
+        rate=rate,
+        cpu_us=cpu * 1e6 if cpu is not None else None,
+        redis_bytes=redis_bytes,
+        rss_samples=tuple(samples),
+    )
+
+
+def redis_benchmark(services: Services, *, requests: int) -> dict[str, float]:
+    """redis-benchmark LPUSH and RPOP: one client (a round trip each) and 50 clients (the server's rate)."""
+    tool = shutil.which("redis-benchmark")
+    if tool is None:
+        raise BenchError("redis-benchmark is not on PATH (Debian: apt-get install redis-tools)")
+    port = services.redis_url.rsplit(":", 1)[1].split("/")[0]
+    figures = {}
+    for clients in (1, 50):
+        result = subprocess.run(
+            [tool, "-h", "127.0.0.1", "-p", port, "-n", str(requests), "-c", str(clients), "-t", "lpush,rpop",
+             "--csv", "--dbnum", "15"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )  # fmt: skip
+        for line in result.stdout.splitlines():
+            cells = [cell.strip('"') for cell in line.split(",")]
+            if cells[0] in ("LPUSH", "RPOP"):
+                figures[f"{cells[0].lower()}_c{clients}"] = float(cells[1])
+    return figures

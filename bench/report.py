@@ -1,0 +1,275 @@
+"""The printed result: Markdown tables of every system's figures, the floors, and the targets as ratios."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .harness import Drain
+
+SYSTEM_ORDER = (
+    "mailqueue",
+    "django-smtp",
+    "django-dramatiq-email",
+    "django-celery-email",
+    "django-post-office",
+    "django-mailer",
+)
+LABELS = {"django-smtp": "Django SMTP backend (synchronous)", "mailqueue": "**mailqueue**"}
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A figure that could not be measured, and why."""
+
+    reason: str
+
+
+class Notes:
+    """Footnotes for cells that hold no figure."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def mark(self, failed: Failed) -> str:
+        if failed.reason not in self.reasons:
+            self.reasons.append(failed.reason)
+        return f"n/a [{self.reasons.index(failed.reason) + 1}]"
+
+
+def _get(results: dict[str, Any], *path: str) -> Any:
+    value: Any = results
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _number(value: float | None, digits: int = 0) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def _cell(value: Any, notes: Notes, shown: Any) -> str:
+    if isinstance(value, Failed):
+        return notes.mark(value)
+    if value is None:
+        return "—"
+    return str(shown(value))
+
+
+def _drain_cell(value: Any, notes: Notes) -> str:
+    if isinstance(value, Failed):
+        return notes.mark(value)
+    if not isinstance(value, Drain):
+        return "—"
+    mark = "" if value.exact else f" ✗ {value.unique}/{value.count}, {value.duplicates} dup"
+    return f"{value.rate:,.0f}{mark}"
+
+
+def _rate(value: Any) -> float | None:
+    return value.rate if isinstance(value, Drain) else None
+
+
+def _ratio(top: float | None, bottom: float | None) -> float | None:
+    return top / bottom if top is not None and bottom else None
+
+
+def render(
+    results: dict[str, Any], *, sizes: Any, args: argparse.Namespace, database: str, elapsed: float
+) -> Iterator[str]:
+    notes = Notes()
+    yield f"## Results: {time.strftime('%Y-%m-%d %H:%M')}, one run of `python -m bench` ({elapsed / 60:.1f} min)"
+    yield ""
+    yield (
+        f"{os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}; workers: {args.threads} threads per process; "
+        f"peers' queue database: {database}. Sizes: send_mail N={sizes.latency}, batch N={sizes.batch}, "
+        f"drains N={sizes.small} small / N={sizes.large} with a 100 KB attachment."
+    )
+    yield ""
+    yield (
+        "| System | Django | send_mail median µs | p99 µs | batch msg/s | SMTP drain msg/s, 1 proc | 2 procs "
+        "| 100 KB, 1 proc | 100 KB, 2 procs | worker CPU µs/msg | Redis bytes/msg |"
+    )
+    yield "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    for name in SYSTEM_ORDER:
+        system = results.get(name)
+        if system is None:
+            continue
+        if "failed" in system:
+            yield f"| {LABELS.get(name, name)} | " + " | ".join([notes.mark(system["failed"])] * 10) + " |"
+            continue
+        latency = system.get("latency")
+        small = system.get("drain_small_1")
+        cpu = small.cpu_us if isinstance(small, Drain) else None
+        redis_bytes = small.redis_bytes / small.count if isinstance(small, Drain) and small.redis_bytes else None
+        cells = [
+            _cell(system.get("django"), notes, str),
+            _cell(latency, notes, lambda value: _number(value["median_us"])),
+            _cell(latency, notes, lambda value: _number(value["p99_us"])),
+            _cell(system.get("batch"), notes, lambda value: _number(value["rate"])) if "batch" in system else "(sends)",
+            _drain_cell(system.get("drain_small_1"), notes),
+            _drain_cell(system.get("drain_small_2"), notes),
+            _drain_cell(system.get("drain_large_1"), notes),
+            _drain_cell(system.get("drain_large_2"), notes),
+            _number(cpu),
+            _number(redis_bytes),
+        ]
+        yield f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |"
+    yield ""
+    yield "Every drain is checked at the sink by Message-ID: ✗ marks a run that lost or duplicated messages."
+    yield "The 2-process figure for the synchronous backend is two processes each sending half over its own connection."
+    yield ""
+    yield from _floors(results, notes)
+    yield from _targets(results, notes)
+    if notes.reasons:
+        yield ""
+        yield "Not measured:"
+        for index, reason in enumerate(notes.reasons, 1):
+            yield f"{index}. {reason}"
+
+
+def _floors(results: dict[str, Any], notes: Notes) -> Iterator[str]:
+    floors = results.get("floors", {})
+    ours = results.get("mailqueue", {})
+    yield "| Floor (same run) | Figure | mailqueue | mailqueue ÷ floor |"
+    yield "|---|--:|--:|--:|"
+    redis = floors.get("redis")
+    median = _get(ours, "latency", "median_us")
+    if isinstance(redis, dict):
+        round_trip = 1e6 / redis["lpush_c1"] if redis.get("lpush_c1") else None
+        yield (
+            f"| redis-benchmark LPUSH, 1 client: one round trip | {_number(round_trip)} µs | send_mail median "
+            f"{_number(median)} µs | {_number(_ratio(median, round_trip), 2)}× |"
+        )
+        yield f"| redis-benchmark RPOP, 1 client | {_number(redis.get('rpop_c1'))} ops/s | | |"
+        rates = f"{_number(redis.get('lpush_c50'))} / {_number(redis.get('rpop_c50'))}"
+        yield f"| redis-benchmark LPUSH / RPOP, 50 clients | {rates} ops/s | | |"
+    else:
+        yield f"| redis-benchmark | {_cell(redis, notes, str)} | | |"
+    locmem = _get(results, "locmem", "latency", "median_us")
+    yield (
+        f"| Django locmem `send_mail()` median | {_number(locmem)} µs | {_number(median)} µs "
+        f"| {_number(_ratio(median, locmem), 2)}× |"
+    )
+    for size, label, key in (("small", "small", "drain_small_1"), ("large", "100 KB", "drain_large_1")):
+        floor = floors.get(f"smtplib_{size}")
+        ours_rate = _rate(ours.get(key))
+        if isinstance(floor, dict):
+            yield (
+                f"| raw smtplib, pre-rendered {label} messages ({floor['message_bytes']:,} bytes), one connection "
+                f"| {_number(floor['rate'])} msg/s | {_number(ours_rate)} msg/s (1 proc) "
+                f"| {_number(_ratio(ours_rate, floor['rate']), 2)}× |"
+            )
+            render_us = _number(floor["render_us"])
+            yield f"| Django rendering of that message (`message().as_bytes()`) | {render_us} µs | | |"
+        else:
+            yield f"| raw smtplib, {label} | {_cell(floor, notes, str)} | | |"
+    esp, esp_sync = ours.get("esp"), _get(results, "django-smtp", "esp_sync")
+    yield (
+        f"| anymail Postmark backend, synchronous, one session | {_drain_cell(esp_sync, notes)} msg/s "
+        f"| {_drain_cell(esp, notes)} msg/s (1 proc) | {_number(_ratio(_rate(esp), _rate(esp_sync)), 2)}× |"
+    )
+    soak = ours.get("soak")
+    if isinstance(soak, Drain) and soak.rss_samples:
+        yield from _soak(soak)
+    elif isinstance(soak, Failed):
+        yield f"| worker RSS soak | {notes.mark(soak)} | | |"
+    small, floor = ours.get("drain_small_1"), floors.get("smtplib_small")
+    if isinstance(small, Drain) and small.redis_bytes and isinstance(floor, dict):
+        per_message = small.redis_bytes / small.count
+        yield (
+            f"| Redis bytes per queued small message vs its MIME size | {floor['message_bytes']:,} bytes "
+            f"| {per_message:,.0f} bytes | {per_message / floor['message_bytes']:.2f}× |"
+        )
+    large, floor = ours.get("drain_large_1"), floors.get("smtplib_large")
+    if isinstance(large, Drain) and large.redis_bytes and isinstance(floor, dict):
+        per_message = large.redis_bytes / large.count
+        yield (
+            f"| Redis bytes per queued 100 KB message vs its MIME size | {floor['message_bytes']:,} bytes "
+            f"| {per_message:,.0f} bytes | {per_message / floor['message_bytes']:.2f}× |"
+        )
+    yield ""
+
+
+def _soak(soak: Drain) -> Iterator[str]:
+    samples = [sample for sample in soak.rss_samples if sample[0] > 0]
+    if not samples:
+        return
+    early = next((rss for received, rss in samples if received >= soak.count * 0.1), samples[0][1])
+    late = samples[-1][1]
+    yield (
+        f"| worker RSS over a drain of {soak.count:,} messages (1 process) | {early / 2**20:,.1f} MiB at 10% "
+        f"| {late / 2**20:,.1f} MiB at {samples[-1][0]:,} | {late / early:.2f}× |"
+    )
+    status = "exactly once" if soak.exact else f"✗ {soak.unique}/{soak.count}, {soak.duplicates} dup"
+    yield f"| that drain: rate, delivery | {soak.rate:,.0f} msg/s | {status} | |"
+
+
+def _targets(results: dict[str, Any], notes: Notes) -> Iterator[str]:
+    ours = results.get("mailqueue", {})
+    median = _get(ours, "latency", "median_us")
+    p99 = _get(ours, "latency", "p99_us")
+    locmem = _get(results, "locmem", "latency", "median_us")
+    batch_rate = _get(ours, "batch", "rate")
+    smtp_1 = _rate(_get(results, "django-smtp", "drain_small_1"))
+    ours_1, ours_2 = _rate(ours.get("drain_small_1")), _rate(ours.get("drain_small_2"))
+    peers = [name for name in SYSTEM_ORDER[1:] if name in results and "failed" not in results[name]]
+    peer_medians = {name: _get(results, name, "latency", "median_us") for name in peers}
+    peer_drains = {
+        name: max(filter(None, (_rate(results[name].get(f"drain_small_{p}")) for p in (1, 2))), default=None)
+        for name in peers
+    }
+    drains = [
+        value for system in results.values() if isinstance(system, dict) for value in system.values()
+        if isinstance(value, Drain)
+    ]  # fmt: skip
+
+    def row(name: str, figure: str, goal: str, met: bool | None) -> str:
+        verdict = "—" if met is None else ("met" if met else "**missed**")
+        return f"| {name} | {figure} | {goal} | {verdict} |"
+
+    yield "| Target | Figure (this run) | Goal | |"
+    yield "|---|--:|--:|---|"
+    ratio = _ratio(median, locmem)
+    yield row("Enqueue median vs Django locmem `send_mail`", f"{_number(ratio, 2)}×", "≤ 0.30×",
+              None if ratio is None else ratio <= 0.3)  # fmt: skip
+    slowest_ok = [value for value in peer_medians.values() if value is not None]
+    fastest_peer = min(slowest_ok, default=None)
+    yield row("Enqueue median vs the fastest peer's", f"{_number(_ratio(median, fastest_peer), 2)}×", "< 1×",
+              None if median is None or fastest_peer is None else median < fastest_peer)  # fmt: skip
+    yield row("Enqueue p99", f"{_number(p99)} µs", "< 1,000 µs", None if p99 is None else p99 < 1000)
+    per_message = 1e6 / batch_rate if batch_rate else None
+    batch_gain = _ratio(median, per_message)
+    yield row("Batch enqueue vs single `send_mail`, per message", f"{_number(batch_gain, 1)}× faster", "≥ 10×",
+              None if batch_gain is None else batch_gain >= 10)  # fmt: skip
+    ratio = _ratio(ours_1, smtp_1)
+    yield row("SMTP drain, 1 process, vs Django SMTP backend on one connection", f"{_number(ratio, 2)}×", "≥ 0.90×",
+              None if ratio is None else ratio >= 0.9)  # fmt: skip
+    ratio = _ratio(ours_2, ours_1)
+    yield row(
+        "SMTP drain, 2 processes vs 1", f"{_number(ratio, 2)}×", "≥ 1.6×", None if ratio is None else ratio >= 1.6
+    )
+    best_ours = max(filter(None, (ours_1, ours_2)), default=None)
+    queued_peers = {name: rate for name, rate in peer_drains.items() if name != "django-smtp" and rate is not None}
+    best_peer = max(queued_peers.values(), default=None)
+    yield row("SMTP drain vs the fastest queued peer (best of 1 and 2 processes)",
+              f"{_number(_ratio(best_ours, best_peer), 2)}×", "> 1×",
+              None if best_ours is None or best_peer is None else best_ours > best_peer)  # fmt: skip
+    exact = all(value.exact for value in drains)
+    lossy = [value for value in drains if not value.exact]
+    yield row("No message lost or duplicated, every drain", f"{len(drains) - len(lossy)} of {len(drains)} exact",
+              "all", exact if drains else None)  # fmt: skip
+    soak = ours.get("soak")
+    if isinstance(soak, Drain) and soak.rss_samples:
+        samples = [rss for received, rss in soak.rss_samples if received >= soak.count * 0.1]
+        growth = samples[-1] / samples[0] if samples else None
+        yield row("Worker RSS, end of soak vs 10% in", f"{_number(growth, 2)}×", "≤ 1.10× (flat)",
+                  None if growth is None else growth <= 1.1)  # fmt: skip
+    yield row("Stretch: byte-identical MIME faster than Django's rendering", "not attempted", "", None)
