@@ -87,7 +87,10 @@ class QueueConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RateLimit:
-    """A token bucket: ``count`` sends per ``period`` seconds, ``burst`` of them at once."""
+    """``count`` sends per ``period`` seconds, spaced evenly; ``burst`` of them may go at once.
+
+    With ``burst`` B, any window of one period holds at most count + B - 1 sends.
+    """
 
     count: int
     period: int
@@ -166,8 +169,9 @@ class MailQueueConfig:
     rate_limit_max_wait: float = 1.0
     #: Dramatiq: ms without a heartbeat before a worker's unacknowledged messages are requeued.
     heartbeat_timeout: int = 60_000
-    #: Dramatiq: per million broker commands, how many also run that recovery.
-    maintenance_chance: int = 1_000
+    #: Dramatiq: per million broker commands, how many also run that recovery (Dramatiq's own
+    #: default is 1,000; at 10,000 a quiet queue gets a dead worker's messages back in minutes).
+    maintenance_chance: int = 10_000
 
     def provider(self, alias: str) -> ProviderConfig:
         """Settings for a provider, with defaults for one not listed in PROVIDERS."""
@@ -367,7 +371,8 @@ class _Reader:
             count = int(match[1])
             if burst is not None and not self.positive_int(f"{where} burst", burst):
                 continue
-            limits.append(RateLimit(count=count, period=RATE_UNITS[match[2]], burst=burst or count))
+            # Burst 1 by default: never more than ``count`` sends in any window of one period.
+            limits.append(RateLimit(count=count, period=RATE_UNITS[match[2]], burst=burst or 1))
         return tuple(limits)
 
     def check_broker_url(self, url: Any) -> None:

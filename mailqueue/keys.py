@@ -62,8 +62,9 @@ class ProviderKeys:
             stats_prefix=f"{base}:stats:",
         )
 
-    def rate(self, index: int) -> str:
-        return f"{self.rate_prefix}{index}"
+    def rate(self, count: int, period: int, burst: int) -> str:
+        """One bucket per distinct limit: adding or reordering limits never mixes their state."""
+        return f"{self.rate_prefix}{count}/{period}/{burst}"
 
     def stats(self, minute: int) -> str:
         return f"{self.stats_prefix}{minute}"

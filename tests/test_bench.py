@@ -22,6 +22,8 @@ def test_bench_smoke_run_prints_the_tables(redis_url) -> None:
     assert "| **mailqueue** | 6.1" in result.stdout
     assert "Django locmem `send_mail()` median" in result.stdout
     # Every drain of the smoke run delivered each message exactly once.
-    exactly_once = re.search(r"\| No message lost or duplicated, every drain \| (\d+) of (\d+) exact \| all \| met \|", result.stdout)
+    exactly_once = re.search(
+        r"\| No message lost or duplicated, every drain \| (\d+) of (\d+) exact \| all \| met \|", result.stdout
+    )
     assert exactly_once, result.stdout
     assert int(exactly_once[2]) >= 3

@@ -244,6 +244,6 @@ def test_rate_limits_are_read_into_token_buckets(settings) -> None:
     )
     assert get_config().provider("smtp").rate_limits == (
         RateLimit(count=14, period=1, burst=2),
-        RateLimit(count=50000, period=86400, burst=50000),
-        RateLimit(count=600, period=60, burst=600),
+        RateLimit(count=50000, period=86400, burst=1),
+        RateLimit(count=600, period=60, burst=1),
     )

@@ -24,7 +24,7 @@ from typing import Literal
 
 import redis
 from redis.commands.core import Script
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
 from mailqueue.broker import redis_client
 from mailqueue.conf import MailQueueConfig, ProviderConfig, QueueConfig, on_config_reset
@@ -133,6 +133,9 @@ if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) 
 return 0
 """
 
+#: Seconds to keep trying to record a delivery while Redis is away.
+SENT_RECORD_PATIENCE = 60.0
+
 Outcome = Literal["go", "delivered", "claimed", "open", "busy", "later"]
 Result = Literal["sent", "failed", "rejected", "aborted"]
 
@@ -195,7 +198,7 @@ def admit(
             keys.circuit,
             keys.in_flight,
             sending_key(config.namespace, envelope_id),
-            *(keys.rate(index) for index in range(len(provider.rate_limits))),
+            *(keys.rate(limit.count, limit.period, limit.burst) for limit in provider.rate_limits),
         ],
         args=[
             token,
@@ -218,13 +221,15 @@ def settle(
     """Record how the send went; return the provider's circuit state afterwards.
 
     A delivery record is what stops a redelivered message from being sent
-    twice, so recording "sent" is retried briefly through a Redis hiccup.
+    twice (and "sent" frees the provider's concurrency slot), so recording it
+    is retried through a Redis outage of up to SENT_RECORD_PATIENCE seconds;
+    the message's acknowledgement waits for Redis anyway.
     """
     keys = ProviderKeys.of(config.namespace, provider.alias)
     retrying = Retrying(
-        stop=stop_after_attempt(5 if result == "sent" else 1),
-        wait=wait_fixed(0.2),
-        retry=retry_if_exception_type(redis.ConnectionError),
+        stop=stop_after_delay(SENT_RECORD_PATIENCE) if result == "sent" else stop_after_attempt(1),
+        wait=wait_exponential(multiplier=0.2, max=5),
+        retry=retry_if_exception_type((redis.ConnectionError, redis.TimeoutError)),
         reraise=True,
     )
     for attempt in retrying:

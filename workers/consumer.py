@@ -1,11 +1,18 @@
-"""Dramatiq's Redis consumer, made to dead-letter a stored message it cannot decode.
+"""Dramatiq's Redis broker and consumer, made to lose nothing when Redis misbehaves.
 
-Dramatiq's own consumer raises on such a message and restarts; the message,
-and every message fetched with it, then stays in this worker's in-progress
-set for as long as the worker lives, and the queue stalls behind it. Here the
-message goes to mailqueue's dead letters with the decode error, and the
-consumer carries on with the rest of its batch. (This builds on
-``dramatiq.brokers.redis._RedisConsumer``, pinned with dramatiq 2.2.)
+* A stored message Dramatiq cannot decode: its consumer raises and restarts,
+  and the message, with every message fetched with it, stays in this worker's
+  in-progress set for as long as the worker lives. Here it is dead-lettered
+  with the decode error, and the consumer carries on with its batch.
+* Redis away while a worker re-enqueues a message (a retry, a deferral, a
+  delayed message coming due): Dramatiq logs the failure and acknowledges the
+  message anyway, so it is lost. Here the enqueue waits for Redis instead.
+* A connection error in a delay-queue consumer: Dramatiq drops the delayed
+  messages it holds in memory while their ids stay in this live worker's
+  in-progress set, where nothing requeues them. Here the next consumer puts
+  them back.
+
+This builds on ``dramatiq.brokers.redis._RedisConsumer``, pinned with dramatiq 2.2.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ import logging
 import time
 from typing import Any
 
+import redis
+from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import q_name
 from dramatiq.errors import DecodeError
@@ -22,9 +31,28 @@ from mailqueue.deadletters import DeadLetter, record
 
 logger = logging.getLogger(__name__)
 
+#: Backoff, in seconds, between tries of an enqueue while Redis is away.
+ENQUEUE_RETRY_MIN = 0.2
+ENQUEUE_RETRY_MAX = 5.0
+
 
 class DeadLetteringConsumer(_RedisConsumer):
     """A consumer that dead-letters undecodable messages instead of stalling on them."""
+
+    def __init__(self, broker: RedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        super().__init__(broker, queue_name, prefetch, timeout)  # type: ignore[no-untyped-call]
+        if queue_name.endswith(".DQ"):
+            self._requeue_forgotten_delayed()
+
+    def _requeue_forgotten_delayed(self) -> None:
+        """Put back delayed messages a previous consumer of this worker fetched and then dropped."""
+        held = self.broker.client.smembers(self._acks_key())
+        if held:
+            self.broker.do_requeue(self.queue_name, *held)
+            logger.warning("requeued %d delayed message(s) dropped after a Redis error", len(held))
+
+    def _acks_key(self) -> str:
+        return f"{self.broker.namespace}:__acks__.{self.broker.broker_id}.{self.queue_name}"
 
     def __next__(self) -> Any:
         while True:
@@ -37,7 +65,7 @@ class DeadLetteringConsumer(_RedisConsumer):
         """The id under which ``data`` sits among this consumer's fetched messages."""
         client = self.broker.client
         namespace = self.broker.namespace
-        fetched = sorted(client.smembers(f"{namespace}:__acks__.{self.broker.broker_id}.{self.queue_name}"))
+        fetched = sorted(client.smembers(self._acks_key()))
         if not fetched:
             return None
         stored = client.hmget(f"{namespace}:{self.queue_name}.msgs", fetched)
@@ -65,8 +93,19 @@ class DeadLetteringConsumer(_RedisConsumer):
 
 
 class WorkerBroker(RedisBroker):
-    """The Redis broker workers consume with: undecodable messages are dead-lettered."""
+    """The Redis broker workers consume with (see the module docstring)."""
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
         return DeadLetteringConsumer
+
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+        """Enqueue, waiting for Redis as long as it takes: the message being processed is acked after."""
+        wait = ENQUEUE_RETRY_MIN
+        while True:
+            try:
+                return super().enqueue(message, delay=delay)
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                logger.error("Redis is unavailable, re-enqueueing %s in %.1fs: %s", message.message_id, wait, error)
+                time.sleep(wait)
+                wait = min(wait * 2, ENQUEUE_RETRY_MAX)

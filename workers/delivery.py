@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 
+import redis
 from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import EmailMessage
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -198,12 +199,25 @@ def _through_chain(
             # Time limit or shutdown mid-send: whether the provider took it is unknown.
             _settle_quietly(admission, envelope.id, provider, "aborted", config)
             raise
-        settle(admission, envelope.id, provider, "sent", config)
+        try:
+            settle(admission, envelope.id, provider, "sent", config)
+        except redis.RedisError:
+            # The provider took it: retrying would send it again. The ack waits for Redis, and the
+            # claim keeps any other copy away until it expires.
+            logger.exception("%s was sent via %s, but its delivery record could not be written", envelope.id, alias)
         return alias
     if skipped and not failures:
         raise DeliveryDeferred(
             f"every provider of queue {queue.name} has an open circuit", envelope_id=envelope.id, delay=min(skipped)
         )
-    if failures and all(isinstance(failure, ProviderRefused) for failure in failures):
+    refused = all(isinstance(failure, ProviderRefused) for failure in failures)
+    if skipped and refused:
+        # Every provider asked refused, but one whose circuit is open was not asked yet.
+        raise DeliveryDeferred(
+            f"refused by {', '.join(str(f.provider) for f in failures)}; the others' circuits are open",
+            envelope_id=envelope.id,
+            delay=min(skipped),
+        )
+    if failures and refused:
         raise AllProvidersRefused(envelope.id, failures)
     raise AllProvidersFailed(envelope.id, failures)

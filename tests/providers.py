@@ -1,0 +1,53 @@
+"""Provider backends for tests that must control timing exactly (a Redis outage at a given moment).
+
+Where the provider itself is under test, tests use the real aiosmtpd server
+(tests/servers.py) instead.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+from django.core.mail import EmailMessage
+from django.core.mail.backends.base import BaseEmailBackend
+
+#: Subjects accepted by RecordingBackend and SlowBackend, in order.
+SENT: list[str] = []
+#: Set when SlowBackend starts a send.
+STARTED = threading.Event()
+
+
+class RecordingBackend(BaseEmailBackend):
+    """Accepts at once, then runs ``after_send`` (e.g. to stop Redis right after a provider took mail)."""
+
+    after_send: ClassVar[Callable[[], None] | None] = None
+
+    def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
+        SENT.extend(str(message.subject) for message in email_messages)
+        if RecordingBackend.after_send is not None:
+            RecordingBackend.after_send()
+        return len(email_messages)
+
+
+class SlowBackend(BaseEmailBackend):
+    """Takes ``seconds`` per message, then accepts it."""
+
+    seconds: ClassVar[float] = 2.0
+
+    def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
+        for message in email_messages:
+            STARTED.set()
+            time.sleep(SlowBackend.seconds)
+            SENT.append(str(message.subject))
+        return len(email_messages)
+
+
+class RefusingBackend(BaseEmailBackend):
+    """Refuses the sender (a 5xx that another provider may not give)."""
+
+    def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
+        raise smtplib.SMTPSenderRefused(550, b"5.7.1 sender not allowed here", "from@example.com")
