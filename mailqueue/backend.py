@@ -45,6 +45,14 @@ def push_or_keep(batch: list[EncodedMessage], config: MailQueueConfig) -> None:
     except BrokerUnavailable as error:
         if config.on_broker_failure != "outbox":
             raise
+        if connections[config.outbox_database].in_atomic_block:
+            # on_commit is off for this send, yet a transaction is open: a rollback would take the
+            # outbox row with it, while the caller believes the mail was accepted.
+            raise BrokerUnavailable(
+                f"{error} The outbox cannot keep it: a transaction is open on database "
+                f"{config.outbox_database!r} and its rollback would discard the message. Send with "
+                "on_commit (the default) to queue after the commit."
+            ) from error
         outbox.keep(batch, error)
 
 

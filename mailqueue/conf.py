@@ -294,6 +294,20 @@ class _Reader:
             )
         pools = self.read_pools(raw.get("POOLS"), queues)
         durability = self.read_durability(raw, databases)
+        max_wait = durability.get("rate_limit_max_wait", 1.0)
+        for queue in queues.values():
+            limited = [
+                alias
+                for alias in queue.providers
+                if alias in providers and (providers[alias].rate_limits or providers[alias].max_concurrency)
+            ]
+            if limited and max_wait * 1000 >= queue.time_limit:
+                self.problem(
+                    "mailqueue.E010",
+                    f"MAILQUEUE['RATE_LIMIT_MAX_WAIT'] ({max_wait:g} s) is not below the time_limit of queue "
+                    f"{queue.name!r} ({queue.time_limit} ms), whose provider {limited[0]!r} is limited: waiting "
+                    "for a token could use up the whole attempt.",
+                )
 
         self.check_mailers(queues)
         return MailQueueConfig(
@@ -324,7 +338,12 @@ class _Reader:
         else:
             options["on_broker_failure"] = policy
         outbox_database = raw.get("OUTBOX_DATABASE", "default")
-        if policy == "outbox" and outbox_database not in databases:
+        if not isinstance(outbox_database, str):
+            self.problem(
+                "mailqueue.E013", f"MAILQUEUE['OUTBOX_DATABASE'] must be a DATABASES alias, not {outbox_database!r}."
+            )
+            outbox_database = "default"
+        elif policy == "outbox" and outbox_database not in databases:
             self.problem(
                 "mailqueue.E013",
                 f"MAILQUEUE['OUTBOX_DATABASE'] is {outbox_database!r}, not a DATABASES alias, so mail "
@@ -458,7 +477,13 @@ class _Reader:
                     options[key] = spec[key]
             if "cooldown" in spec:
                 cooldown = self.seconds(f"{where}['cooldown']", spec["cooldown"])
-                if cooldown is not None:
+                if cooldown == 0:
+                    self.problem(
+                        "mailqueue.E010",
+                        f"{where}['cooldown'] must be more than 0 seconds.",
+                        hint="To keep a flaky provider in use, raise its failure_threshold instead.",
+                    )
+                elif cooldown is not None:
                     options["cooldown"] = cooldown
             providers[alias] = ProviderConfig(alias=alias, **options)
             if alias not in _mailers():

@@ -18,8 +18,9 @@ from .models import OutboxMessage
 
 logger = logging.getLogger(__name__)
 
-#: Rows pushed per relay transaction.
+#: Rows pushed per relay transaction, and their most bytes (one Redis call carries them all).
 RELAY_BATCH = 500
+RELAY_BATCH_BYTES = 64 * 1024 * 1024
 
 
 def keep(batch: Sequence[EncodedMessage], error: BrokerUnavailable) -> None:
@@ -63,7 +64,13 @@ def relay_batch(limit: int = RELAY_BATCH) -> int:
         if transaction.get_connection(database).features.has_select_for_update_skip_locked:
             # Several relays may run: each takes rows the others are not pushing.
             rows = rows.select_for_update(skip_locked=True)
-        taken = list(rows[:limit])
+        taken: list[OutboxMessage] = []
+        size = 0
+        for row in rows[:limit]:
+            size += len(row.data)
+            if taken and size > RELAY_BATCH_BYTES:
+                break
+            taken.append(row)
         if not taken:
             return 0
         push(

@@ -283,7 +283,7 @@ def test_unreachable_redis_is_a_clear_error_when_configured_to_raise(configure, 
         send_mail("s", "b", None, ["a@example.com"])
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_unreachable_redis_keeps_the_mail_in_the_outbox(configure, smtp_server) -> None:
     configure(providers={"smtp": smtp_server.mailer()}, BROKER_URL="redis://127.0.0.1:1/0", ON_COMMIT=False)
     message = EmailMessage("s", "b", None, ["a@example.com"])

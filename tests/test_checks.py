@@ -192,6 +192,28 @@ def test_a_valid_configuration_has_no_errors(settings) -> None:
             "RATE_LIMIT_MAX_WAIT",
         ),
         (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "OUTBOX_DATABASE": ["default"]},
+            None,
+            "mailqueue.E013",
+            "must be a DATABASES alias",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "PROVIDERS": {"smtp": {"cooldown": 0}}},
+            None,
+            "mailqueue.E010",
+            "must be more than 0 seconds",
+        ),
+        (
+            {
+                "QUEUES": {"default": {"providers": ["smtp"], "time_limit": 1000}},
+                "PROVIDERS": {"smtp": {"rate_limit": "5/s"}},
+                "RATE_LIMIT_MAX_WAIT": 2,
+            },
+            None,
+            "mailqueue.E010",
+            "is not below the time_limit of queue 'default'",
+        ),
+        (
             {"QUEUES": {"default": {"providers": ["postmark"]}}},
             {"default": {"BACKEND": QUEUED}, "postmark": {"BACKEND": "anymail.backends.postmark.EmailBackend"}},
             "mailqueue.E012",

@@ -13,6 +13,7 @@ from django.db import transaction
 
 from mailqueue import outbox
 from mailqueue.broker import EncodedMessage, push
+from mailqueue.exceptions import BrokerUnavailable
 from mailqueue.models import OutboxMessage
 from mailqueue.monitoring import queue_depths
 from tests.redis_server import RedisServer
@@ -107,3 +108,15 @@ def test_queued_mail_survives_a_redis_crash_with_aof_everysec(configure, smtp_se
     finally:
         server.stop()
     assert sorted(m.parsed["Subject"] for m in smtp_server.received) == sorted(f"m{i}" for i in range(200))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_on_commit_off_inside_a_transaction_redis_away_is_a_clear_error(
+    configure, smtp_server, private_redis
+) -> None:
+    # The outbox row would roll back with the caller's transaction: refuse rather than pretend.
+    configure(providers={"smtp": smtp_server.mailer()}, BROKER_URL=private_redis.url, ON_COMMIT=False)
+    private_redis.stop()
+    with pytest.raises(BrokerUnavailable, match="a transaction is open on database 'default'"), transaction.atomic():
+        send_mail("s", "b", None, ["a@example.com"])
+    assert OutboxMessage.objects.count() == 0

@@ -107,7 +107,7 @@ def test_four_worker_processes_share_one_limit(configure, smtp_server, tmp_path)
         RATE_LIMIT_MAX_WAIT=0.25,
     )
     send_mass_mail([(f"n{i}", "b", None, [f"r{i}@example.com"]) for i in range(count)], using="bulk")
-    workers = [WorkerProcess(["bulk"], threads=8, log=tmp_path / f"worker{n}.log").start() for n in range(4)]
+    workers = [WorkerProcess(["bulk"], threads=2, log=tmp_path / f"worker{n}.log").start() for n in range(4)]
     try:
         smtp_server.wait_for(count, timeout=60)
     finally:

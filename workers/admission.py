@@ -75,6 +75,7 @@ for i = 5, #KEYS do
   wait = math.max(wait, tat - (burst - 1) * interval - now)
   tats[i] = tat + interval
 end
+-- Too long to sleep on: nothing is reserved, the message asks again after the wait.
 if wait > tonumber(ARGV[5]) then return {"later", math.ceil(wait), ""} end
 for i = 5, #KEYS do
   redis.call("set", KEYS[i], tostring(tats[i]), "px", math.ceil(tats[i] - now) + 1000)
@@ -187,10 +188,11 @@ def admit(
     for the queue's time limit, so another copy of it (a redelivery while this
     attempt still runs) waits instead of sending too.
     """
+    limits = provider.rate_limits
     keys = ProviderKeys.of(config.namespace, provider.alias)
     token = uuid.uuid4().hex
     rate_args: list[float] = []
-    for limit in provider.rate_limits:
+    for limit in limits:
         rate_args += (limit.interval * 1000, limit.burst)
     outcome, number, detail = _admit_script()(
         keys=[
@@ -198,7 +200,7 @@ def admit(
             keys.circuit,
             keys.in_flight,
             sending_key(config.namespace, envelope_id),
-            *(keys.rate(limit.count, limit.period, limit.burst) for limit in provider.rate_limits),
+            *(keys.rate(limit.count, limit.period, limit.burst) for limit in limits),
         ],
         args=[
             token,

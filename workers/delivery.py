@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between two asks for a concurrency slot while the provider is busy.
 BUSY_POLL = 0.02
+#: Shortest deferral, in seconds: a busy provider with RATE_LIMIT_MAX_WAIT = 0 must not spin.
+MIN_DEFERRAL = 0.05
 
 #: What Django raises when a message's own content cannot be rendered.
 RENDERING_ERRORS = (ValueError, TypeError, LookupError)
@@ -153,7 +155,11 @@ def _release_quietly(envelope_id: str, claim: str, config: MailQueueConfig) -> N
 
 
 def _through_chain(
-    envelope: Envelope, message: EmailMessage, queue: QueueConfig, config: MailQueueConfig, claim: str
+    envelope: Envelope,
+    message: EmailMessage,
+    queue: QueueConfig,
+    config: MailQueueConfig,
+    claim: str,
 ) -> str:
     failures: list[DeliveryError] = []
     skipped: list[float] = []
@@ -177,10 +183,16 @@ def _through_chain(
             raise DeliveryDeferred(
                 f"provider {alias} is at its {limit} limit",
                 envelope_id=envelope.id,
-                delay=admission.wait or config.rate_limit_max_wait,
+                delay=max(admission.wait, MIN_DEFERRAL),
             )
         if admission.wait:
-            time.sleep(admission.wait)
+            try:
+                time.sleep(admission.wait)
+            except BaseException:
+                # Interrupted before sending (time limit, shutdown): free the slot and the claim now.
+                _settle_quietly(admission, envelope.id, provider, "aborted", config)
+                _release_quietly(envelope.id, claim, config)
+                raise
         try:
             send_with_retries(provider, message, envelope.id)
         except (TransientDeliveryError, ProviderRefused) as error:

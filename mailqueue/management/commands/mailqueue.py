@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DatabaseError
+from django.db import DatabaseError, close_old_connections
 
 from mailqueue import deadletters, outbox
 from mailqueue.conf import get_config
@@ -86,10 +86,12 @@ class Command(BaseCommand):
             while True:
                 try:
                     pushed = outbox.relay_batch()
-                except BrokerUnavailable as error:
+                except (BrokerUnavailable, DatabaseError) as error:
                     if once:
                         raise CommandError(str(error)) from error
-                    self.stderr.write(f"Redis is still unavailable, retrying in {interval:g}s: {error}")
+                    what = "Redis" if isinstance(error, BrokerUnavailable) else "The database"
+                    self.stderr.write(f"{what} is unavailable, retrying in {interval:g}s: {error}")
+                    close_old_connections()
                     time.sleep(interval)
                     continue
                 relayed += pushed
