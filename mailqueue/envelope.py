@@ -15,8 +15,8 @@ import binascii
 import email
 import email.message
 import email.policy
+import os
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -37,6 +37,12 @@ from django.utils.timezone import get_current_timezone
 from .exceptions import EnvelopeError, InvalidMessage, UnserializableMessage
 
 ENVELOPE_VERSION = 1
+
+
+def random_id() -> str:
+    """32 random hex digits (128 bits): an envelope or Redis message id, at a fifth of uuid4's cost."""
+    return os.urandom(16).hex()
+
 
 #: Every attribute anymail reads from a message; carried when set.
 ANYMAIL_ATTRIBUTES = (
@@ -73,7 +79,7 @@ class Envelope:
     def from_message(cls, message: EmailMessage, *, queue: str, mailer: str, id: str | None = None) -> Envelope:
         """Capture ``message`` now; raise UnserializableMessage if a part cannot travel."""
         return cls(
-            id=id or uuid.uuid4().hex,
+            id=id or random_id(),
             queue=queue,
             mailer=mailer,
             created_at=time.time(),

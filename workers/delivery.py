@@ -95,10 +95,22 @@ def send_once(alias: str, message: EmailMessage, envelope_id: str) -> None:
 
 
 def send_with_retries(provider: ProviderConfig, message: EmailMessage, envelope_id: str) -> None:
-    """``send_once`` with quick in-attempt retries of transient failures."""
+    """``send_once`` with quick in-attempt retries of transient failures.
+
+    The first try runs without tenacity: building its retry state for every
+    message cost more than the rest of the worker's own code.
+    """
+    try:
+        send_once(provider.alias, message, envelope_id)
+        return
+    except TransientDeliveryError:
+        if provider.attempts <= 1:
+            raise
+    # Tenacity's exponential wait, continued: wait_min before the second try, then doubling.
+    time.sleep(min(provider.wait_min, provider.wait_max))
     retrying = Retrying(
-        stop=stop_after_attempt(provider.attempts),
-        wait=wait_exponential(multiplier=provider.wait_min, max=provider.wait_max),
+        stop=stop_after_attempt(provider.attempts - 1),
+        wait=wait_exponential(multiplier=provider.wait_min * 2, max=provider.wait_max),
         retry=retry_if_exception_type(TransientDeliveryError),
         reraise=True,
     )
