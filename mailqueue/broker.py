@@ -10,15 +10,11 @@ cost the request an extra read.)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import orjson
@@ -26,36 +22,19 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.encoder import Encoder
 from dramatiq.errors import DecodeError
-from redis.exceptions import NoScriptError
 
-from .conf import get_config, on_config_reset
+from .client import LuaScript, redis_client
+from .conf import get_config
 from .envelope import Envelope, random_id
 from .exceptions import BrokerUnavailable
 from .keys import QueueKeys, enqueued_key
 
 logger = logging.getLogger(__name__)
 
-#: Client defaults: fail fast instead of hanging a request when Redis is away.
-CLIENT_DEFAULTS: dict[str, Any] = {
-    "socket_connect_timeout": 2.0,
-    "socket_timeout": 5.0,
-    "health_check_interval": 30,
-}
-
 
 def actor_name(queue: str) -> str:
     """The Dramatiq actor that delivers ``queue``'s messages."""
     return f"mailqueue.deliver.{queue}"
-
-
-@cache
-def redis_client() -> redis.Redis:
-    """The process-wide Redis client (thread-safe, pooled) built from settings."""
-    config = get_config()
-    return redis.Redis.from_url(config.broker_url, **{**CLIENT_DEFAULTS, **config.broker_options})
-
-
-on_config_reset(redis_client.cache_clear)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,67 +123,7 @@ return queued
 """
 
 
-ENQUEUE_SHA = hashlib.sha1(ENQUEUE_SCRIPT.encode(), usedforsecurity=False).hexdigest()
-
-
-class _ThreadConnection(threading.local):
-    """One Redis connection per thread of the process, for the enqueue alone.
-
-    The request path makes exactly one Redis call; going through redis-py's
-    pool, retry and command wrappers for it cost more than the call itself.
-    """
-
-    #: A redis.connection.Connection (redis-py leaves its methods untyped).
-    connection: Any = None
-    #: The process and client it belongs to: a fork or a settings change needs a new one.
-    owner: tuple[int, int] = (0, 0)
-
-    def get(self) -> Any:
-        client = redis_client()
-        owner = (os.getpid(), id(client))
-        if self.connection is None or self.owner != owner:
-            self.connection = client.connection_pool.make_connection()
-            self.owner = owner
-        return self.connection
-
-    def drop(self) -> None:
-        if self.connection is not None:
-            self.connection.disconnect()
-        self.connection = None
-
-
-_thread_connection = _ThreadConnection()
-
-
-def _run_enqueue(keys: list[str], args: list[Any]) -> Any:
-    """EVALSHA the enqueue script on this thread's connection.
-
-    A connection that fails while the command is being sent is replaced and
-    the command sent once more: Redis has not run it. A failure while reading
-    the reply is not retried, since Redis may have run it.
-    """
-    command = ("EVALSHA", ENQUEUE_SHA, len(keys), *keys, *args)
-    for attempt in (1, 2):
-        connection = _thread_connection.get()
-        try:
-            connection.send_command(*command)
-        except redis.ConnectionError:
-            _thread_connection.drop()
-            if attempt == 2:
-                raise
-            continue
-        try:
-            return connection.read_response()
-        except NoScriptError:
-            # First use on this Redis (or after SCRIPT FLUSH / a restart): load it and run it once more.
-            connection.send_command("SCRIPT", "LOAD", ENQUEUE_SCRIPT)
-            connection.read_response()
-            connection.send_command(*command)
-            return connection.read_response()
-        except BaseException:
-            _thread_connection.drop()
-            raise
-    raise AssertionError("unreachable")
+ENQUEUE = LuaScript(ENQUEUE_SCRIPT)
 
 
 def push(batch: Sequence[EncodedMessage]) -> int:
@@ -229,7 +148,7 @@ def push(batch: Sequence[EncodedMessage]) -> int:
         for item in items:
             triples += (item.redis_id, item.data, enqueued_key(namespace, item.envelope_id) if item.guarded else "")
     try:
-        queued = _run_enqueue(keys, [config.dedup_window, *counts, *triples])
+        queued = ENQUEUE(keys, [config.dedup_window, *counts, *triples])
     except redis.RedisError as error:
         raise BrokerUnavailable(
             f"Redis did not accept {len(batch)} message(s) ({error}); nothing of this batch was queued."

@@ -14,7 +14,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .broker import encode, redis_client
+from .broker import encode
+from .client import redis_client
 from .conf import get_config
 from .envelope import Envelope
 from .exceptions import EnvelopeError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
-from .broker import redis_client
+from .client import redis_client
 from .conf import get_config
 from .keys import ProviderKeys, QueueKeys
 

@@ -11,7 +11,8 @@ from anymail.message import AnymailMessage
 from django.core.mail import EmailMessage, EmailMultiAlternatives, mailers, send_mail
 
 from mailqueue import deadletters
-from mailqueue.broker import actor_name, encode, push, redis_client
+from mailqueue.broker import actor_name, encode, push
+from mailqueue.client import redis_client
 from mailqueue.envelope import Envelope
 from mailqueue.keys import QueueKeys
 from mailqueue.monitoring import queue_depths

@@ -27,7 +27,8 @@ from django.core.mail import EmailMessage, EmailMultiAlternatives, mailers
 from dramatiq.errors import QueueJoinTimeout
 
 from mailqueue import deadletters
-from mailqueue.broker import QueueKeys, actor_name, redis_client
+from mailqueue.broker import QueueKeys, actor_name
+from mailqueue.client import redis_client
 from mailqueue.envelope import Envelope
 from mailqueue.exceptions import HeaderInjection, InvalidAddress, InvalidMessage, MessageTooLarge
 from mailqueue.monitoring import queue_depths

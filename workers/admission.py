@@ -19,15 +19,13 @@ import math
 import time
 import uuid
 from dataclasses import dataclass
-from functools import cache
 from typing import Literal
 
 import redis
-from redis.commands.core import Script
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
-from mailqueue.broker import redis_client
-from mailqueue.conf import MailQueueConfig, ProviderConfig, QueueConfig, on_config_reset
+from mailqueue.client import LuaScript
+from mailqueue.conf import MailQueueConfig, ProviderConfig, QueueConfig
 from mailqueue.keys import STATS_TTL, ProviderKeys, delivered_key, sending_key
 
 #: KEYS: delivered, circuit, in-flight, sending claim, then one bucket per rate limit.
@@ -154,24 +152,9 @@ class Admission:
     token: str
 
 
-@cache
-def _admit_script() -> Script:
-    return redis_client().register_script(ADMIT_SCRIPT)
-
-
-@cache
-def _settle_script() -> Script:
-    return redis_client().register_script(SETTLE_SCRIPT)
-
-
-@cache
-def _release_script() -> Script:
-    return redis_client().register_script(RELEASE_SCRIPT)
-
-
-on_config_reset(_admit_script.cache_clear)
-on_config_reset(_settle_script.cache_clear)
-on_config_reset(_release_script.cache_clear)
+ADMIT = LuaScript(ADMIT_SCRIPT)
+SETTLE = LuaScript(SETTLE_SCRIPT)
+RELEASE = LuaScript(RELEASE_SCRIPT)
 
 
 def new_claim() -> str:
@@ -194,8 +177,8 @@ def admit(
     rate_args: list[float] = []
     for limit in limits:
         rate_args += (limit.interval * 1000, limit.burst)
-    outcome, number, detail = _admit_script()(
-        keys=[
+    outcome, number, detail = ADMIT(
+        [
             delivered_key(config.namespace, envelope_id),
             keys.circuit,
             keys.in_flight,
@@ -236,8 +219,8 @@ def settle(
     )
     for attempt in retrying:
         with attempt:
-            state = _settle_script()(
-                keys=[
+            state = SETTLE(
+                [
                     delivered_key(config.namespace, envelope_id),
                     keys.circuit,
                     keys.in_flight,
@@ -259,4 +242,4 @@ def settle(
 
 def release(envelope_id: str, claim: str, config: MailQueueConfig) -> None:
     """Drop this attempt's claim on the envelope (it was not delivered): the next attempt may send."""
-    _release_script()(keys=[sending_key(config.namespace, envelope_id)], args=[claim])
+    RELEASE([sending_key(config.namespace, envelope_id)], [claim])
