@@ -27,7 +27,7 @@ from mailqueue.deadletters import DeadLetter, record
 from mailqueue.envelope import Envelope
 from mailqueue.exceptions import DeliveryDeferred, EnvelopeError, PermanentDeliveryError
 
-from .consumer import WorkerBroker
+from .consumer import EarlyAck, WorkerBroker
 from .delivery import deliver
 from .middleware import CloseDatabaseConnections, CloseProviderConnections
 
@@ -102,7 +102,7 @@ def process(payload: Any, queue: QueueConfig, config: MailQueueConfig, *, proble
         if problem is not None:
             raise EnvelopeError(f"{problem}, got {payload!r:.200}", payload)
         envelope = Envelope.decode(payload)
-        provider = deliver(envelope, queue, config)
+        provider = deliver(envelope, queue, config, EarlyAck.of(current))
     except DeliveryDeferred as deferred:
         reschedule(current, deferred)
         return None

@@ -19,14 +19,17 @@ import math
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import redis
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
+from dramatiq.common import current_millis
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from mailqueue.client import LuaScript
 from mailqueue.conf import MailQueueConfig, ProviderConfig, QueueConfig
 from mailqueue.keys import STATS_TTL, ProviderKeys, delivered_key, sending_key
+
+from .consumer import EarlyAck
 
 #: KEYS: delivered, circuit, in-flight, sending claim, then one bucket per rate limit.
 #: ARGV: lease token, in-flight lease ms, probe lease ms, max concurrency (0: none),
@@ -86,9 +89,11 @@ end
 return {"go", math.floor(wait * 1000), role}
 """
 
-#: KEYS: delivered, circuit, in-flight, this minute's counters, sending claim.
+#: KEYS: delivered, circuit, in-flight, this minute's counters, sending claim, and with an
+#: early acknowledgement Dramatiq's in-progress set, message hash and heartbeats.
 #: ARGV: outcome ("sent", "failed", "rejected", "aborted"), provider alias, lease token,
-#: dedup window s, failure threshold, cooldown ms, counters' ttl s.
+#: dedup window s, failure threshold, cooldown ms, counters' ttl s, and with an early
+#: acknowledgement the Redis message id, the worker's broker id and its clock in ms.
 #: "failed" is a transient provider failure (it counts towards opening the circuit);
 #: "rejected" means the provider answered but refused this message (it is up);
 #: "aborted" only releases the in-flight slot. "sent" also drops the sending claim,
@@ -102,6 +107,11 @@ local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
 if outcome == "sent" then
   redis.call("set", KEYS[1], ARGV[2], "ex", ARGV[4])
   redis.call("del", KEYS[5])
+  if #KEYS == 8 then
+    -- Dramatiq's own ack (dispatch.lua), done here to save the worker a round trip.
+    if redis.call("srem", KEYS[6], ARGV[8]) > 0 then redis.call("hdel", KEYS[7], ARGV[8]) end
+    redis.call("zadd", KEYS[8], ARGV[10], ARGV[9])
+  end
 end
 redis.call("hincrby", KEYS[4], outcome == "sent" and "sent" or "failed", 1)
 redis.call("expire", KEYS[4], ARGV[7])
@@ -201,42 +211,57 @@ def admit(
 
 
 def settle(
-    admission: Admission, envelope_id: str, provider: ProviderConfig, result: Result, config: MailQueueConfig
+    admission: Admission,
+    envelope_id: str,
+    provider: ProviderConfig,
+    result: Result,
+    config: MailQueueConfig,
+    ack: EarlyAck | None = None,
 ) -> str:
     """Record how the send went; return the provider's circuit state afterwards.
 
     A delivery record is what stops a redelivered message from being sent
     twice (and "sent" frees the provider's concurrency slot), so recording it
     is retried through a Redis outage of up to SENT_RECORD_PATIENCE seconds;
-    the message's acknowledgement waits for Redis anyway.
+    the message's acknowledgement waits for Redis anyway. With ``ack``, a
+    "sent" also acknowledges the Dramatiq message in the same call.
     """
     keys = ProviderKeys.of(config.namespace, provider.alias)
-    retrying = Retrying(
-        stop=stop_after_delay(SENT_RECORD_PATIENCE) if result == "sent" else stop_after_attempt(1),
-        wait=wait_exponential(multiplier=0.2, max=5),
-        retry=retry_if_exception_type((redis.ConnectionError, redis.TimeoutError)),
-        reraise=True,
-    )
-    for attempt in retrying:
-        with attempt:
-            state = SETTLE(
-                [
-                    delivered_key(config.namespace, envelope_id),
-                    keys.circuit,
-                    keys.in_flight,
-                    keys.stats(int(time.time() // 60)),
-                    sending_key(config.namespace, envelope_id),
-                ],
-                args=[
-                    result,
-                    provider.alias,
-                    admission.token,
-                    config.dedup_window,
-                    provider.failure_threshold,
-                    math.ceil(provider.cooldown * 1000),
-                    STATS_TTL,
-                ],
-            )
+    script_keys = [
+        delivered_key(config.namespace, envelope_id),
+        keys.circuit,
+        keys.in_flight,
+        keys.stats(int(time.time() // 60)),
+        sending_key(config.namespace, envelope_id),
+    ]
+    script_args: list[Any] = [
+        result,
+        provider.alias,
+        admission.token,
+        config.dedup_window,
+        provider.failure_threshold,
+        math.ceil(provider.cooldown * 1000),
+        STATS_TTL,
+    ]
+    if ack is not None and result == "sent":
+        script_keys += (ack.in_progress, ack.messages, ack.heartbeats)
+        script_args += (ack.redis_id, ack.broker_id, current_millis())
+    try:
+        state = SETTLE(script_keys, script_args)
+    except (redis.ConnectionError, redis.TimeoutError):
+        if result != "sent":
+            raise
+        retrying = Retrying(
+            stop=stop_after_delay(SENT_RECORD_PATIENCE),
+            wait=wait_exponential(multiplier=0.2, max=5),
+            retry=retry_if_exception_type((redis.ConnectionError, redis.TimeoutError)),
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                state = SETTLE(script_keys, script_args)
+    if ack is not None and result == "sent":
+        ack.done()
     return state.decode() if isinstance(state, bytes) else str(state)
 
 

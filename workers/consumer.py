@@ -20,8 +20,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import dramatiq
 import redis
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
@@ -36,6 +38,43 @@ logger = logging.getLogger(__name__)
 #: Backoff, in seconds, between tries of an enqueue while Redis is away.
 ENQUEUE_RETRY_MIN = 0.2
 ENQUEUE_RETRY_MAX = 5.0
+
+
+#: Message option set once the message was acknowledged together with its delivery record.
+ACKED = "mailqueue_acked"
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyAck:
+    """What recording a delivery needs to acknowledge the Dramatiq message in the same call."""
+
+    in_progress: str
+    messages: str
+    heartbeats: str
+    redis_id: str
+    broker_id: str
+    options: dict[str, Any]
+
+    @classmethod
+    def of(cls, message: Any) -> EarlyAck | None:
+        """For the message being processed, when this worker consumes through a WorkerBroker."""
+        broker = dramatiq.get_broker()
+        redis_id = message.options.get("redis_message_id") if message is not None else None
+        if not isinstance(broker, WorkerBroker) or redis_id is None:
+            return None
+        namespace, queue = broker.namespace, message.queue_name
+        return cls(
+            in_progress=f"{namespace}:__acks__.{broker.broker_id}.{queue}",
+            messages=f"{namespace}:{queue}.msgs",
+            heartbeats=f"{namespace}:__heartbeats__",
+            redis_id=redis_id,
+            broker_id=broker.broker_id,
+            options=message.options,
+        )
+
+    def done(self) -> None:
+        """Tell the consumer the message needs no acknowledgement of its own."""
+        self.options[ACKED] = True
 
 
 class DeadLetteringConsumer(_RedisConsumer):
@@ -55,6 +94,12 @@ class DeadLetteringConsumer(_RedisConsumer):
 
     def _acks_key(self) -> str:
         return f"{self.broker.namespace}:__acks__.{self.broker.broker_id}.{self.queue_name}"
+
+    def ack(self, message: Any) -> None:
+        if message.options.pop(ACKED, False):
+            self.queued_message_ids.discard(message.message_id)  # acknowledged with its delivery record
+            return
+        super().ack(message)  # type: ignore[no-untyped-call]
 
     def __next__(self) -> Any:
         while True:

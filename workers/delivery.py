@@ -40,6 +40,7 @@ from mailqueue.exceptions import (
 from .admission import Admission, Result, admit, new_claim, release, settle
 from .classify import classify
 from .connections import connections
+from .consumer import EarlyAck
 
 logger = logging.getLogger(__name__)
 
@@ -141,17 +142,18 @@ def _settle_quietly(
         logger.exception("could not record the %s outcome of %s at provider %s", result, envelope_id, provider.alias)
 
 
-def deliver(envelope: Envelope, queue: QueueConfig, config: MailQueueConfig) -> str:
+def deliver(envelope: Envelope, queue: QueueConfig, config: MailQueueConfig, ack: EarlyAck | None = None) -> str:
     """Deliver ``envelope`` through ``queue``'s provider chain; return the provider used.
 
     Raises PermanentDeliveryError (do not retry; AllProvidersRefused is one),
     AllProvidersFailed (retry later), DeliveryDeferred (re-schedule without
-    using a retry), or EnvelopeError (cannot be rebuilt).
+    using a retry), or EnvelopeError (cannot be rebuilt). With ``ack``, the
+    delivery record also acknowledges the Dramatiq message.
     """
     message = envelope.to_message()
     claim = new_claim()
     try:
-        return _through_chain(envelope, message, queue, config, claim)
+        return _through_chain(envelope, message, queue, config, claim, ack)
     except MailQueueError:
         # Not delivered: let the next attempt (or another copy) send it without waiting out the claim.
         # An interruption mid-send (time limit, shutdown) keeps the claim: the provider may have taken it.
@@ -172,6 +174,7 @@ def _through_chain(
     queue: QueueConfig,
     config: MailQueueConfig,
     claim: str,
+    ack: EarlyAck | None,
 ) -> str:
     failures: list[DeliveryError] = []
     skipped: list[float] = []
@@ -224,7 +227,7 @@ def _through_chain(
             _settle_quietly(admission, envelope.id, provider, "aborted", config)
             raise
         try:
-            settle(admission, envelope.id, provider, "sent", config)
+            settle(admission, envelope.id, provider, "sent", config, ack)
         except redis.RedisError:
             # The provider took it: retrying would send it again. The ack waits for Redis, and the
             # claim keeps any other copy away until it expires.
