@@ -75,10 +75,13 @@ def _closed_by_server(connection: Any) -> bool:
     sock = getattr(connection, "_sock", None)
     if sock is None:
         return False
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
     # Readable while idle: the end of the stream, or bytes nobody asked for.
-    return bool(poller.poll(0))
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([sock], [], [], 0)  # Windows has no poll()
+    return bool(readable)
 
 
 _thread_connection = _ThreadConnection()
