@@ -10,10 +10,12 @@ import smtplib
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import redis
 from django.core.mail import EmailMessage
 from django.core.mail.backends.base import BaseEmailBackend
+from django.core.mail.backends.smtp import EmailBackend as SMTPBackend
 
 #: Subjects accepted by RecordingBackend and SlowBackend, in order.
 SENT: list[str] = []
@@ -44,6 +46,23 @@ class SlowBackend(BaseEmailBackend):
             time.sleep(SlowBackend.seconds)
             SENT.append(str(message.subject))
         return len(email_messages)
+
+
+class TimedSMTPBackend(SMTPBackend):
+    """Django's SMTP backend that records, in a Redis list, when each send starts.
+
+    What a rate limit governs is when workers release sends; arrival times at
+    the server also carry each process's scheduling delays on a loaded machine.
+    """
+
+    def __init__(self, *, timing_url: str, timing_key: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.timing = redis.Redis.from_url(timing_url)
+        self.timing_key = timing_key
+
+    def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
+        self.timing.rpush(self.timing_key, *[time.time()] * len(email_messages))
+        return super().send_messages(email_messages)
 
 
 class RefusingBackend(BaseEmailBackend):
