@@ -39,30 +39,47 @@ def redis_client() -> redis.Redis:
 on_config_reset(redis_client.cache_clear)
 
 
+class _Held:
+    """One thread's connection, closed when the thread ends.
+
+    redis-py's connection sits in a reference cycle and would keep its socket
+    open until a full garbage collection; this holder is not in one, so it is
+    freed (and closes the socket) as soon as the thread's locals go.
+    """
+
+    def __init__(self, connection: Any, client: redis.Redis, pid: int) -> None:
+        self.connection = connection
+        #: The client and process it was made for: a settings change or a fork needs a new one.
+        self.client = client
+        self.pid = pid
+
+    def __del__(self) -> None:
+        self.connection.disconnect()
+
+
 class _ThreadConnection(threading.local):
     """This thread's own connection, made from the client's settings."""
 
-    #: A redis.connection.Connection (redis-py leaves its methods untyped).
-    connection: Any = None
-    #: The process and client it belongs to: a fork or a settings change needs a new one.
-    owner: tuple[int, int] = (0, 0)
+    held: _Held | None = None
 
     def get(self) -> Any:
         client = redis_client()
-        owner = (os.getpid(), id(client))
-        if self.connection is not None and (self.owner != owner or _closed_by_server(self.connection)):
+        held = self.held
+        if held is not None and (
+            held.client is not client or held.pid != os.getpid() or _closed_by_server(held.connection)
+        ):
             self.drop()
-        if self.connection is None:
+            held = None
+        if held is None:
             # Made like the pool's connections, but outside the pool: never counted against its limit.
             pool = client.connection_pool
-            self.connection = pool.connection_class(**pool.connection_kwargs)
-            self.owner = owner
-        return self.connection
+            held = self.held = _Held(pool.connection_class(**pool.connection_kwargs), client, os.getpid())
+        return held.connection
 
     def drop(self) -> None:
-        if self.connection is not None:
-            self.connection.disconnect()
-        self.connection = None
+        if self.held is not None:
+            self.held.connection.disconnect()
+        self.held = None
 
 
 def _closed_by_server(connection: Any) -> bool:
@@ -104,22 +121,24 @@ class LuaScript:
         command = ("EVALSHA", self.sha, len(keys), *keys, *args)
         for attempt in (1, 2):
             connection = _thread_connection.get()
+            sent = False
             try:
                 connection.send_command(*command)
+                sent = True
+                try:
+                    return connection.read_response()
+                except NoScriptError:
+                    # First use on this Redis (or after SCRIPT FLUSH or a restart): load it, run it again.
+                    connection.send_command("SCRIPT", "LOAD", self.source)
+                    connection.read_response()
+                    connection.send_command(*command)
+                    return connection.read_response()
             except redis.ConnectionError:
                 _thread_connection.drop()
-                if attempt == 2:
+                if sent or attempt == 2:
                     raise
-                continue
-            try:
-                return connection.read_response()
-            except NoScriptError:
-                # First use on this Redis (or after SCRIPT FLUSH or a restart): load it, run it again.
-                connection.send_command("SCRIPT", "LOAD", self.source)
-                connection.read_response()
-                connection.send_command(*command)
-                return connection.read_response()
             except BaseException:
+                # Anything else (a timeout, an interruption): the reply may still come; never reuse the connection.
                 _thread_connection.drop()
                 raise
         raise AssertionError("unreachable")

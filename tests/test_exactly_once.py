@@ -8,12 +8,14 @@ from collections import Counter
 
 import pytest
 from django.core.mail import EmailMessage, send_mass_mail
+from dramatiq.middleware import TimeLimitExceeded
 
 from mailqueue.broker import encode, push
 from mailqueue.envelope import Envelope
 from mailqueue.exceptions import InvalidMessage
 from mailqueue.monitoring import queue_depths
 from tests.worker_processes import WorkerProcess
+from workers import consumer
 
 
 def queued() -> int:
@@ -109,3 +111,26 @@ def test_workers_killed_with_sigkill_while_5000_messages_drain(configure, smtp_s
     details = {s: [m.received_at for m in smtp_server.received if m.parsed["Subject"] == s] for s in unexplained}
     assert not unexplained, f"duplicates not explained by a kill right after acceptance: {details} kills {kills}"
     assert len(duplicates) <= len(kills) * threads
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_after_the_early_ack_is_acknowledged_and_not_sent_again(smtp_setup, run_worker, monkeypatch) -> None:
+    # The delivery record also acknowledged the message; then the attempt is interrupted (a time
+    # limit can land anywhere), so Dramatiq retries a copy. The copy must be found delivered and acked.
+    done = consumer.EarlyAck.done
+    interrupted = []
+
+    def done_then_interrupted(self: consumer.EarlyAck) -> None:
+        done(self)
+        if not interrupted:
+            interrupted.append(self.redis_id)
+            raise TimeLimitExceeded()
+
+    monkeypatch.setattr(consumer.EarlyAck, "done", done_then_interrupted)
+    send_mass_mail([("once", "b", None, ["a@example.com"])])
+    with run_worker() as worker:
+        worker.drain(timeout=20)
+    assert interrupted
+    assert len(smtp_setup.received) == 1
+    assert queued() == 0
+    assert sum(depth.dead for depth in queue_depths()) == 0

@@ -97,11 +97,13 @@ return {"go", math.floor(wait * 1000), role}
 #: "failed" is a transient provider failure (it counts towards opening the circuit);
 #: "rejected" means the provider answered but refused this message (it is up);
 #: "aborted" only releases the in-flight slot. "sent" also drops the sending claim,
-#: which the delivery record replaces. Returns the circuit's state.
+#: which the delivery record replaces. Returns {the circuit's state, 1 if the Dramatiq
+#: message was acknowledged here else 0}.
 SETTLE_SCRIPT = """
 local outcome = ARGV[1]
+local acked = 0
 redis.call("zrem", KEYS[3], ARGV[3])
-if outcome == "aborted" then return redis.call("hget", KEYS[2], "state") or "closed" end
+if outcome == "aborted" then return {redis.call("hget", KEYS[2], "state") or "closed", acked} end
 local clock = redis.call("time")
 local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
 if outcome == "sent" then
@@ -109,8 +111,11 @@ if outcome == "sent" then
   redis.call("del", KEYS[5])
   if #KEYS == 8 then
     -- Dramatiq's own ack (dispatch.lua), done here to save the worker a round trip.
-    if redis.call("srem", KEYS[6], ARGV[8]) > 0 then redis.call("hdel", KEYS[7], ARGV[8]) end
     redis.call("zadd", KEYS[8], ARGV[10], ARGV[9])
+    if redis.call("srem", KEYS[6], ARGV[8]) > 0 then
+      redis.call("hdel", KEYS[7], ARGV[8])
+      acked = 1
+    end
   end
 end
 redis.call("hincrby", KEYS[4], outcome == "sent" and "sent" or "failed", 1)
@@ -123,9 +128,9 @@ if outcome == "failed" then
     redis.call("hset", KEYS[2], "state", "open", "opened_at", tostring(now),
       "reopen_at", tostring(now + tonumber(ARGV[6])))
     redis.call("hdel", KEYS[2], "probe_until")
-    return "open"
+    return {"open", acked}
   end
-  return state
+  return {state, acked}
 end
 if state ~= "closed" then
   redis.call("hset", KEYS[2], "state", "closed", "failures", 0, "closed_at", tostring(now))
@@ -133,7 +138,7 @@ if state ~= "closed" then
 elseif redis.call("hget", KEYS[2], "failures") ~= "0" then
   redis.call("hset", KEYS[2], "failures", 0)
 end
-return "closed"
+return {"closed", acked}
 """
 
 #: KEYS: sending claim; ARGV: claim token. Drops the claim if it is still ours.
@@ -247,7 +252,7 @@ def settle(
         script_keys += (ack.in_progress, ack.messages, ack.heartbeats)
         script_args += (ack.redis_id, ack.broker_id, current_millis())
     try:
-        state = SETTLE(script_keys, script_args)
+        state, acked = SETTLE(script_keys, script_args)
     except (redis.ConnectionError, redis.TimeoutError):
         if result != "sent":
             raise
@@ -259,8 +264,8 @@ def settle(
         )
         for attempt in retrying:
             with attempt:
-                state = SETTLE(script_keys, script_args)
-    if ack is not None and result == "sent":
+                state, acked = SETTLE(script_keys, script_args)
+    if ack is not None and acked:
         ack.done()
     return state.decode() if isinstance(state, bytes) else str(state)
 

@@ -30,7 +30,7 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import current_millis, q_name
 from dramatiq.errors import DecodeError
 
-from mailqueue.client import LuaScript
+from mailqueue.client import LuaScript, redis_client
 from mailqueue.deadletters import DeadLetter, record
 
 logger = logging.getLogger(__name__)
@@ -38,10 +38,6 @@ logger = logging.getLogger(__name__)
 #: Backoff, in seconds, between tries of an enqueue while Redis is away.
 ENQUEUE_RETRY_MIN = 0.2
 ENQUEUE_RETRY_MAX = 5.0
-
-
-#: Message option set once the message was acknowledged together with its delivery record.
-ACKED = "mailqueue_acked"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +49,7 @@ class EarlyAck:
     heartbeats: str
     redis_id: str
     broker_id: str
-    options: dict[str, Any]
+    broker: WorkerBroker
 
     @classmethod
     def of(cls, message: Any) -> EarlyAck | None:
@@ -69,12 +65,16 @@ class EarlyAck:
             heartbeats=f"{namespace}:__heartbeats__",
             redis_id=redis_id,
             broker_id=broker.broker_id,
-            options=message.options,
+            broker=broker,
         )
 
     def done(self) -> None:
-        """Tell the consumer the message needs no acknowledgement of its own."""
-        self.options[ACKED] = True
+        """Tell the consumer this Redis message needs no acknowledgement of its own.
+
+        Kept by Redis id in the broker, never in the message's options: those
+        travel with every copy of the message (a retry), which must be acked.
+        """
+        self.broker.acknowledged.add(self.redis_id)
 
 
 class DeadLetteringConsumer(_RedisConsumer):
@@ -96,8 +96,11 @@ class DeadLetteringConsumer(_RedisConsumer):
         return f"{self.broker.namespace}:__acks__.{self.broker.broker_id}.{self.queue_name}"
 
     def ack(self, message: Any) -> None:
-        if message.options.pop(ACKED, False):
-            self.queued_message_ids.discard(message.message_id)  # acknowledged with its delivery record
+        acknowledged = self.broker.acknowledged
+        redis_id = message.options.get("redis_message_id")
+        if redis_id in acknowledged:
+            acknowledged.discard(redis_id)  # acknowledged with its delivery record
+            self.queued_message_ids.discard(message.message_id)
             return
         super().ack(message)  # type: ignore[no-untyped-call]
 
@@ -149,7 +152,11 @@ class WorkerBroker(RedisBroker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        if self.client is not redis_client():
+            raise ValueError("WorkerBroker runs its scripts on mailqueue's client: build it with new_broker()")
         self._dispatch_script = LuaScript(self.scripts["dispatch"].script)  # type: ignore[arg-type]
+        #: Redis ids of messages whose delivery record also acknowledged them (see EarlyAck).
+        self.acknowledged: set[str] = set()
 
     def _dispatch(self, command: str) -> Callable[..., Any]:
         # Dramatiq 2.2's RedisBroker._dispatch, with the script call replaced.
