@@ -109,15 +109,23 @@ local arg = queues + 2
 local queued = 0
 for queue = 1, queues do
   local messages, ready = KEYS[2 * queue - 1], KEYS[2 * queue]
+  local fields, ids = {}, {}
   for _ = 1, tonumber(ARGV[queue + 1]) do
     local guard = ARGV[arg + 2]
     if guard == "" or redis.call("set", guard, "1", "nx", "ex", ARGV[1]) then
-      redis.call("hset", messages, ARGV[arg], ARGV[arg + 1])
-      redis.call("rpush", ready, ARGV[arg])
-      queued = queued + 1
+      fields[#fields + 1] = ARGV[arg]
+      fields[#fields + 1] = ARGV[arg + 1]
+      ids[#ids + 1] = ARGV[arg]
     end
     arg = arg + 3
   end
+  -- One HSET and one RPUSH per chunk, not per message: Lua's stack bounds unpack().
+  for first = 1, #ids, 1000 do
+    local last = math.min(first + 999, #ids)
+    redis.call("hset", messages, unpack(fields, 2 * first - 1, 2 * last))
+    redis.call("rpush", ready, unpack(ids, first, last))
+  end
+  queued = queued + #ids
 end
 return queued
 """

@@ -626,8 +626,21 @@ def get_config() -> MailQueueConfig:
     return config
 
 
+#: Django settings the request path reads for every message (through the lazy settings object
+#: each read costs more than the check it serves).
+HOT_DJANGO_SETTINGS = frozenset({"DEFAULT_CHARSET", "EMAIL_USE_LOCALTIME"})
+
+
+@cache
+def django_setting(name: str) -> Any:
+    """``settings.<name>`` for one of HOT_DJANGO_SETTINGS, read once per settings change."""
+    return getattr(settings, name)
+
+
 @receiver(setting_changed)
 def _reset_config(*, setting: str, **kwargs: Any) -> None:
+    if setting in HOT_DJANGO_SETTINGS:
+        django_setting.cache_clear()
     if setting in {"MAILQUEUE", "MAILERS", "DATABASES"}:
         get_config.cache_clear()
         for reset in _RESET_HOOKS:

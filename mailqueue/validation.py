@@ -16,10 +16,10 @@ from email.message import Message
 from functools import lru_cache
 from typing import Any
 
-from django.conf import settings
 from django.core.mail import EmailMessage
 from django.utils.encoding import force_str
 
+from .conf import django_setting
 from .exceptions import HeaderInjection, InvalidAddress, InvalidMessage
 
 _PLAIN = (
@@ -105,7 +105,7 @@ def _check_encodable(text: str, where: str, charset: str = "utf-8") -> None:
 
 def _body_charset(message: EmailMessage) -> str:
     """The charset Django will encode text bodies and text attachments with; refused if unknown."""
-    charset = str(message.encoding or settings.DEFAULT_CHARSET)
+    charset = str(message.encoding or django_setting("DEFAULT_CHARSET"))
     try:
         codecs.lookup(charset)
     except LookupError:
