@@ -21,16 +21,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import dramatiq.worker
 import pytest
 from django.core.mail import EmailMessage, EmailMultiAlternatives, mailers
 from dramatiq.errors import QueueJoinTimeout
 
 from mailqueue import deadletters
-from mailqueue.broker import QueueKeys, actor_name
+from mailqueue.broker import actor_name
 from mailqueue.client import redis_client
 from mailqueue.envelope import Envelope
 from mailqueue.exceptions import HeaderInjection, InvalidAddress, InvalidMessage, MessageTooLarge
+from mailqueue.keys import QueueKeys
 from mailqueue.monitoring import queue_depths
 from tests.servers import ReceivedMail, SMTPServer
 
@@ -97,7 +97,6 @@ class Case:
     build: Callable[[], EmailMessage]
     outcome: Refused | None
     settings: dict[str, Any] = field(default_factory=dict)
-    bug: str = ""  # a known bug: the row is a strict xfail until it is fixed
 
 
 CORPUS = [
@@ -286,10 +285,7 @@ def _idle() -> bool:
 
 
 def _params(rows: list[Any]) -> list[Any]:
-    return [
-        pytest.param(row, id=row.id, marks=[pytest.mark.xfail(strict=True, reason=row.bug)] if row.bug else [])
-        for row in rows
-    ]
+    return [pytest.param(row, id=row.id) for row in rows]
 
 
 @pytest.mark.parametrize("case", _params(CORPUS))
@@ -322,7 +318,7 @@ def test_hostile_message(case: Case, configure, smtp_server: SMTPServer, run_wor
 
 def test_the_whole_corpus_then_an_ordinary_message_on_one_queue(smtp_setup: SMTPServer, run_worker) -> None:
     for case in CORPUS:
-        if case.outcome is not None and not case.settings and not case.bug:
+        if case.outcome is not None and not case.settings:
             with pytest.raises(case.outcome.error):
                 case.build().send()
     batch = []
@@ -377,7 +373,6 @@ class Poison:
     data: Callable[[str], bytes]  # what is stored in Redis, given the Redis message id
     error_type: str
     reason: str  # a regex the dead letter's reason must match
-    bug: str = ""
 
 
 POISONS = [
@@ -424,17 +419,15 @@ POISONS = [
 
 @pytest.mark.parametrize("poison", _params(POISONS))
 def test_poison_in_redis_is_dead_lettered_and_the_queue_keeps_flowing(
-    poison: Poison, smtp_setup: SMTPServer, run_worker, namespace: str, monkeypatch
+    poison: Poison, smtp_setup: SMTPServer, run_worker, namespace: str
 ) -> None:
-    # Dramatiq waits 3 s before restarting a consumer that raised; the bug rows need not wait that long.
-    monkeypatch.setattr(dramatiq.worker, "CONSUMER_RESTART_DELAY_SECS", 0.1)
     keys = QueueKeys.of(namespace, "default")
     redis_client().hset(keys.messages, "poison-1", poison.data("poison-1"))
     redis_client().rpush(keys.ready, "poison-1")
     assert EmailMessage("ordinary", "after the poison", FROM, TO).send() == 1
     # Healthy rows drain in a fraction of a second; what a stuck queue holds, the asserts below report.
     with run_worker(threads=1) as worker, contextlib.suppress(QueueJoinTimeout):
-        worker.drain(timeout=1 if poison.bug else 15)
+        worker.drain(timeout=15)
     depth = next(d for d in queue_depths() if d.queue == "default")
     assert (depth.ready, depth.in_progress, depth.delayed, depth.dead) == (0, 0, 0, 1)
     (letter,) = deadletters.iter_dead("default")
