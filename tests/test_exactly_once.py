@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 from django.core.mail import EmailMessage, send_mass_mail
+from dramatiq.brokers.redis import _RedisConsumer
 from dramatiq.middleware import TimeLimitExceeded
 
 from mailqueue.broker import encode, push
@@ -134,3 +135,24 @@ def test_a_retry_after_the_early_ack_is_acknowledged_and_not_sent_again(smtp_set
     assert len(smtp_setup.received) == 1
     assert queued() == 0
     assert sum(depth.dead for depth in queue_depths()) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_delivered_message_is_acknowledged_by_its_delivery_record(smtp_setup, run_worker, monkeypatch) -> None:
+    # The settle call that records "sent" also does Dramatiq's ack: the consumer makes no ack call
+    # of its own for a delivered message, and nothing is left in progress.
+    real_acks = []
+    redis_ack = _RedisConsumer.ack
+
+    def counted(self: _RedisConsumer, message: object) -> None:
+        real_acks.append(message)
+        redis_ack(self, message)
+
+    monkeypatch.setattr(_RedisConsumer, "ack", counted)
+    send_mass_mail([(f"m{i}", "b", None, ["a@example.com"]) for i in range(20)])
+    with run_worker(threads=2) as worker:
+        worker.drain(timeout=20)
+        assert worker.broker.acknowledged == set()
+    assert len(smtp_setup.received) == 20
+    assert real_acks == []
+    assert queued() == 0
