@@ -130,11 +130,9 @@ class SMTPServer:
         self.controller = self._controller()
         self.controller.start()
 
-    def mailer(self) -> dict[str, Any]:
-        return {
-            "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
-            "OPTIONS": {"host": "127.0.0.1", "port": self.port, "timeout": 5},
-        }
+    def mailer(self, backend: str = "workers.smtp.EmailBackend") -> dict[str, Any]:
+        """A MAILERS entry for this server: mailqueue's SMTP backend, as the docs recommend, unless told."""
+        return {"BACKEND": backend, "OPTIONS": {"host": "127.0.0.1", "port": self.port, "timeout": 5}}
 
     def wait_for(self, count: int, timeout: float = 15.0) -> list[ReceivedMail]:
         deadline = time.monotonic() + timeout

@@ -1,0 +1,230 @@
+"""workers.rendering against Django's own rendering: identical bytes, or no shortcut at all."""
+
+from __future__ import annotations
+
+import email.policy
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.core.mail import EmailMessage, EmailMultiAlternatives, mailers
+from django.utils.functional import lazystr
+
+from mailqueue.envelope import Envelope
+from workers.rendering import render
+from workers.smtp import EmailBackend
+
+from .servers import SMTPServer
+
+DATE = "Tue, 24 Nov 2026 01:22:29 +0000"
+MESSAGE_ID = "<1763947349.42.123456@worker.example.com>"
+
+SUBJECTS = [
+    "Your receipt 42",
+    "Reset your password",
+    "a",
+    "",
+    " leading space",
+    "trailing space ",
+    "two  spaces",
+    "tab\there",
+    "Café au lait",
+    "=?utf-8?q?encoded?=",
+    "not =? encoded",
+    "(a comment) <angle> \"quotes\" back\\slash: colon; semi",
+    "x" * 60,
+    "x" * 69,
+    "x" * 70,
+    "word " * 20,
+    "line\nbreak",
+    "carriage\rreturn",
+    lazystr("A lazy subject"),
+]
+ADDRESSES = [
+    "ann@example.com",
+    "Ann Smith <ann@example.com>",
+    "ann.smith+tag@mail.example.co.uk",
+    "o'brien@example.com",
+    '"Smith, Ann" <ann@example.com>',
+    "J. Smith <j@example.com>",
+    "Zoë <zoe@example.com>",
+    "zoe@exämple.com",
+    "user@[127.0.0.1]",
+    "Ann  Smith <ann@example.com>",
+    "<ann@example.com>",
+    "ann@example.com (Ann)",
+    "=?utf-8?q?Ann?= <ann@example.com>",
+    "x" * 60 + "@example.com",
+    "Ann Smith <" + "y" * 50 + "@example.com>",
+]
+BODIES = [
+    "",
+    "Thanks for your order.\n" * 8,
+    "no trailing newline",
+    "windows\r\nline\r\nendings\r\n",
+    "lone\rcarriage",
+    "x" * 78 + "\nshort",
+    "x" * 79 + "\nshort",
+    "é" * 39,
+    "é" * 40,
+    "Grüße aus Köln\n",
+    "From the start\n.leading dot\n",
+    "vertical\x0btab and\x0cform feed and \x1cfile sep",
+    "\u2028line separator\u2029",
+    "null \x00 byte",
+    "lone surrogate \udcff",
+    "\n\n\n",
+    "emoji 📬\n",
+]
+EXTRA_HEADERS: list[dict[str, Any]] = [
+    {},
+    {"X-Tag": "welcome"},
+    {"X-Tag": "a b  c"},
+    {"X-Tag": "x" * 80},
+    {"X-Tag": ""},
+    {"X-Tag": "Zoë"},
+    {"X-Number": 42},
+    {"List-Unsubscribe": "<https://example.com/unsubscribe?u=1>"},
+    {"Reply-To": "replies@example.com"},
+    {"To": "Override <override@example.com>"},
+    {"to": "lowercase-is-ignored@example.com"},
+    {"From": "Header From <header@example.com>"},
+    {"Sender": "sender@example.com"},
+    {"Subject": "second subject"},
+    {"Bcc": "hidden@example.com"},
+    {"Content-Type": "text/html"},
+    {"MIME-Version": "1.0"},
+    {"X-A": "1", "x-a": "2"},
+    {"Bad Name": "value"},
+    {"Precedence": "bulk", "Auto-Submitted": "auto-generated"},
+]
+DATES = [DATE, "Mon, 02 Nov 2026 09:05:00 -0500", "Mon, 2 Nov 2026 09:05:00 -0500", "2 Nov 2026 09:05 +0000", "never"]
+MESSAGE_IDS = [MESSAGE_ID, "<a@b>", "<not an id>", "no-angles@example.com", "<" + "m" * 70 + "@example.com>"]
+
+
+def pick(rng: random.Random, values: list[Any], usual: int) -> Any:
+    """Mostly one of the first ``usual`` values (the shapes real mail has), sometimes any of them."""
+    return rng.choice(values[:usual] if rng.random() < 0.85 else values)
+
+
+def addresses(rng: random.Random, counts: list[int]) -> list[Any]:
+    return [pick(rng, ADDRESSES, 4) for _ in range(rng.choice(counts))]
+
+
+def random_message(rng: random.Random) -> EmailMessage:
+    headers = dict(pick(rng, EXTRA_HEADERS, 3))
+    if rng.random() < 0.97:
+        headers["Date" if rng.random() < 0.95 else "date"] = pick(rng, DATES, 2)
+    if rng.random() < 0.97:
+        headers["Message-ID"] = pick(rng, MESSAGE_IDS, 2)
+    message = EmailMessage(
+        subject=pick(rng, SUBJECTS, 3),
+        body=pick(rng, BODIES, 4),
+        from_email=pick(rng, ADDRESSES, 4),
+        to=addresses(rng, [0, 1, 1, 1, 2, 3]),
+        cc=addresses(rng, [0, 0, 1, 2]),
+        bcc=addresses(rng, [0, 0, 1]),
+        reply_to=addresses(rng, [0, 0, 1]),
+        headers=headers,
+    )
+    if rng.random() < 0.1:
+        message.content_subtype = rng.choice(["html", "HTML", "x-custom", "plain; x=1"])
+    if rng.random() < 0.05:
+        message.encoding = rng.choice(["iso-8859-1", "UTF-8", "utf-8"])
+    return message
+
+
+def django_rendering(message: EmailMessage) -> bytes | Exception:
+    try:
+        return message.message(policy=email.policy.SMTP).as_bytes()
+    except (ValueError, TypeError, LookupError) as error:  # what Django raises for unrenderable input
+        return error
+
+
+def test_every_shortcut_is_byte_identical_to_django() -> None:
+    rng = random.Random(20261124)
+    rendered = 0
+    for index in range(6000):
+        message = random_message(rng)
+        ours = render(message)
+        if ours is None:
+            continue
+        rendered += 1
+        assert ours == django_rendering(message), f"message {index}: {message.__dict__!r}"
+    # The corpus is built to hit both sides: most of it is hostile, but the shortcut must be taken often.
+    assert 600 < rendered < 5400
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: EmailMessage("Hi", "Body\n", "a@example.com", ["b@example.com"]),
+        lambda: EmailMessage("Hi", "Grüße\n", "Shop <a@example.com>", ["b@example.com", "C D <c@example.com>"]),
+        lambda: EmailMultiAlternatives("Hi", "Body\n", "a@example.com", ["b@example.com"], cc=["c@example.com"]),
+    ],
+)
+def test_the_usual_messages_take_the_shortcut_once_queued(make: Callable[[], EmailMessage]) -> None:
+    # What a worker rebuilds from an envelope: Date and Message-ID were fixed at send_mail() time.
+    message = Envelope.from_message(make(), queue="default", mailer="default").to_message()
+    ours = render(message)
+    assert ours is not None
+    assert ours == message.message(policy=email.policy.SMTP).as_bytes()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        # Django stamps Date and Message-ID itself when a message has none.
+        lambda: EmailMessage("Hi", "Body\n", "a@example.com", ["b@example.com"]),
+        lambda: _with_html(),
+        lambda: _with_attachment(),
+    ],
+)
+def test_what_only_django_renders_is_left_to_django(make: Callable[[], EmailMessage]) -> None:
+    assert render(make()) is None
+
+
+def _with_html() -> EmailMessage:
+    message = EmailMultiAlternatives("Hi", "Body", "a@example.com", ["b@example.com"], headers=_fixed())
+    message.attach_alternative("<p>Body</p>", "text/html")
+    return message
+
+
+def _with_attachment() -> EmailMessage:
+    message = EmailMessage("Hi", "Body", "a@example.com", ["b@example.com"], headers=_fixed())
+    message.attach("a.txt", "text", "text/plain")
+    return message
+
+
+def _fixed() -> dict[str, str]:
+    return {"Date": DATE, "Message-ID": MESSAGE_ID}
+
+
+def test_a_subclass_that_renders_its_own_way_is_left_to_it() -> None:
+    class Stamped(EmailMessage):
+        def message(self, *, policy: email.policy.Policy = email.policy.default) -> Any:
+            msg = super().message(policy=policy)
+            msg["X-Stamp"] = "yes"
+            return msg
+
+    assert render(Stamped("Hi", "Body\n", "a@example.com", ["b@example.com"], headers=_fixed())) is None
+
+
+def test_the_smtp_backend_puts_the_same_bytes_on_the_wire(settings: Any, smtp_server: SMTPServer) -> None:
+    options = {"host": "127.0.0.1", "port": smtp_server.port, "timeout": 5}
+    settings.MAILERS = {
+        "ours": {"BACKEND": "workers.smtp.EmailBackend", "OPTIONS": options},
+        "django": {"BACKEND": "django.core.mail.backends.smtp.EmailBackend", "OPTIONS": options},
+    }
+    plain = EmailMessage("Hi", "Grüße\n", "Shop <a@example.com>", ["b@example.com"], bcc=["h@example.com"])
+    messages = [Envelope.from_message(plain, queue="q", mailer="m").to_message(), _with_html()]
+    assert isinstance(mailers["ours"], EmailBackend)
+    assert render(messages[0]) is not None
+    for alias in ("ours", "django"):
+        assert mailers[alias].send_messages(messages) == 2
+    ours, theirs = smtp_server.wait_for(4)[:2], smtp_server.received[2:]
+    assert ours[0].data == theirs[0].data
+    assert [(mail.mail_from, mail.rcpt_tos) for mail in ours] == [(mail.mail_from, mail.rcpt_tos) for mail in theirs]
+    assert ours[0].rcpt_tos == ["b@example.com", "h@example.com"]
+    assert b"Bcc" not in ours[0].data
