@@ -126,6 +126,29 @@ def smtplib_floor(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def rendering(args: argparse.Namespace) -> dict[str, Any]:
+    """The worker's rendering (``workers.rendering``) beside Django's, on the messages a worker rebuilds."""
+    from mailqueue.envelope import Envelope  # noqa: PLC0415  (mailqueue's environment only)
+    from workers.rendering import render  # noqa: PLC0415
+
+    envelopes = [Envelope.from_message(message(args.run, index, args.size), queue="q", mailer="m") for index in
+                 range(args.count)]  # fmt: skip
+    queued = [envelope.to_message() for envelope in envelopes]
+    began = time.perf_counter()
+    theirs = [item.message(policy=SMTP_POLICY).as_bytes() for item in queued]
+    django_seconds = time.perf_counter() - began
+    began = time.perf_counter()
+    ours = [render(item) for item in queued]
+    our_seconds = time.perf_counter() - began
+    return {
+        "django_us": django_seconds / args.count * 1e6,
+        "ours_us": our_seconds / args.count * 1e6,
+        "shortcut": sum(data is not None for data in ours),
+        "identical": sum(data == reference for data, reference in zip(ours, theirs, strict=True)),
+        "count": args.count,
+    }
+
+
 def clear(args: argparse.Namespace) -> dict[str, Any]:
     """Forget what this system queued in its database (Redis is flushed by the harness)."""
     deleted = 0
@@ -163,6 +186,7 @@ OPS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "latency": latency,
     "fill": fill,
     "smtplib": smtplib_floor,
+    "rendering": rendering,
     "clear": clear,
     "queued": queued,
     "migrate": migrate,

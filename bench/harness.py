@@ -78,6 +78,16 @@ def _cpu_seconds(pid: int) -> float:
     return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
+def _machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores (/proc/stat)."""
+    with open("/proc/stat") as stat:
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(value) for value in stat.readline().split()[1:9])
+    ticks = os.sysconf("SC_CLK_TCK")
+    # Steal (the hypervisor running someone else) is time these cores were not ours: neither busy nor idle.
+    busy = user + nice + system + irq + softirq
+    return busy / ticks, (busy + idle + iowait + steal) / ticks
+
+
 def _rss_bytes(pid: int) -> int:
     with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -127,6 +137,9 @@ class Services:
     http_port: int
     work_dir: Path
     database_admin: str | None = None
+    #: The sink's and (when private) Redis's processes, whose CPU each drain accounts for.
+    sink_pid: int | None = None
+    redis_pid: int | None = None
     #: Seconds to keep counting after the last expected message, for late duplicates.
     grace: float = 1.0
     databases: dict[str, str] = field(default_factory=dict)
@@ -142,9 +155,11 @@ class Services:
         services: Services | None = None
         try:
             private = redis_url is None
+            redis_pid = None
             if redis_url is None:
                 redis_url, server = _start_redis(work_dir, log)
                 started.append(server)
+                redis_pid = server.pid
             smtp_port, http_port = free_port(), free_port()
             sink = subprocess.Popen(
                 [sys.executable, "-m", "bench.sink", "--smtp-port", str(smtp_port), "--http-port", str(http_port)],
@@ -164,6 +179,8 @@ class Services:
                 http_port=http_port,
                 work_dir=work_dir,
                 database_admin=postgres_url,
+                sink_pid=sink.pid,
+                redis_pid=redis_pid,
                 grace=grace,
             )
             yield services
@@ -356,6 +373,10 @@ class Drain:
     duplicates: int
     rate: float
     cpu_us: float | None
+    #: The sink's and Redis's CPU per message, and the share of all the machine's cores busy, over the drain.
+    sink_cpu_us: float | None = None
+    redis_cpu_us: float | None = None
+    machine_busy: float | None = None
     redis_bytes: int | None = None
     rss_samples: tuple[tuple[int, int], ...] = ()
 
@@ -376,27 +397,62 @@ def _start(services: Services, system: System, commands: list[list[str]], provid
     return ProcessTree(processes)
 
 
+@dataclass(frozen=True)
+class CPUReading:
+    """Cumulative CPU seconds at one moment: the workers, the sink, Redis, and the whole machine."""
+
+    received: int
+    workers: float
+    sink: float
+    redis: float
+    machine_busy: float
+    machine_total: float
+
+    @classmethod
+    def now(cls, services: Services, tree: ProcessTree, received: int) -> CPUReading:
+        busy, total = _machine_cpu()
+        return cls(
+            received=received,
+            workers=tree.cpu(),
+            sink=_cpu_seconds(services.sink_pid) if services.sink_pid else 0.0,
+            redis=_cpu_seconds(services.redis_pid) if services.redis_pid else 0.0,
+            machine_busy=busy,
+            machine_total=total,
+        )
+
+    def per_message_since(self, first: CPUReading) -> dict[str, float]:
+        """CPU µs per message delivered between ``first`` and this reading, and the machine's busy share."""
+        messages = self.received - first.received
+        window = self.machine_total - first.machine_total
+        return {
+            "workers": (self.workers - first.workers) / messages * 1e6,
+            "sink": (self.sink - first.sink) / messages * 1e6,
+            "redis": (self.redis - first.redis) / messages * 1e6,
+            "busy": (self.machine_busy - first.machine_busy) / window if window > 0 else 0.0,
+        }
+
+
 def _wait_for_sink(
     services: Services, tree: ProcessTree | None, count: int, *, stall: float, rss: bool
-) -> tuple[dict[str, Any], float | None, list[tuple[int, int]]]:
+) -> tuple[dict[str, Any], dict[str, float], list[tuple[int, int]]]:
     """Poll until the sink holds ``count`` messages, nothing arrives for ``stall`` s, or one-shot workers exit.
 
-    Returns the sink's stats, the workers' CPU seconds between the first and the last arrival (per message),
-    and (received, RSS) samples.
+    Returns the sink's stats, the CPU accounting between the first and the last arrival (workers, sink and
+    Redis µs per message; the machine's busy share), and (received, RSS) samples.
     """
     samples: list[tuple[int, int]] = []
-    cpu_first: tuple[int, float] | None = None
-    cpu_per_message = None
+    first: CPUReading | None = None
+    accounting: dict[str, float] = {}
     last_progress, last_received = time.monotonic(), -1
     while True:
         stats = services.sink("_stats")
         received = stats["received"]
         if tree is not None:
-            cpu = tree.cpu()
-            if cpu_first is None and received:
-                cpu_first = (received, cpu)
-            if cpu_first is not None and received > cpu_first[0]:
-                cpu_per_message = (cpu - cpu_first[1]) / (received - cpu_first[0])
+            reading = CPUReading.now(services, tree, received)
+            if first is None and received:
+                first = reading
+            if first is not None and received > first.received:
+                accounting = reading.per_message_since(first)
             if rss:
                 samples.append((received, tree.worker_rss()))
         if received != last_received:
@@ -409,7 +465,7 @@ def _wait_for_sink(
             break
         time.sleep(0.2)
     time.sleep(services.grace)  # late duplicates would arrive now
-    return services.sink("_stats"), cpu_per_message, samples
+    return services.sink("_stats"), accounting, samples
 
 
 def drain(
@@ -446,7 +502,7 @@ def drain(
             services, system, system.workers(system.python(), processes, threads, services.work_dir), provider
         )
     try:
-        stats, cpu, samples = _wait_for_sink(services, tree, count, stall=stall, rss=rss)
+        stats, accounting, samples = _wait_for_sink(services, tree, count, stall=stall, rss=rss)
     finally:
         tree.stop()
     span = stats["last"] - stats["first"]
@@ -457,7 +513,10 @@ def drain(
         unique=stats["unique"],
         duplicates=stats["duplicates"],
         rate=rate,
-        cpu_us=cpu * 1e6 if cpu is not None else None,
+        cpu_us=accounting.get("workers"),
+        sink_cpu_us=accounting.get("sink"),
+        redis_cpu_us=accounting.get("redis") if services.redis_pid else None,
+        machine_busy=accounting.get("busy"),
         redis_bytes=redis_bytes,
         rss_samples=tuple(samples),
     )

@@ -126,6 +126,7 @@ def render(
     yield "Every drain is checked at the sink by Message-ID: ✗ marks a run that lost or duplicated messages."
     yield "The 2-process figure for the synchronous backend is two processes each sending half over its own connection."
     yield ""
+    yield from _cpu_accounting(results)
     yield from _floors(results, notes)
     yield from _targets(results, notes)
     if notes.reasons:
@@ -133,6 +134,35 @@ def render(
         yield "Not measured:"
         for index, reason in enumerate(notes.reasons, 1):
             yield f"{index}. {reason}"
+
+
+def _cpu_accounting(results: dict[str, Any]) -> Iterator[str]:
+    """Where each small-message drain spent CPU: on 2 cores, the sink and Redis share them with the workers."""
+    rows = []
+    for name in SYSTEM_ORDER:
+        for processes in (1, 2):
+            run = _get(results, name, f"drain_small_{processes}")
+            if isinstance(run, Drain) and run.cpu_us is not None:
+                total = sum(value or 0.0 for value in (run.cpu_us, run.sink_cpu_us, run.redis_cpu_us))
+                busy = "—" if run.machine_busy is None else f"{run.machine_busy:.0%}"
+                rows.append(
+                    f"| {LABELS.get(name, name)} | {processes} | {_number(run.rate)} | {_number(run.cpu_us)} "
+                    f"| {_number(run.sink_cpu_us)} | {_number(run.redis_cpu_us)} | {_number(total)} | {busy} |"
+                )
+    if not rows:
+        return
+    yield (
+        "| Small-message drain: CPU µs per message | procs | msg/s | workers | sink | Redis | sum "
+        "| machine busy (all cores) |"
+    )
+    yield "|---|--:|--:|--:|--:|--:|--:|--:|"
+    yield from rows
+    yield ""
+    yield (
+        f"The machine has {os.cpu_count()} cores for the workers, the sink and Redis together: a drain whose machine "
+        "busy share nears 100% is bounded by CPU, and more worker processes cannot make it faster."
+    )
+    yield ""
 
 
 def _floors(results: dict[str, Any], notes: Notes) -> Iterator[str]:
@@ -171,6 +201,15 @@ def _floors(results: dict[str, Any], notes: Notes) -> Iterator[str]:
             yield f"| Django rendering of that message (`message().as_bytes()`) | {render_us} µs | | |"
         else:
             yield f"| raw smtplib, {label} | {_cell(floor, notes, str)} | | |"
+    stretch = floors.get("rendering")
+    if isinstance(stretch, dict):
+        yield (
+            f"| Django rendering of a queued small message (`message(policy=SMTP).as_bytes()`) "
+            f"| {_number(stretch['django_us'])} µs | worker's `workers.rendering` {_number(stretch['ours_us'], 1)} µs "
+            f"| {_number(_ratio(stretch['ours_us'], stretch['django_us']), 3)}× |"
+        )
+    else:
+        yield f"| worker's rendering beside Django's | {_cell(stretch, notes, str)} | | |"
     esp, esp_sync = ours.get("esp"), _get(results, "django-smtp", "esp_sync")
     yield (
         f"| anymail Postmark backend, synchronous, one session | {_drain_cell(esp_sync, notes)} msg/s "
@@ -272,4 +311,12 @@ def _targets(results: dict[str, Any], notes: Notes) -> Iterator[str]:
         growth = samples[-1] / samples[0] if samples else None
         yield row("Worker RSS, end of soak vs 10% in", f"{_number(growth, 2)}×", "≤ 1.10× (flat)",
                   None if growth is None else growth <= 1.1)  # fmt: skip
-    yield row("Stretch: byte-identical MIME faster than Django's rendering", "not attempted", "", None)
+    stretch = _get(results, "floors", "rendering")
+    if isinstance(stretch, dict):
+        identical = stretch["identical"] == stretch["shortcut"] == stretch["count"]
+        gain = _ratio(stretch["django_us"], stretch["ours_us"])
+        figure = f"{_number(gain, 0)}× faster, {stretch['identical']} of {stretch['count']} identical"
+        yield row("Stretch: byte-identical MIME faster than Django's rendering", figure, "identical, > 1×",
+                  identical and gain is not None and gain > 1)  # fmt: skip
+    else:
+        yield row("Stretch: byte-identical MIME faster than Django's rendering", "not measured", "", None)

@@ -63,6 +63,8 @@ ESP_MAILER = {
     "OPTIONS": {"api_url": f"http://127.0.0.1:{HTTP_PORT}/", "server_token": "bench"},
 }
 PROVIDER_MAILER = ESP_MAILER if PROVIDER == "esp" else SMTP_MAILER
+#: mailqueue's workers send SMTP with its own backend: Django's, with the byte-identical fast rendering.
+WORKER_SMTP_MAILER = {**SMTP_MAILER, "BACKEND": "workers.smtp.EmailBackend"}
 
 # Peers written before Django 6.1's MAILERS read the legacy EMAIL_* settings instead (Django 6.1 refuses
 # both at once), so only those set EMAIL_HOST and EMAIL_PORT below.
@@ -70,7 +72,7 @@ if SYSTEM == "mailqueue":
     INSTALLED_APPS += ["mailqueue"]
     MAILERS = {
         "default": {"BACKEND": "mailqueue.backend.EmailBackend", "OPTIONS": {"queue": "default"}},
-        "provider": PROVIDER_MAILER,
+        "provider": ESP_MAILER if PROVIDER == "esp" else WORKER_SMTP_MAILER,
     }
     MAILQUEUE = {
         "BROKER_URL": REDIS_URL,
