@@ -15,7 +15,7 @@ from django.db import connections, transaction
 from . import outbox
 from .broker import EncodedMessage, encode, push
 from .conf import MailQueueConfig, get_config
-from .envelope import Envelope
+from .envelope import Envelope, random_ids
 from .exceptions import BrokerUnavailable, InvalidMessage, MailQueueError, MessageTooLarge
 from .routing import choose_queue
 from .validation import validate_message
@@ -84,22 +84,25 @@ class EmailBackend(BaseEmailBackend):
         mailer = getattr(self, "alias", None) or "default"
         mailer_queue = self.queue
         batch: list[EncodedMessage] = []
-        accepted: list[tuple[EmailMessage, Envelope]] = []
+        # Ids only, not envelopes: each envelope's fields can be freed once encoded (less for the GC to walk).
+        accepted: list[tuple[EmailMessage, str]] = []
+        # An envelope id and a Redis message id for each message, from one system call.
+        ids = iter(random_ids(2 * len(email_messages)))
         for message in email_messages:
             if not message.recipients():
                 continue
             validate_message(message)
             queue = choose_queue(message, mailer_queue, config)
             envelope_id = idempotent_id(getattr(message, "idempotency_key", None), config)
-            envelope = Envelope.from_message(message, queue=queue, mailer=mailer, id=envelope_id)
-            encoded = encode(envelope, guarded=envelope_id is not None)
+            envelope = Envelope.from_message(message, queue=queue, mailer=mailer, id=envelope_id or next(ids))
+            encoded = encode(envelope, guarded=envelope_id is not None, redis_id=next(ids))
             if len(encoded.data) > config.max_message_bytes:
                 raise MessageTooLarge(
                     f"Message {message.subject!r} is {len(encoded.data)} bytes once encoded, over "
                     f"MAILQUEUE['MAX_MESSAGE_BYTES'] = {config.max_message_bytes}."
                 )
             batch.append(encoded)
-            accepted.append((message, envelope))
+            accepted.append((message, envelope.id))
         if not batch:
             return 0
         on_commit = config.on_commit if self.on_commit is None else self.on_commit
@@ -108,8 +111,8 @@ class EmailBackend(BaseEmailBackend):
             transaction.on_commit(partial(self._push_after_commit, batch), using=config.on_commit_using, robust=True)
         else:
             push_or_keep(batch, config)
-        for message, envelope in accepted:
-            message.mailqueue_id = envelope.id  # type: ignore[attr-defined]
+        for message, envelope_id in accepted:
+            message.mailqueue_id = envelope_id  # type: ignore[attr-defined]
         return len(batch)
 
     def _push_after_commit(self, batch: list[EncodedMessage]) -> None:

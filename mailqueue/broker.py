@@ -14,8 +14,7 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import redis
@@ -23,7 +22,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.encoder import Encoder
 from dramatiq.errors import DecodeError
 
-from .client import LuaScript, redis_client
+from .client import LuaScript, redis_client, transaction
 from .conf import get_config
 from .envelope import Envelope, random_id
 from .exceptions import BrokerUnavailable
@@ -37,9 +36,12 @@ def actor_name(queue: str) -> str:
     return f"mailqueue.deliver.{queue}"
 
 
-@dataclass(frozen=True, slots=True)
-class EncodedMessage:
-    """A Dramatiq message, encoded, ready for Redis."""
+class EncodedMessage(NamedTuple):
+    """A Dramatiq message, encoded, ready for Redis.
+
+    A named tuple rather than a frozen dataclass: as immutable, and built in a
+    third of the time, which counts when a batch makes ten thousand of them.
+    """
 
     queue: str
     envelope_id: str
@@ -74,13 +76,13 @@ class MessageEncoder(Encoder):
 MESSAGE_ENCODER = MessageEncoder()
 
 
-def encode(envelope: Envelope, *, guarded: bool = False) -> EncodedMessage:
+def encode(envelope: Envelope, *, guarded: bool = False, redis_id: str | None = None) -> EncodedMessage:
     """Wrap ``envelope`` as a message for its queue's delivery actor.
 
     The fields are exactly those of ``dramatiq.Message.asdict()``, built
     directly: going through ``Message`` would cost more than the envelope itself.
     """
-    redis_id = random_id()
+    redis_id = redis_id or random_id()
     data = {
         "queue_name": envelope.queue,
         "actor_name": actor_name(envelope.queue),
@@ -90,13 +92,7 @@ def encode(envelope: Envelope, *, guarded: bool = False) -> EncodedMessage:
         "message_id": envelope.id,
         "message_timestamp": int(envelope.created_at * 1000),
     }
-    return EncodedMessage(
-        queue=envelope.queue,
-        envelope_id=envelope.id,
-        redis_id=redis_id,
-        data=MESSAGE_ENCODER.encode(data),
-        guarded=guarded,
-    )
+    return EncodedMessage(envelope.queue, envelope.id, redis_id, MESSAGE_ENCODER.encode(data), guarded)
 
 
 #: KEYS: (messages hash, ready list) per queue; ARGV: the dedup window in
@@ -133,6 +129,10 @@ return queued
 
 ENQUEUE = LuaScript(ENQUEUE_SCRIPT)
 
+#: From this many messages without a guard, a batch goes as MULTI / HSET / RPUSH / EXEC: as atomic, and
+#: Redis runs its C commands on ten thousand messages in half the time the script takes to copy them into Lua.
+TRANSACTION_MIN = 16
+
 
 def push(batch: Sequence[EncodedMessage]) -> int:
     """Queue every message of ``batch`` in one atomic round trip; return how many were new.
@@ -146,17 +146,11 @@ def push(batch: Sequence[EncodedMessage]) -> int:
     by_queue: dict[str, list[EncodedMessage]] = defaultdict(list)
     for item in batch:
         by_queue[item.queue].append(item)
-    keys: list[str] = []
-    counts: list[int] = []
-    triples: list[str | bytes] = []
-    for queue, items in by_queue.items():
-        queue_keys = QueueKeys.of(namespace, queue)
-        keys += (queue_keys.messages, queue_keys.ready)
-        counts.append(len(items))
-        for item in items:
-            triples += (item.redis_id, item.data, enqueued_key(namespace, item.envelope_id) if item.guarded else "")
     try:
-        queued = ENQUEUE(keys, [config.dedup_window, *counts, *triples])
+        if len(batch) >= TRANSACTION_MIN and not any(item.guarded for item in batch):
+            queued = _push_in_transaction(by_queue, namespace)
+        else:
+            queued = _push_by_script(by_queue, namespace, config.dedup_window)
     except redis.RedisError as error:
         raise BrokerUnavailable(
             f"Redis did not accept {len(batch)} message(s) ({error}); nothing of this batch was queued."
@@ -166,6 +160,32 @@ def push(batch: Sequence[EncodedMessage]) -> int:
             "%d of %d message(s) were already queued earlier: not queued again", len(batch) - queued, len(batch)
         )
     return int(queued)
+
+
+def _push_by_script(by_queue: dict[str, list[EncodedMessage]], namespace: str, dedup_window: int) -> int:
+    keys: list[str] = []
+    counts: list[int] = []
+    triples: list[str | bytes] = []
+    for queue, items in by_queue.items():
+        queue_keys = QueueKeys.of(namespace, queue)
+        keys += (queue_keys.messages, queue_keys.ready)
+        counts.append(len(items))
+        for item in items:
+            triples += (item.redis_id, item.data, enqueued_key(namespace, item.envelope_id) if item.guarded else "")
+    return int(ENQUEUE(keys, [dedup_window, *counts, *triples]))
+
+
+def _push_in_transaction(by_queue: dict[str, list[EncodedMessage]], namespace: str) -> int:
+    commands: list[tuple[Any, ...]] = []
+    for queue, items in by_queue.items():
+        queue_keys = QueueKeys.of(namespace, queue)
+        fields: list[str | bytes] = []
+        for item in items:
+            fields += (item.redis_id, item.data)
+        commands.append(("HSET", queue_keys.messages, *fields))
+        commands.append(("RPUSH", queue_keys.ready, *(item.redis_id for item in items)))
+    transaction(commands)
+    return sum(len(items) for items in by_queue.values())
 
 
 def queue_messages(envelopes: Iterable[Envelope]) -> None:

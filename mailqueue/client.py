@@ -142,3 +142,36 @@ class LuaScript:
                 _thread_connection.drop()
                 raise
         raise AssertionError("unreachable")
+
+
+def transaction(commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """Run ``commands`` in one MULTI/EXEC on this thread's connection; return EXEC's replies.
+
+    Atomic like a script, in one round trip. As with ``LuaScript``, only a
+    failure while sending is retried (Redis has not run anything), and a
+    connection that failed in any other way is never reused.
+    """
+    packed = _thread_connection.get().pack_commands([("MULTI",), *commands, ("EXEC",)])
+    for attempt in (1, 2):
+        connection = _thread_connection.get()
+        sent = False
+        try:
+            connection.send_packed_command(packed)
+            sent = True
+            for _ in range(len(commands) + 1):
+                connection.read_response()  # OK, then QUEUED for each command
+            replies: list[Any] = connection.read_response()
+        except redis.ConnectionError:
+            _thread_connection.drop()
+            if sent or attempt == 2:
+                raise
+            continue
+        except BaseException:
+            # A refused command (EXECABORT), a timeout, an interruption: the replies are out of step now.
+            _thread_connection.drop()
+            raise
+        failed = next((reply for reply in replies if isinstance(reply, redis.ResponseError)), None)
+        if failed is not None:
+            raise failed  # a command Redis ran and refused (WRONGTYPE): the others still ran
+        return replies
+    raise AssertionError("unreachable")

@@ -283,6 +283,18 @@ def test_unreachable_redis_is_a_clear_error_when_configured_to_raise(configure, 
         send_mail("s", "b", None, ["a@example.com"])
 
 
+@pytest.mark.parametrize("size", [1, 100], ids=["one message (script)", "a batch (MULTI/EXEC)"])
+def test_a_command_redis_refuses_is_a_clear_error(configure, smtp_server, redis_client, namespace, size) -> None:
+    configure(providers={"smtp": smtp_server.mailer()}, ON_BROKER_FAILURE="raise")
+    redis_client.set(f"{namespace}:bulk", "not a list")  # the ready list: RPUSH gets WRONGTYPE
+    datatuple = [(f"s{i}", "b", None, [f"r{i}@example.com"]) for i in range(size)]
+    with pytest.raises(BrokerUnavailable, match="WRONGTYPE"):
+        send_mass_mail(datatuple, using="bulk")
+    redis_client.delete(f"{namespace}:bulk")
+    send_mass_mail(datatuple, using="bulk")  # the thread's connection is usable again
+    assert ready("bulk") == size
+
+
 @pytest.mark.django_db(transaction=True)
 def test_unreachable_redis_keeps_the_mail_in_the_outbox(configure, smtp_server) -> None:
     configure(providers={"smtp": smtp_server.mailer()}, BROKER_URL="redis://127.0.0.1:1/0", ON_COMMIT=False)
