@@ -96,14 +96,14 @@ MAILERS = {
     "notifications": {"BACKEND": "mailqueue.backend.EmailBackend", "OPTIONS": {"queue": "default"}},
     "bulk": {"BACKEND": "mailqueue.backend.EmailBackend", "OPTIONS": {"queue": "bulk"}},
     "smtp": {
-        "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+        "BACKEND": "workers.smtp.EmailBackend",
         "OPTIONS": {"host": SMTP_HOST, "port": SMTP_PORT, "timeout": 10},
     },
 }
 PROVIDERS = ["smtp"]
 if BACKUP_SMTP_PORT:
     MAILERS["backup"] = {
-        "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+        "BACKEND": "workers.smtp.EmailBackend",
         "OPTIONS": {"host": SMTP_HOST, "port": int(BACKUP_SMTP_PORT), "timeout": 10},
     }
     PROVIDERS.append("backup")
