@@ -12,7 +12,7 @@ from django.core.mail import EmailMessage, EmailMultiAlternatives, mailers
 from django.utils.functional import lazystr
 
 from mailqueue.envelope import Envelope
-from workers.rendering import render
+from workers.rendering import plain_addr_spec, render
 from workers.smtp import EmailBackend
 
 from .servers import SMTPServer
@@ -228,3 +228,44 @@ def test_the_smtp_backend_puts_the_same_bytes_on_the_wire(settings: Any, smtp_se
     assert [(mail.mail_from, mail.rcpt_tos) for mail in ours] == [(mail.mail_from, mail.rcpt_tos) for mail in theirs]
     assert ours[0].rcpt_tos == ["b@example.com", "h@example.com"]
     assert b"Bcc" not in ours[0].data
+
+
+ENVELOPE_ADDRESSES = [
+    *ADDRESSES,
+    "webmaster",
+    "a@b",
+    "a@-b-.com",
+    "a.@example.com",
+    "a..b@example.com",
+    " ann@example.com",
+    "ann@example.com ",
+    "ann@example.com\n",
+    "Ann <ann@example.com> ",
+    "A B C <x.y+z@sub.example.org>",
+    "ann@example.com, bob@example.com",
+    "Ann <ann@example.com",
+    "ann@",
+    "@example.com",
+    "ann@ex_ample.com",
+    lazystr("lazy@example.com"),
+]
+
+
+def _prepared(backend: Any, address: Any) -> str | Exception:
+    try:
+        return backend.prep_address(address)
+    except ValueError as error:
+        return error
+
+
+def test_plain_addresses_are_prepared_as_django_prepares_them(settings: Any) -> None:
+    options = {"host": "127.0.0.1", "port": 25}
+    settings.MAILERS = {
+        "ours": {"BACKEND": "workers.smtp.EmailBackend", "OPTIONS": options},
+        "django": {"BACKEND": "django.core.mail.backends.smtp.EmailBackend", "OPTIONS": options},
+    }
+    for address in ENVELOPE_ADDRESSES:
+        ours, theirs = _prepared(mailers["ours"], address), _prepared(mailers["django"], address)
+        assert type(ours) is type(theirs) and str(ours) == str(theirs), address
+    shortcut = [address for address in ENVELOPE_ADDRESSES if plain_addr_spec(address) is not None]
+    assert {"ann@example.com", "Ann Smith <ann@example.com>", "A B C <x.y+z@sub.example.org>"} <= set(shortcut)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,6 +26,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 
 from mailqueue.client import LuaScript
 from mailqueue.conf import MailQueueConfig, ProviderConfig, QueueConfig
+from mailqueue.envelope import random_id
 from mailqueue.keys import STATS_TTL, ProviderKeys, delivered_key, sending_key
 
 from .consumer import EarlyAck
@@ -174,7 +174,7 @@ RELEASE = LuaScript(RELEASE_SCRIPT)
 
 def new_claim() -> str:
     """A token naming one delivery attempt: it claims the envelope while that attempt sends."""
-    return uuid.uuid4().hex
+    return random_id()
 
 
 def admit(
@@ -188,7 +188,7 @@ def admit(
     """
     limits = provider.rate_limits
     keys = ProviderKeys.of(config.namespace, provider.alias)
-    token = uuid.uuid4().hex
+    token = random_id()
     rate_args: list[float] = []
     for limit in limits:
         rate_args += (limit.interval * 1000, limit.burst)

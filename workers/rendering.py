@@ -32,6 +32,8 @@ ADDRESS_LIST = re.compile(rf"{_ADDRESS}(?:, {_ADDRESS})*")
 #: Printable ASCII words with single spaces: an unstructured value folded back as it came.
 UNSTRUCTURED = re.compile(r"[!-~]+(?: [!-~]+)*")
 MESSAGE_ID = re.compile(rf"<{_DOT_ATOM}@{_DOT_ATOM}>")
+#: One plain or named address, capturing its addr-spec.
+ONE_ADDRESS = re.compile(rf"({_ADDR_SPEC})|{_ATEXT}+(?: {_ATEXT}+)* <({_ADDR_SPEC})>")
 FIELD_NAME = re.compile(r"[!-9;-~]+")
 SUBTYPE = re.compile(r"[a-z0-9]+(?:[.+-][a-z0-9]+)*")
 
@@ -142,6 +144,19 @@ def _extra_headers(message: EmailMessage) -> list[str] | None:
         # Django would stamp them now; the envelope always carries both.
         return None
     return lines
+
+
+def plain_addr_spec(address: object) -> str | None:
+    """The addr-spec of a plain address (``a@example.com``, ``Ann <a@example.com>``), as the email parser finds it.
+
+    None for anything else: quoted or dotted names, comments, non-ASCII, encoded words.
+    """
+    if not isinstance(address, str) or "=?" in address:
+        return None
+    match = ONE_ADDRESS.fullmatch(address)
+    if match is None:
+        return None
+    return match[1] or match[2]
 
 
 def render(message: EmailMessage) -> bytes | None:
