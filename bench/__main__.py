@@ -58,7 +58,18 @@ def measure_system(
     reset(services, system)
     if system.workers is not None:
         progress(f"{system.name}: batch send_messages, N={sizes.batch}")
-        batch = ("fill", "--count", str(sizes.batch), "--chunk", str(sizes.batch), "--run", "batch")
+        warmup = str(max(sizes.batch // 10, 1))
+        batch = (
+            "fill",
+            "--count",
+            str(sizes.batch),
+            "--chunk",
+            str(sizes.batch),
+            "--run",
+            "batch",
+            "--warmup-batch",
+            warmup,
+        )
         attempt(results, "batch", lambda: driver(services, system, *batch))
         reset(services, system)
     for size, count in (("small", sizes.small), ("large", sizes.large)):

@@ -94,6 +94,9 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
 def fill(args: argparse.Namespace) -> dict[str, Any]:
     """send_messages() of ``count`` messages through the default mailer, in chunks: queues them (or sends them)."""
     backend = default_backend()
+    if args.warmup_batch:
+        # Not timed, like the latency warm-up: connections, caches, imports, the first Redis script load.
+        backend.send_messages([message(f"{args.run}-warmup", index, args.size) for index in range(args.warmup_batch)])
     elapsed = 0.0
     for start in range(args.start, args.start + args.count, args.chunk):
         stop = min(start + args.chunk, args.start + args.count)
@@ -200,6 +203,7 @@ def main() -> None:
     parser.add_argument("--start", type=int, default=0)
     parser.add_argument("--chunk", type=int, default=10_000)
     parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--warmup-batch", type=int, default=0, help="fill: send this many first, untimed")
     parser.add_argument("--size", choices=("small", "large"), default="small")
     parser.add_argument("--run", default="bench")
     args = parser.parse_args()
