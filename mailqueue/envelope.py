@@ -19,12 +19,11 @@ import os
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from email.mime.base import MIMEBase
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from anymail.message import AnymailMessage, AnymailMessageMixin
 from anymail.utils import UNSET
@@ -90,9 +89,12 @@ _B64 = "b64"  # {"b64": "..."}: bytes content
 _MIME = "mime"  # {"mime": "..."}: a whole MIME part, bytes as rendered
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Envelope:
-    """One message on its way: where it goes and everything needed to rebuild it."""
+class Envelope(NamedTuple):
+    """One message on its way: where it goes and everything needed to rebuild it.
+
+    Immutable; a named tuple rather than a frozen dataclass because a batch builds
+    thousands, and a frozen dataclass takes more than twice as long to build.
+    """
 
     id: str
     queue: str
@@ -104,13 +106,7 @@ class Envelope:
     @classmethod
     def from_message(cls, message: EmailMessage, *, queue: str, mailer: str, id: str | None = None) -> Envelope:
         """Capture ``message`` now; raise UnserializableMessage if a part cannot travel."""
-        return cls(
-            id=id or random_id(),
-            queue=queue,
-            mailer=mailer,
-            created_at=time.time(),
-            message=serialize_message(message),
-        )
+        return cls(id or random_id(), queue, mailer, time.time(), serialize_message(message))
 
     def to_message(self) -> EmailMessage:
         """Rebuild the message a worker hands to the provider's backend."""

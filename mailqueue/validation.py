@@ -103,13 +103,18 @@ def _check_encodable(text: str, where: str, charset: str = "utf-8") -> None:
             raise InvalidMessage(f"{where} cannot be encoded as {charset} ({error.reason} at {error.start}).") from None
 
 
+_known_charsets: set[str] = set()
+
+
 def _body_charset(message: EmailMessage) -> str:
     """The charset Django will encode text bodies and text attachments with; refused if unknown."""
     charset = str(message.encoding or django_setting("DEFAULT_CHARSET"))
-    try:
-        codecs.lookup(charset)
-    except LookupError:
-        raise InvalidMessage(f"Message encoding {charset!r} is not a known charset.") from None
+    if charset not in _known_charsets:
+        try:
+            codecs.lookup(charset)
+        except LookupError:
+            raise InvalidMessage(f"Message encoding {charset!r} is not a known charset.") from None
+        _known_charsets.add(charset)
     return charset
 
 
@@ -219,10 +224,9 @@ def validate_message(message: EmailMessage) -> None:
     if isinstance(message.body, str):
         _check_encodable(message.body, "Body", charset)
     validate_address(message.from_email, "from_email")
-    validate_addresses(message.to, "to")
-    validate_addresses(message.cc, "cc")
-    validate_addresses(message.bcc, "bcc")
-    validate_addresses(message.reply_to, "reply_to")
+    for values, field in ((message.to, "to"), (message.cc, "cc"), (message.bcc, "bcc"), (message.reply_to, "reply_to")):
+        if values or isinstance(values, str):  # an empty string is still the wrong type
+            validate_addresses(values, field)
     for name, value in message.extra_headers.items():
         validate_header(name, value)
     if message.attachments or getattr(message, "alternatives", None):
