@@ -86,9 +86,10 @@ class EmailBackend(BaseEmailBackend):
         batch: list[EncodedMessage] = []
         # Ids only, not envelopes: each envelope's fields can be freed once encoded (less for the GC to walk).
         accepted: list[tuple[EmailMessage, str]] = []
+        messages = list(email_messages)  # any iterable, as Django's own backends take
         # An envelope id and a Redis message id for each message, from one system call.
-        ids = iter(random_ids(2 * len(email_messages)))
-        for message in email_messages:
+        ids = iter(random_ids(2 * len(messages)))
+        for message in messages:
             if not message.recipients():
                 continue
             validate_message(message)

@@ -84,6 +84,12 @@ def test_a_batch_is_one_round_trip(counting) -> None:
     assert ready("bulk") == 500
 
 
+def test_send_messages_takes_any_iterable(smtp_setup) -> None:
+    messages = (EmailMessage(f"s{i}", "b", None, [f"r{i}@example.com"]) for i in range(3))
+    assert mailers["default"].send_messages(messages) == 3
+    assert ready("default") == 3
+
+
 def test_every_django_sending_api_enqueues(smtp_setup, redis_client, namespace, settings) -> None:
     settings.ADMINS = ["ops@example.com"]
     assert send_mail("a", "b", None, ["x@example.com"], using="transactional") == 1
