@@ -116,9 +116,10 @@ def measure_floors(services: Services, sizes: Sizes, results: dict[str, Any]) ->
         stats = services.sink("_stats")
         if stats["unique"] != count:
             floors[f"smtplib_{size}"] = report.Failed(f"sink got {stats['unique']} of {count}")
-    progress(f"stretch: the worker's rendering beside Django's, {sizes.small} small")
-    args = ("--count", str(sizes.small), "--size", "small", "--run", "rendering")
-    attempt(floors, "rendering", lambda: driver(services, MAILQUEUE, "rendering", *args))
+    for size, count, key in (("small", sizes.small, "rendering"), ("large", sizes.large, "rendering_large")):
+        progress(f"stretch: the worker's rendering beside Django's, {count} {size}")
+        args = ("--count", str(count), "--size", size, "--run", "rendering")
+        attempt(floors, key, lambda args=args: driver(services, MAILQUEUE, "rendering", *args))
 
 
 def measure_soak(services: Services, sizes: Sizes, args: argparse.Namespace, results: dict[str, Any]) -> None:
