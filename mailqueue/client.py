@@ -48,6 +48,10 @@ def pack(*args: Any) -> bytes:
     return packed
 
 
+#: What the reader returns while a reply is incomplete.
+_NOT_YET = object()
+
+
 class Wire:
     """Commands and replies on a connected socket: hiredis packs and parses, nothing else in between.
 
@@ -61,7 +65,11 @@ class Wire:
         connection.connect()  # a no-op when connected
         self.sock: socket.socket = connection._sock
         encoder = connection.encoder
-        options: dict[str, Any] = {"protocolError": InvalidResponse, "replyError": BaseParser.parse_error}
+        options: dict[str, Any] = {
+            "protocolError": InvalidResponse,
+            "replyError": BaseParser.parse_error,
+            "notEnoughData": _NOT_YET,  # not False, which is also a reply
+        }
         if encoder.decode_responses:
             options.update(encoding=encoder.encoding, errors=encoder.encoding_errors)
         self.reader = hiredis.Reader(**options)
@@ -78,7 +86,7 @@ class Wire:
     def read(self) -> Any:
         """The next reply; an error reply is raised (an error inside an array is returned in it)."""
         reply = self.reader.gets()
-        while reply is False:
+        while reply is _NOT_YET:
             try:
                 count = self.sock.recv_into(self.buffer)
             except TimeoutError:

@@ -253,6 +253,12 @@ class _Reader:
         if not isinstance(broker_options, Mapping):
             self.problem("mailqueue.E001", "MAILQUEUE['BROKER_OPTIONS'] must be a dict.")
             broker_options = {}
+        elif str(broker_options.get("protocol", 2)) != "2":
+            # mailqueue.client.Wire reads RESP2 replies; RESP3 adds push messages and a boolean false.
+            self.problem(
+                "mailqueue.E010",
+                f"MAILQUEUE['BROKER_OPTIONS']['protocol'] must be 2 (RESP2), not {broker_options['protocol']!r}.",
+            )
         namespace = raw.get("NAMESPACE", DEFAULT_NAMESPACE)
         if not isinstance(namespace, str) or not QUEUE_NAME_RE.fullmatch(namespace):
             self.problem(

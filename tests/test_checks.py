@@ -126,6 +126,12 @@ def test_a_valid_configuration_has_no_errors(settings) -> None:
             "'on_commit' must be True or False",
         ),
         (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "BROKER_OPTIONS": {"protocol": 3}},
+            None,
+            "mailqueue.E010",
+            "['protocol'] must be 2 (RESP2), not 3",
+        ),
+        (
             {"QUEUES": {"default": {"providers": ["smtp"]}}, "ON_BROKER_FAILURE": "drop"},
             None,
             "mailqueue.E013",

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.core.mail import EmailMessage, EmailMultiAlternatives, mailers
+from django.core.mail import EmailAlternative, EmailMessage, EmailMultiAlternatives, mailers
 from django.utils.functional import lazystr
 from django.utils.safestring import SafeString
 
@@ -133,6 +133,7 @@ ATTACHMENTS = [
     ("page.html", "<p>é</p>\n", "text/html"),
     ("long.txt", "long subtype", f"text/{LONG_SUBTYPE}"),
     ("long.bin", b"long mimetype", f"application/{LONG_SUBTYPE}-{'x' * 20}"),
+    ("parts.bin", b"xyz", "multipart/mixed"),
 ]
 DATES = [DATE, "Mon, 02 Nov 2026 09:05:00 -0500", "Mon, 2 Nov 2026 09:05:00 -0500", "2 Nov 2026 09:05 +0000", "never"]
 MESSAGE_IDS = [MESSAGE_ID, "<a@b>", "<not an id>", "no-angles@example.com", "<" + "m" * 70 + "@example.com>"]
@@ -251,10 +252,18 @@ def _with_html() -> EmailMultiAlternatives:
     return message
 
 
-def _with_attachment(message: EmailMessage | None = None, filename: str = "a.txt") -> EmailMessage:
+def _with_attachment(
+    message: EmailMessage | None = None, filename: str = "a.txt", mimetype: str = "application/octet-stream"
+) -> EmailMessage:
     message = message or EmailMessage("Hi", "Body", "a@example.com", ["b@example.com"], headers=_fixed())
     message.attach(filename, "text", "text/plain")
-    message.attach("data.bin", bytes(range(200)), "application/octet-stream")
+    message.attach("data.bin", bytes(range(200)), mimetype)
+    return message
+
+
+def _plain_with_alternatives() -> EmailMessage:
+    message = EmailMessage("Hi", "Body\n", "a@example.com", ["b@example.com"], headers=_fixed())
+    message.alternatives = [EmailAlternative("<p>Body</p>", "text/html")]  # type: ignore[attr-defined]
     return message
 
 
@@ -300,6 +309,10 @@ def _odd(**changes: Any) -> EmailMessage:
         lambda: _odd(encoding=email.charset.Charset("utf-8")),  # equal to "utf-8", unusable by Django
         lambda: _odd(subject=SafeString("Safe <b>subject</b>"), body=SafeString("<p>safe</p>\n")),
         lambda: _with_attachment(_odd(), filename=SafeString("safe.txt")),
+        # Found by a second review: written raw by the generator's multipart handler (bare LF line ends).
+        lambda: _with_attachment(_odd(), mimetype="multipart/form-data"),
+        # EmailMessage renders no alternatives, even when it has the attribute.
+        lambda: _plain_with_alternatives(),
     ],
 )
 def test_str_subclasses_and_lookalikes_render_as_django_renders_them(make: Callable[[], EmailMessage]) -> None:

@@ -56,6 +56,8 @@ _RENDERING_STEPS = (
 )
 _DJANGO_RENDERING = {name: getattr(EmailMessage, name) for name in _RENDERING_STEPS}
 _DJANGO_BODIES = tuple(getattr(cls, "_add_bodies", None) for cls in (EmailMessage, EmailMultiAlternatives))
+#: The one of them that renders ``alternatives``.
+_ALTERNATIVES_BODIES = _DJANGO_BODIES[1]
 #: Headers Django sets from the message's fields, never from extra_headers.
 _FROM_FIELDS = frozenset({"from", "to", "cc", "reply-to"})
 #: Headers the email package parses with a grammar of its own (beyond Date and Message-ID, checked apart).
@@ -184,8 +186,8 @@ def _attachment_part(attachment: object) -> bytes | None:
         content = decoded
     if maintype == "text":
         return _text_part(content, subtype, filename=filename, mime_version=True)
-    if maintype == "message" or not isinstance(content, bytes):
-        return None
+    if maintype in ("message", "multipart") or not isinstance(content, bytes):
+        return None  # (a multipart/* attachment is written by the generator's multipart handler, raw)
     return _bytes_part(content, mimetype, filename)
 
 
@@ -210,10 +212,12 @@ def _multipart(subtype: str, parts: Sequence[bytes]) -> tuple[str, bytes] | None
 def _content(message: EmailMessage) -> tuple[str, bytes] | None:
     """(content headers, body) of the whole message: one text part, or multipart/alternative and /mixed around it."""
     subtype = message.content_subtype
-    alternatives = getattr(message, "alternatives", None)
-    if alternatives is None and isinstance(message, EmailMultiAlternatives):
-        return None  # Django's _add_bodies would fail on it
-    alternatives = alternatives or []
+    if getattr(type(message), "_add_bodies", None) is _ALTERNATIVES_BODIES:
+        alternatives = getattr(message, "alternatives", None)
+        if alternatives is None:
+            return None  # Django's _add_bodies would fail on it
+    else:
+        alternatives = []  # EmailMessage._add_bodies ignores an alternatives attribute
     attachments = message.attachments
     if not alternatives and not attachments:
         part = _text_part(message.body, subtype, mime_version=True)
