@@ -13,7 +13,7 @@ import os
 import select
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
@@ -184,66 +184,62 @@ class LuaScript:
         self.sha = hashlib.sha1(self.source, usedforsecurity=False).hexdigest()
 
     def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """Run the script; raise redis's own errors.
-
-        A connection that fails while the command is being sent is replaced
-        and the command sent once more: Redis has not run it. A failure while
-        reading the reply is not retried, since Redis may have run it.
-        """
+        """Run the script; raise redis's own errors (retried only as ``exchange`` says)."""
         command = pack("EVALSHA", self.sha, len(keys), *keys, *args)
-        for attempt in (1, 2):
-            sent = False
+
+        def receive(wire: Wire) -> Any:
             try:
-                wire = _thread_connection.wire()
+                return wire.read()
+            except NoScriptError:
+                # First use on this Redis (or after SCRIPT FLUSH or a restart): load it, run it again.
+                wire.send(pack("SCRIPT", "LOAD", self.source))
+                wire.read()
                 wire.send(command)
-                sent = True
-                try:
-                    return wire.read()
-                except NoScriptError:
-                    # First use on this Redis (or after SCRIPT FLUSH or a restart): load it, run it again.
-                    wire.send(pack("SCRIPT", "LOAD", self.source))
-                    wire.read()
-                    wire.send(command)
-                    return wire.read()
-            except redis.ConnectionError:
-                _thread_connection.drop()
-                if sent or attempt == 2:
-                    raise
-            except BaseException:
-                # Anything else (a timeout, an interruption): the reply may still come; never reuse the connection.
-                _thread_connection.drop()
+                return wire.read()
+
+        return exchange(command, receive)
+
+
+def exchange[T](data: bytes, receive: Callable[[Wire], T]) -> T:
+    """Send ``data`` on this thread's connection and ``receive`` the reply, with the one retry policy.
+
+    A connection that fails while the command is being sent is replaced and
+    the command sent once more: Redis has not run it. A failure after that is
+    raised and never retried, since Redis may have run it; and the connection
+    is dropped, so a reply that arrives late is never read as the next one's.
+    """
+    for attempt in (1, 2):
+        sent = False
+        try:
+            wire = _thread_connection.wire()
+            wire.send(data)
+            sent = True
+            return receive(wire)
+        except redis.ConnectionError:
+            _thread_connection.drop()
+            if sent or attempt == 2:
                 raise
-        raise AssertionError("unreachable")
+        except BaseException:
+            # Anything else (an error reply, a timeout, an interruption): never reuse the connection.
+            _thread_connection.drop()
+            raise
+    raise AssertionError("unreachable")
 
 
 def transaction(commands: Sequence[Sequence[Any]]) -> list[Any]:
     """Run ``commands`` in one MULTI/EXEC on this thread's connection; return EXEC's replies.
 
-    Atomic like a script, in one round trip. As with ``LuaScript``, only a
-    failure while sending is retried (Redis has not run anything), and a
-    connection that failed in any other way is never reused.
+    Atomic like a script, in one round trip, with the same retry policy.
     """
-    packed = b"".join(pack(*command) for command in (("MULTI",), *commands, ("EXEC",)))
-    for attempt in (1, 2):
-        sent = False
-        try:
-            wire = _thread_connection.wire()
-            wire.send(packed)
-            sent = True
-            for _ in range(len(commands) + 1):
-                wire.read()  # OK, then QUEUED for each command
-            replies: list[Any] = wire.read()
-        except redis.ConnectionError:
-            _thread_connection.drop()
-            if sent or attempt == 2:
-                raise
-            continue
-        except BaseException:
-            # A refused command (EXECABORT), a timeout, an interruption: the replies are out of step now.
-            _thread_connection.drop()
-            raise
-        failed = next((reply for reply in replies if isinstance(reply, redis.ResponseError)), None)
-        if failed is not None:
-            raise failed  # a command Redis ran and refused (WRONGTYPE): the others still ran
+
+    def receive(wire: Wire) -> list[Any]:
+        for _ in range(len(commands) + 1):
+            wire.read()  # OK, then QUEUED for each command
+        replies: list[Any] = wire.read()
         return replies
-    raise AssertionError("unreachable")
+
+    replies = exchange(b"".join(pack(*command) for command in (("MULTI",), *commands, ("EXEC",))), receive)
+    failed = next((reply for reply in replies if isinstance(reply, redis.ResponseError)), None)
+    if failed is not None:
+        raise failed  # a command Redis ran and refused (WRONGTYPE): the others still ran
+    return replies
