@@ -124,6 +124,13 @@ class ProcessTree:
             _stop(process)
 
 
+def _delete_matching(client: redis.Redis, pattern: str) -> None:
+    """Delete the keys matching ``pattern`` (SCAN, never KEYS: the Redis may be shared)."""
+    keys = list(client.scan_iter(match=pattern, count=1000))
+    if keys:
+        client.delete(*keys)
+
+
 # --- the shared services -------------------------------------------------------------------------------
 
 
@@ -212,9 +219,7 @@ class Services:
             if self.private_redis:
                 client.flushdb()
             else:
-                keys = list(client.scan_iter(match=f"{self.namespace(system)}:*", count=1000))
-                if keys:
-                    client.delete(*keys)
+                _delete_matching(client, f"{self.namespace(system)}:*")
         finally:
             client.close()
 
@@ -224,9 +229,7 @@ class Services:
             return
         client = redis.Redis.from_url(self.redis_url)
         try:
-            keys = list(client.scan_iter(match=f"mqbench-{self.run_id}-*", count=1000))
-            if keys:
-                client.delete(*keys)
+            _delete_matching(client, f"mqbench-{self.run_id}-*")
         finally:
             client.close()
 

@@ -222,20 +222,14 @@ def _floors(results: dict[str, Any], notes: Notes) -> Iterator[str]:
         yield from _soak(soak)
     elif isinstance(soak, Failed):
         yield f"| worker RSS soak | {notes.mark(soak)} | | |"
-    small, floor = ours.get("drain_small_1"), floors.get("smtplib_small")
-    if isinstance(small, Drain) and small.redis_bytes and isinstance(floor, dict):
-        per_message = small.redis_bytes / small.count
-        yield (
-            f"| Redis bytes per queued small message vs its MIME size | {floor['message_bytes']:,} bytes "
-            f"| {per_message:,.0f} bytes | {per_message / floor['message_bytes']:.2f}× |"
-        )
-    large, floor = ours.get("drain_large_1"), floors.get("smtplib_large")
-    if isinstance(large, Drain) and large.redis_bytes and isinstance(floor, dict):
-        per_message = large.redis_bytes / large.count
-        yield (
-            f"| Redis bytes per queued 100 KB message vs its MIME size | {floor['message_bytes']:,} bytes "
-            f"| {per_message:,.0f} bytes | {per_message / floor['message_bytes']:.2f}× |"
-        )
+    for size, label in (("small", "small"), ("large", "100 KB")):
+        run, floor = ours.get(f"drain_{size}_1"), floors.get(f"smtplib_{size}")
+        if isinstance(run, Drain) and run.redis_bytes and isinstance(floor, dict):
+            per_message = run.redis_bytes / run.count
+            yield (
+                f"| Redis bytes per queued {label} message vs its MIME size | {floor['message_bytes']:,} bytes "
+                f"| {per_message:,.0f} bytes | {per_message / floor['message_bytes']:.2f}× |"
+            )
     yield ""
 
 
