@@ -19,6 +19,7 @@ from django.core.mail import (
 from django.db import connection, transaction
 from django.utils.translation import gettext_lazy
 
+from mailqueue.broker import TRANSACTION_MIN
 from mailqueue.exceptions import (
     BrokerUnavailable,
     HeaderInjection,
@@ -95,6 +96,22 @@ def test_a_batch_is_one_round_trip(counting) -> None:
     assert send_mass_mail(datatuple, using="bulk") == 500
     assert counting.sent == 1
     assert ready("bulk") == 500
+
+
+def test_a_large_batch_with_idempotency_keys_is_still_guarded(smtp_setup) -> None:
+    # Past TRANSACTION_MIN, unguarded batches skip the script; guarded ones must keep its SET NX check.
+    def batch(keys: range) -> list[EmailMessage]:
+        messages = []
+        for key in keys:
+            message = EmailMessage(f"s{key}", "b", None, [f"r{key}@example.com"])
+            message.idempotency_key = f"order-{key}"
+            messages.append(message)
+        return messages
+
+    assert len(batch(range(20))) > TRANSACTION_MIN
+    assert mailers["bulk"].send_messages(batch(range(20))) == 20
+    assert mailers["bulk"].send_messages(batch(range(10, 30))) == 20  # accepted, 10 of them already queued
+    assert ready("bulk") == 30
 
 
 def test_send_messages_takes_any_iterable(smtp_setup) -> None:
