@@ -1,8 +1,10 @@
 """Every Redis key mailqueue uses, named in one place.
 
-Queue keys follow Dramatiq's own layout (so its workers consume what we push);
-the rest are mailqueue's: dead letters, enqueue and delivery records, and
-each provider's shared state (rate-limit buckets, in-flight sends, circuit, stats).
+Queue keys follow Dramatiq's own layout (so its workers consume what we push),
+and Dramatiq's worker bookkeeping (in-progress sets, heartbeats) is named here
+too, for the scripts that touch it; the rest are mailqueue's: dead letters,
+enqueue and delivery records, and each provider's shared state (rate-limit
+buckets, in-flight sends, circuit, stats).
 """
 
 from __future__ import annotations
@@ -83,3 +85,13 @@ def sending_key(namespace: str, envelope_id: str) -> str:
 def enqueued_key(namespace: str, envelope_id: str) -> str:
     """Set by a guarded push: the same envelope id pushed again within the window is not queued twice."""
     return f"{namespace}:enqueued:{envelope_id}"
+
+
+def in_progress_key(namespace: str, broker_id: str, queue: str) -> str:
+    """Dramatiq's set of the Redis message ids one worker fetched from ``queue`` and has not acknowledged."""
+    return f"{namespace}:__acks__.{broker_id}.{queue}"
+
+
+def heartbeats_key(namespace: str) -> str:
+    """Dramatiq's sorted set of worker ids by last heartbeat (ms): a stale one's messages are requeued."""
+    return f"{namespace}:__heartbeats__"

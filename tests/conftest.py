@@ -7,12 +7,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import dramatiq
 import pytest
 import redis
 
 from tests.servers import PostmarkAPI, SMTPServer
-from workers.actors import worker_broker
+from workers.testing import InProcessWorker
 
 REDIS_URL = os.environ.get("MAILQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 QUEUED = "mailqueue.backend.EmailBackend"
@@ -105,28 +104,11 @@ def smtp_setup(configure: Callable[..., None], smtp_server: SMTPServer) -> SMTPS
     return smtp_server
 
 
-class WorkerRunner:
-    """A real Dramatiq worker, in this process, consuming the configured queues."""
-
-    def __init__(self, threads: int = 2) -> None:
-        self.broker = worker_broker()
-        self.broker.emit_after("process_boot")  # as Dramatiq's CLI does: starts the time-limit monitor
-        self.worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=50)
-
-    def __enter__(self) -> WorkerRunner:
-        self.worker.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.worker.stop()
-
-    def drain(self, timeout: float = 20.0) -> None:
-        """Wait until every queue (ready, in progress, delayed) is empty."""
-        for queue in self.broker.get_declared_queues():
-            self.broker.join(queue, timeout=int(timeout * 1000))
-        self.worker.join()
-
-
 @pytest.fixture
-def run_worker() -> Callable[..., WorkerRunner]:
-    return WorkerRunner
+def run_worker() -> Callable[..., InProcessWorker]:
+    """A real Dramatiq worker in this process: ``with run_worker(threads=2) as worker: ...; worker.drain()``."""
+
+    def start(threads: int = 2) -> InProcessWorker:
+        return InProcessWorker(threads, fresh=False)
+
+    return start

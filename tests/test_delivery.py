@@ -134,7 +134,7 @@ def test_failover_from_an_esp_answering_5xx_to_smtp(configure, postmark_api, smt
 def test_dramatiq_retries_later_when_every_provider_fails(configure, smtp_server, run_worker, caplog) -> None:
     configure(providers={"smtp": smtp_server.mailer()}, PROVIDERS={"smtp": {"attempts": 1}})  # no tenacity retry
     smtp_server.handler.replies.append("451 busy")
-    caplog.set_level(logging.INFO, logger="workers.actors")
+    caplog.set_level(logging.INFO, logger="workers.outcomes")
     send_mail("second attempt", "b", None, ["a@example.com"])
     with run_worker() as worker:
         worker.drain()

@@ -16,7 +16,7 @@ from mailqueue.envelope import Envelope
 from mailqueue.exceptions import InvalidMessage
 from mailqueue.monitoring import queue_depths
 from tests.worker_processes import WorkerProcess
-from workers import consumer
+from workers import delivery, dramatiq_redis
 
 
 def queued() -> int:
@@ -118,16 +118,16 @@ def test_workers_killed_with_sigkill_while_5000_messages_drain(configure, smtp_s
 def test_a_retry_after_the_early_ack_is_acknowledged_and_not_sent_again(smtp_setup, run_worker, monkeypatch) -> None:
     # The delivery record also acknowledged the message; then the attempt is interrupted (a time
     # limit can land anywhere), so Dramatiq retries a copy. The copy must be found delivered and acked.
-    done = consumer.EarlyAck.done
+    acknowledged_early = dramatiq_redis.acknowledged_early
     interrupted = []
 
-    def done_then_interrupted(self: consumer.EarlyAck) -> None:
-        done(self)
+    def done_then_interrupted(target: dramatiq_redis.AckTarget) -> None:
+        acknowledged_early(target)
         if not interrupted:
-            interrupted.append(self.redis_id)
+            interrupted.append(target.redis_id)
             raise TimeLimitExceeded()
 
-    monkeypatch.setattr(consumer.EarlyAck, "done", done_then_interrupted)
+    monkeypatch.setattr(delivery, "acknowledged_early", done_then_interrupted)
     send_mass_mail([("once", "b", None, ["a@example.com"])])
     with run_worker() as worker:
         worker.drain(timeout=20)

@@ -51,7 +51,7 @@ def test_a_failed_probe_opens_the_circuit_again(circuit) -> None:
         settle(admit(f"f{n}", provider, queue, config), f"f{n}", provider, "failed", config)
     time.sleep(0.35)
     probe = admit("m1", provider, queue, config)
-    assert settle(probe, "m1", provider, "failed", config) == "open"
+    assert settle(probe, "m1", provider, "failed", config).circuit == "open"
     assert admit("m2", provider, queue, config).outcome == "open"
 
 

@@ -16,7 +16,7 @@ from mailqueue.monitoring import queue_depths
 from tests import providers
 from tests.redis_server import RedisServer
 from workers import admission
-from workers.delivery import deliver
+from workers.delivery import deliver_envelope
 
 QUEUES = ("critical", "default", "bulk")
 #: No client-side retries, so a short outage is enough to make every Redis call fail.
@@ -51,7 +51,7 @@ def test_mail_a_provider_took_is_not_sent_again_when_its_record_cannot_be_writte
     config = get_config()
     envelope = Envelope.from_message(EmailMessage("once", "b", None, ["x@example.com"]), queue="default", mailer="d")
     providers.RecordingBackend.after_send = aof_redis.stop  # Redis goes away right after the provider took it
-    assert deliver(envelope, config.queues["default"], config) == "p"  # delivered: no retry that would resend
+    assert deliver_envelope(envelope, config.queues["default"], config).provider == "p"  # delivered: no retry that would resend
     assert providers.SENT == ["once"]
     assert "was sent via p, but its delivery record could not be written" in caplog.text
 
@@ -70,10 +70,10 @@ def test_the_delivery_record_is_written_once_redis_is_back(configure, aof_redis,
         threading.Timer(1.0, aof_redis.start).start()
 
     providers.RecordingBackend.after_send = outage
-    assert deliver(envelope, config.queues["default"], config) == "p"
+    assert deliver_envelope(envelope, config.queues["default"], config).provider == "p"
     providers.RecordingBackend.after_send = None
-    again = deliver(envelope, config.queues["default"], config)  # a redelivery finds the record
-    assert (again, providers.SENT) == ("p", ["once"])
+    again = deliver_envelope(envelope, config.queues["default"], config)  # a redelivery finds the record
+    assert (again.provider, again.earlier, providers.SENT) == ("p", True, ["once"])
 
 
 @pytest.mark.django_db(transaction=True)

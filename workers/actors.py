@@ -1,18 +1,12 @@
 """One Dramatiq actor per configured queue, built from settings.
 
-Each actor decodes the envelope, runs the delivery pipeline, and owns the
-outcome: delivered (ack), permanent failure or undecodable payload (dead
-letter now), transient failure or time limit (raise, so Dramatiq retries with
-exponential backoff), the same on the last allowed attempt (dead letter).
-If recording the dead letter itself fails (Redis away), the error propagates
-and Dramatiq retries the message: it is attempted once more, never dropped.
+An actor's body is the whole story of one attempt: read the envelope, send it
+through the queue's provider chain (workers/delivery.py), and hand what
+happened to workers/outcomes.py, which decides and announces what follows.
 """
 
 from __future__ import annotations
 
-import logging
-import random
-import time
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -23,119 +17,46 @@ from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
 
 from mailqueue.broker import MESSAGE_ENCODER, actor_name, new_broker
 from mailqueue.conf import MailQueueConfig, QueueConfig, get_config, on_config_reset
-from mailqueue.deadletters import DeadLetter, record
 from mailqueue.envelope import Envelope
-from mailqueue.exceptions import DeliveryDeferred, EnvelopeError, PermanentDeliveryError
+from mailqueue.exceptions import EnvelopeError
 
-from .consumer import EarlyAck, WorkerBroker
-from .delivery import deliver
+from .delivery import Delivered, deliver_envelope
+from .dramatiq_redis import WorkerBroker, ack_target
 from .middleware import CloseDatabaseConnections, CloseProviderConnections
-
-logger = logging.getLogger(__name__)
-
-
-#: Message option holding a dead letter not yet recorded (Redis failed while
-#: recording it): the next attempt records it instead of sending again.
-PENDING_DEAD_LETTER = "mailqueue_dead_letter"
-
-#: Message option counting how often the message was deferred (rate limits, open circuits).
-DEFERRALS = "mailqueue_deferrals"
+from .outcomes import Attempt, conclude
 
 
-def _reason(error: BaseException, queue: QueueConfig) -> str:
-    if isinstance(error, TimeLimitExceeded):
-        return f"TimeLimitExceeded: the attempt ran over the queue's time_limit ({queue.time_limit} ms)"
-    return str(error) or type(error).__name__
-
-
-def dead_letter(letter: DeadLetter, options: dict[str, Any] | None) -> None:
-    """Record ``letter``; if Redis fails, keep it in the message options and re-raise.
-
-    Dramatiq then retries the message, and that attempt only records the letter.
-    """
-    try:
-        record(letter)
-    except Exception:
-        if options is not None:
-            options[PENDING_DEAD_LETTER] = letter.to_json()
-        raise
-    logger.error(
-        "dead-lettered %s on %s after %d attempt(s): %s", letter.id, letter.queue, letter.attempts, letter.reason
-    )
-
-
-def reschedule(current: Any, deferred: DeliveryDeferred) -> None:
-    """Put the message back ``deferred.delay`` seconds later, its retry count untouched.
-
-    The copy is enqueued before this attempt is acknowledged: a crash in between
-    leaves two copies, and the delivery record keeps the second from sending.
-    """
-    if current is None:
-        raise deferred
-    deferrals = current.options.get(DEFERRALS, 0) + 1
-    # Jitter, so messages held back together do not all come back in the same instant.
-    delay = deferred.delay * (1 + random.random() / 10)
-    dramatiq.get_broker().enqueue(current.copy(options={DEFERRALS: deferrals}), delay=max(1, int(delay * 1000)))
-    logger.info("deferred %s by %.2f s (%d time(s)): %s", current.message_id, delay, deferrals, deferred)
-
-
-def process(payload: Any, queue: QueueConfig, config: MailQueueConfig, *, problem: str | None = None) -> str | None:
-    """Deliver one queued payload; return the provider that took it, or None if dead-lettered.
+def run_attempt(payload: Any, queue: QueueConfig, config: MailQueueConfig, *, problem: str | None = None) -> None:
+    """Attempt to deliver one queued payload, then conclude: sent, deferred, retried or dead-lettered.
 
     ``problem`` says why the payload is known to be unreadable before decoding it.
     """
     current = CurrentMessage.get_current_message()
-    options = current.options if current is not None else None
-    retries = options.get("retries", 0) if options is not None else 0
-    message_id = current.message_id if current is not None else "unknown"
-    attempts = retries + 1
-    pending = options.pop(PENDING_DEAD_LETTER, None) if options is not None else None
-    if pending is not None:
-        try:
-            letter = DeadLetter(**pending)
-        except TypeError:
-            logger.exception("unreadable pending dead letter on %s; attempting delivery again", message_id)
-        else:
-            dead_letter(letter, options)
-            return None
+    attempt = Attempt.of(current, queue)
+    envelope: Envelope | None = None
+    outcome: Delivered | BaseException
     try:
         if problem is not None:
             raise EnvelopeError(f"{problem}, got {payload!r:.200}", payload)
         envelope = Envelope.decode(payload)
-        provider = deliver(envelope, queue, config, EarlyAck.of(current))
-    except DeliveryDeferred as deferred:
-        reschedule(current, deferred)
-        return None
-    except (Exception, TimeLimitExceeded) as error:
-        final = isinstance(error, (EnvelopeError, PermanentDeliveryError)) or retries >= queue.max_retries
-        if not final:
-            raise
-        letter = DeadLetter(
-            id=message_id,
-            queue=queue.name,
-            reason=_reason(error, queue),
-            error_type=type(error).__name__,
-            failed_at=time.time(),
-            attempts=attempts,
-            payload=payload,
-            provider=getattr(error, "provider", None),
+        outcome = deliver_envelope(
+            envelope, queue, config, attempt=attempt.number, ack=ack_target(current) if current else None
         )
-        dead_letter(letter, options)
-        return None
-    logger.info("delivered %s from %s via %s (attempt %d)", envelope.id, queue.name, provider, attempts)
-    return provider
+    except (Exception, TimeLimitExceeded) as error:  # noqa: BLE001  (every error is an outcome to conclude)
+        outcome = error
+    conclude(attempt, payload, outcome, envelope)
 
 
-def _deliverer(queue: QueueConfig, config: MailQueueConfig) -> Callable[..., None]:
-    def deliver_queue(*args: Any, **kwargs: Any) -> None:
+def _queue_actor_function(queue: QueueConfig, config: MailQueueConfig) -> Callable[..., None]:
+    def deliver_from_queue(*args: Any, **kwargs: Any) -> None:
         if len(args) == 1 and not kwargs:
-            process(args[0], queue, config)
+            run_attempt(args[0], queue, config)
         else:
             # Not sent by mailqueue: dead-letter it with what it carried rather than fail (and retry) forever.
-            process({"args": list(args), "kwargs": kwargs}, queue, config, problem="expected one envelope argument")
+            run_attempt({"args": list(args), "kwargs": kwargs}, queue, config, problem="expected one envelope argument")
 
-    deliver_queue.__name__ = deliver_queue.__qualname__ = f"deliver_{queue.name}"
-    return deliver_queue
+    deliver_from_queue.__name__ = deliver_from_queue.__qualname__ = f"deliver_from_{queue.name}"
+    return deliver_from_queue
 
 
 def declare(broker: RedisBroker, config: MailQueueConfig) -> dict[str, dramatiq.Actor[Any, Any]]:
@@ -154,13 +75,14 @@ def declare(broker: RedisBroker, config: MailQueueConfig) -> dict[str, dramatiq.
             actor_name=name,
             queue_name=queue.name,
             broker=broker,
-            # The actor dead-letters on its last attempt itself; Dramatiq must never
-            # fail the message into its own expiring dead-letter set instead.
+            # The actor decides every outcome itself (workers/outcomes.py). Dramatiq's Retries only
+            # retries an error that escapes it, with no limit: it must never fail the message into
+            # Dramatiq's own expiring dead-letter set.
             max_retries=None,
             min_backoff=queue.min_backoff,
             max_backoff=queue.max_backoff,
             time_limit=queue.time_limit,
-        )(_deliverer(queue, config))
+        )(_queue_actor_function(queue, config))
     return actors
 
 

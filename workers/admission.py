@@ -29,8 +29,6 @@ from mailqueue.conf import MailQueueConfig, ProviderConfig, QueueConfig
 from mailqueue.envelope import random_id
 from mailqueue.keys import STATS_TTL, ProviderKeys, delivered_key, sending_key
 
-from .consumer import EarlyAck
-
 #: KEYS: delivered, circuit, in-flight, sending claim, then one bucket per rate limit.
 #: ARGV: lease token, in-flight lease ms, probe lease ms, max concurrency (0: none),
 #: longest wait for a token in ms, claim token, then (interval ms, burst) per rate limit.
@@ -167,6 +165,30 @@ class Admission:
     token: str
 
 
+@dataclass(frozen=True, slots=True)
+class AckTarget:
+    """The Dramatiq message a "sent" record also acknowledges, in the same script call.
+
+    Built by the Dramatiq adapter (``workers.dramatiq_redis.ack_target``): the
+    worker's in-progress set, the queue's message hash, the heartbeats set,
+    the message's Redis id and the worker's broker id.
+    """
+
+    in_progress: str
+    messages: str
+    heartbeats: str
+    redis_id: str
+    broker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """The answer of ``settle``: the provider's circuit state, and whether the Dramatiq message was acked."""
+
+    circuit: str
+    acked: bool
+
+
 ADMIT = LuaScript(ADMIT_SCRIPT)
 SETTLE = LuaScript(SETTLE_SCRIPT)
 RELEASE = LuaScript(RELEASE_SCRIPT)
@@ -221,9 +243,9 @@ def settle(
     provider: ProviderConfig,
     result: Result,
     config: MailQueueConfig,
-    ack: EarlyAck | None = None,
-) -> str:
-    """Record how the send went; return the provider's circuit state afterwards.
+    ack: AckTarget | None = None,
+) -> Settled:
+    """Record how the send went: the provider's circuit state afterwards, and whether ``ack`` was acknowledged.
 
     A delivery record is what stops a redelivered message from being sent
     twice (and "sent" frees the provider's concurrency slot), so recording it
@@ -265,9 +287,7 @@ def settle(
         for attempt in retrying:
             with attempt:
                 state, acked = SETTLE(script_keys, script_args)
-    if ack is not None and acked:
-        ack.done()
-    return state.decode() if isinstance(state, bytes) else str(state)
+    return Settled(circuit=state.decode() if isinstance(state, bytes) else str(state), acked=bool(acked))
 
 
 def release(envelope_id: str, claim: str, config: MailQueueConfig) -> None:

@@ -12,11 +12,17 @@
   errors, SMTP 4xx, HTTP 5xx/408/409/425/429, and 401/403/404 (credentials,
   account, API URL: about the provider, so failing over helps). A provider's
   configuration error is transient too, and logged loudly (see delivery.py).
+
+A provider backend may also fail on the message itself (Django's SMTP backend
+refusing an address it cannot prepare, a message that cannot be rendered).
+``message_fault`` tells those apart by type, by doing the same step again
+outside the provider: such a failure is permanent, whatever error class it had.
 """
 
 from __future__ import annotations
 
 import smtplib
+from typing import Any
 
 from anymail.exceptions import (
     AnymailAPIError,
@@ -25,6 +31,7 @@ from anymail.exceptions import (
     AnymailSerializationError,
     AnymailUnsupportedFeature,
 )
+from django.core.mail import EmailMessage
 
 from mailqueue.exceptions import DeliveryError, PermanentDeliveryError, ProviderRefused, TransientDeliveryError
 
@@ -33,6 +40,9 @@ from mailqueue.exceptions import DeliveryError, PermanentDeliveryError, Provider
 TRANSIENT_HTTP_STATUSES = frozenset({401, 403, 404, 408, 409, 425, 429})
 
 _PERMANENT_ANYMAIL = (AnymailRecipientsRefused, AnymailInvalidAddress, AnymailSerializationError)
+
+#: What rendering a message or preparing its addresses raises when the message itself is at fault.
+MESSAGE_ERRORS = (ValueError, TypeError, LookupError)
 
 
 def _is_5xx(code: int) -> bool:
@@ -75,3 +85,23 @@ def describe(error: BaseException) -> str:
 def classify(error: BaseException, *, provider: str, envelope_id: str) -> DeliveryError:
     """Wrap a provider's exception in the DeliveryError subclass that says what to do next."""
     return kind_of(error)(describe(error), envelope_id=envelope_id, provider=provider, cause=error)
+
+
+def message_fault(message: EmailMessage, backend: Any = None) -> str | None:
+    """Why the message itself cannot be sent (rendering it, or ``backend`` preparing its addresses); else None.
+
+    Run after a send failed with one of MESSAGE_ERRORS: if rendering and
+    address preparation succeed here, the failure came from the provider.
+    """
+    try:
+        message.message()
+    except MESSAGE_ERRORS as error:
+        return f"message cannot be rendered: {type(error).__name__}: {error}"
+    prepare = getattr(backend, "prep_address", None)
+    if prepare is not None:
+        for address in (message.from_email, *message.recipients()):
+            try:
+                prepare(address)
+            except MESSAGE_ERRORS as error:
+                return f"message has an address the provider cannot use: {type(error).__name__}: {error}"
+    return None

@@ -1,4 +1,4 @@
-"""The delivery pipeline, written once, in the order a reader expects.
+"""Sending one envelope through its queue's provider chain, written once, in the order a reader expects.
 
 For each provider in the queue's chain, primary first: ask for admission
 (already delivered? circuit open? a rate-limit token and a concurrency
@@ -6,18 +6,21 @@ slot); send over this thread's open connection; a transient failure is
 retried a few times with tenacity (reconnecting each time); a refusal by that
 provider, or transient failures beyond its tries, move on to the next
 provider; a permanent failure stops everything. Every outcome is recorded for
-the provider's circuit and counters.
+the provider's circuit and counters, and each provider's failure is announced
+(``attempt_failed``).
 
 A provider at its limit defers the message (no failover, no retry used up);
 a provider with an open circuit is skipped. When no provider took the
-message, ``AllProvidersFailed`` tells the actor to let Dramatiq retry later,
-and ``AllProvidersRefused`` (every provider refused) dead-letters it.
+message, ``AllProvidersFailed`` says to retry later, and
+``AllProvidersRefused`` (every provider refused) to dead-letter it: what
+follows is decided in workers/outcomes.py.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import redis
 from django.core.exceptions import ImproperlyConfigured
@@ -36,11 +39,12 @@ from mailqueue.exceptions import (
     ProviderRefused,
     TransientDeliveryError,
 )
+from mailqueue.signals import AttemptFailed, announce
 
-from .admission import Admission, Result, admit, new_claim, release, settle
-from .classify import classify
+from .admission import AckTarget, Admission, Result, admit, new_claim, release, settle
+from .classify import MESSAGE_ERRORS, classify, message_fault
 from .connections import connections
-from .consumer import EarlyAck
+from .dramatiq_redis import acknowledged_early
 
 logger = logging.getLogger(__name__)
 
@@ -49,50 +53,66 @@ BUSY_POLL = 0.02
 #: Shortest deferral, in seconds: a busy provider with RATE_LIMIT_MAX_WAIT = 0 must not spin.
 MIN_DEFERRAL = 0.05
 
-#: What Django raises when a message's own content cannot be rendered.
-RENDERING_ERRORS = (ValueError, TypeError, LookupError)
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A provider took the message (in this attempt, or in an earlier one when ``earlier`` is set)."""
+
+    provider: str
+    #: The provider's id for it where its backend reports one (anymail's ``anymail_status.message_id``).
+    provider_message_id: str | None
+    #: The Message-ID header that was sent.
+    message_id: str | None
+    #: Time spent handing it to the provider, in-attempt retries included.
+    send_seconds: float
+    earlier: bool = False
 
 
-def _send(alias: str, message: EmailMessage, envelope_id: str) -> None:
-    sent = connections.get(alias).send_messages([message])
-    if sent != 1:
-        raise TransientDeliveryError(
-            f"provider reported {sent!r} messages sent instead of 1", envelope_id=envelope_id, provider=alias
-        )
+def _provider_message_id(message: EmailMessage) -> str | None:
+    status = getattr(message, "anymail_status", None)
+    ids = getattr(status, "message_id", None)
+    if ids is None or isinstance(ids, str):
+        return ids
+    return ", ".join(sorted(map(str, ids)))  # one id per recipient
 
 
-def _failure(error: Exception, alias: str, message: EmailMessage, envelope_id: str) -> DeliveryError:
-    """Classify ``error``; a message that cannot even be rendered is a permanent failure."""
+def _message_id_header(message: EmailMessage) -> str | None:
+    for name, value in message.extra_headers.items():
+        if name.lower() == "message-id":
+            return str(value)
+    return None
+
+
+def _failure(error: Exception, alias: str, message: EmailMessage, envelope_id: str, backend: object) -> DeliveryError:
+    """Classify ``error``; a failure the message itself causes (rendering, addresses) is permanent."""
     if isinstance(error, DeliveryError):
         return error
     failure = classify(error, provider=alias, envelope_id=envelope_id)
-    if isinstance(error, ValueError) and str(error).startswith("Invalid address"):
-        # Django's SMTP backend refusing an address (prep_address): no provider will take it either.
-        return PermanentDeliveryError(str(error), envelope_id=envelope_id, provider=alias, cause=error)
-    if isinstance(failure, TransientDeliveryError) and isinstance(error, RENDERING_ERRORS):
-        try:
-            message.message()
-        except RENDERING_ERRORS as rendering:
-            return PermanentDeliveryError(
-                f"message cannot be rendered: {type(rendering).__name__}: {rendering}",
-                envelope_id=envelope_id,
-                provider=alias,
-                cause=rendering,
-            )
+    if isinstance(failure, TransientDeliveryError) and isinstance(error, MESSAGE_ERRORS):
+        fault = message_fault(message, backend)
+        if fault is not None:
+            return PermanentDeliveryError(fault, envelope_id=envelope_id, provider=alias, cause=error)
     return failure
 
 
 def send_once(alias: str, message: EmailMessage, envelope_id: str) -> None:
     """Hand ``message`` to provider ``alias``; raise a DeliveryError if it did not take it."""
+    backend = None
     try:
-        _send(alias, message, envelope_id)
+        backend = connections.get(alias)
+        sent = backend.send_messages([message])
     except Exception as error:
         connections.discard(alias)
-        raise _failure(error, alias, message, envelope_id) from error
+        raise _failure(error, alias, message, envelope_id, backend) from error
     except BaseException:
         # Interrupted mid-send (time limit, shutdown): the connection is in an unknown state.
         connections.discard(alias)
         raise
+    if sent != 1:
+        connections.discard(alias)
+        raise TransientDeliveryError(
+            f"provider reported {sent!r} messages sent instead of 1", envelope_id=envelope_id, provider=alias
+        )
 
 
 def send_with_retries(provider: ProviderConfig, message: EmailMessage, envelope_id: str) -> None:
@@ -142,8 +162,10 @@ def _settle_quietly(
         logger.exception("could not record the %s outcome of %s at provider %s", result, envelope_id, provider.alias)
 
 
-def deliver(envelope: Envelope, queue: QueueConfig, config: MailQueueConfig, ack: EarlyAck | None = None) -> str:
-    """Deliver ``envelope`` through ``queue``'s provider chain; return the provider used.
+def deliver_envelope(
+    envelope: Envelope, queue: QueueConfig, config: MailQueueConfig, *, attempt: int = 1, ack: AckTarget | None = None
+) -> Delivered:
+    """Send ``envelope`` through ``queue``'s provider chain; say which provider took it.
 
     Raises PermanentDeliveryError (do not retry; AllProvidersRefused is one),
     AllProvidersFailed (retry later), DeliveryDeferred (re-schedule without
@@ -153,7 +175,7 @@ def deliver(envelope: Envelope, queue: QueueConfig, config: MailQueueConfig, ack
     message = envelope.to_message()
     claim = new_claim()
     try:
-        return _through_chain(envelope, message, queue, config, claim, ack)
+        return _through_chain(envelope, message, queue, config, claim, ack, attempt)
     except MailQueueError:
         # Not delivered: let the next attempt (or another copy) send it without waiting out the claim.
         # An interruption mid-send (time limit, shutdown) keeps the claim: the provider may have taken it.
@@ -168,22 +190,38 @@ def _release_quietly(envelope_id: str, claim: str, config: MailQueueConfig) -> N
         logger.exception("could not release the sending claim on %s; it expires with the time limit", envelope_id)
 
 
+def _announce_failure(error: DeliveryError, envelope: Envelope, attempt: int) -> None:
+    cause = error.cause if error.cause is not None else error
+    announce(
+        AttemptFailed(
+            envelope_id=envelope.id,
+            queue=envelope.queue,
+            provider=error.provider or "",
+            error_type=type(cause).__name__,
+            transient=isinstance(error, TransientDeliveryError),
+            error=str(error),
+            attempt=attempt,
+        )
+    )
+
+
 def _through_chain(
     envelope: Envelope,
     message: EmailMessage,
     queue: QueueConfig,
     config: MailQueueConfig,
     claim: str,
-    ack: EarlyAck | None,
-) -> str:
+    ack: AckTarget | None,
+    attempt: int,
+) -> Delivered:
     failures: list[DeliveryError] = []
     skipped: list[float] = []
-    for alias in queue.providers:
+    for position, alias in enumerate(queue.providers, start=1):
         provider = config.provider(alias)
         admission = _admission(envelope.id, provider, queue, config, claim)
         if admission.outcome == "delivered":
             logger.warning("%s was already delivered via %s: not sending it again", envelope.id, admission.detail)
-            return admission.detail
+            return Delivered(admission.detail, None, _message_id_header(message), 0.0, earlier=True)
         if admission.outcome == "claimed":
             raise DeliveryDeferred(
                 f"another worker is sending {envelope.id} right now", envelope_id=envelope.id, delay=admission.wait
@@ -208,31 +246,43 @@ def _through_chain(
                 _settle_quietly(admission, envelope.id, provider, "aborted", config)
                 _release_quietly(envelope.id, claim, config)
                 raise
+        started = time.monotonic()
         try:
             send_with_retries(provider, message, envelope.id)
         except (TransientDeliveryError, ProviderRefused) as error:
             result: Result = "rejected" if isinstance(error, ProviderRefused) else "failed"
             _settle_quietly(admission, envelope.id, provider, result, config)
+            _announce_failure(error, envelope, attempt)
+            next_step = "trying the next one" if position < len(queue.providers) else "no provider left"
             if isinstance(error.cause, ImproperlyConfigured):
-                logger.error("provider %s is misconfigured, failing over: %s", alias, error.cause, exc_info=error.cause)
+                logger.error(
+                    "provider %s is misconfigured, %s: %s", alias, next_step, error.cause, exc_info=error.cause
+                )
             else:
-                logger.warning("provider %s failed for %s, trying the next one: %s", alias, envelope.id, error)
+                logger.warning("provider %s failed for %s, %s: %s", alias, envelope.id, next_step, error)
             failures.append(error)
             continue
-        except PermanentDeliveryError:
+        except PermanentDeliveryError as error:
             _settle_quietly(admission, envelope.id, provider, "rejected", config)
+            _announce_failure(error, envelope, attempt)
             raise
         except BaseException:
             # Time limit or shutdown mid-send: whether the provider took it is unknown.
             _settle_quietly(admission, envelope.id, provider, "aborted", config)
             raise
+        delivered = Delivered(
+            alias, _provider_message_id(message), _message_id_header(message), time.monotonic() - started
+        )
         try:
-            settle(admission, envelope.id, provider, "sent", config, ack)
+            settled = settle(admission, envelope.id, provider, "sent", config, ack)
         except redis.RedisError:
             # The provider took it: retrying would send it again. The ack waits for Redis, and the
             # claim keeps any other copy away until it expires.
             logger.exception("%s was sent via %s, but its delivery record could not be written", envelope.id, alias)
-        return alias
+        else:
+            if ack is not None and settled.acked:
+                acknowledged_early(ack)
+        return delivered
     if skipped and not failures:
         raise DeliveryDeferred(
             f"every provider of queue {queue.name} has an open circuit", envelope_id=envelope.id, delay=min(skipped)

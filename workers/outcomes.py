@@ -1,0 +1,198 @@
+"""What becomes of a message after an attempt: decided here, once, and announced.
+
+The queue's actor (workers/actors.py) calls ``conclude`` with what the
+attempt gave, a delivery or an error, and this is the only place that
+decides the message's fate:
+
+* delivered: announce ``message_sent``;
+* deferred (a provider at its limit, open circuits, another worker sending
+  it): put it back after the wait, no retry used up; ``message_deferred``;
+* a permanent failure, an unreadable envelope, or the queue's last retry:
+  record the dead letter (waiting for Redis if it is away, never dropping it);
+  ``message_dead_lettered``;
+* any other failure (all providers failed, the time limit): put it back after
+  an exponential backoff, one retry used up; ``message_deferred``.
+
+Every path acknowledges the Dramatiq message by returning normally. An error
+that escapes (Redis refusing a write for another reason, an interruption while
+deciding) is left to Dramatiq's ``Retries`` middleware: the message is
+attempted again, never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+from dramatiq.common import compute_backoff
+from dramatiq.middleware import TimeLimitExceeded
+
+from mailqueue.conf import QueueConfig
+from mailqueue.deadletters import DeadLetter, record
+from mailqueue.envelope import Envelope
+from mailqueue.exceptions import DeliveryDeferred, EnvelopeError, PermanentDeliveryError
+from mailqueue.signals import MessageDeadLettered, MessageDeferred, MessageSent, announce
+
+from .delivery import Delivered
+from .patience import until_redis_accepts
+
+logger = logging.getLogger(__name__)
+
+#: Message option counting how often the message was deferred (rate limits, open circuits).
+DEFERRALS = "mailqueue_deferrals"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One run of a queue's actor on one Dramatiq message."""
+
+    queue: QueueConfig
+    #: The Dramatiq message being processed (None when the actor is called directly, outside a worker).
+    message: Any
+    #: Dramatiq re-attempts before this one.
+    retries: int
+
+    @classmethod
+    def of(cls, message: Any, queue: QueueConfig) -> Attempt:
+        retries = message.options.get("retries", 0) if message is not None else 0
+        return cls(queue=queue, message=message, retries=retries)
+
+    @property
+    def number(self) -> int:
+        """1 for the first attempt."""
+        return self.retries + 1
+
+    @property
+    def message_id(self) -> str:
+        return str(self.message.message_id) if self.message is not None else "unknown"
+
+
+def conclude(attempt: Attempt, payload: Any, outcome: Delivered | BaseException, envelope: Envelope | None) -> None:
+    """Act on how ``attempt`` went, and announce it (``envelope`` is None when the payload was unreadable)."""
+    if isinstance(outcome, Delivered):
+        _sent(attempt, outcome, envelope)
+    elif isinstance(outcome, DeliveryDeferred):
+        _defer(attempt, outcome)
+    elif isinstance(outcome, (EnvelopeError, PermanentDeliveryError)) or attempt.retries >= attempt.queue.max_retries:
+        _dead_letter(attempt, payload, outcome)
+    else:
+        _retry(attempt, outcome)
+
+
+def _sent(attempt: Attempt, delivered: Delivered, envelope: Envelope | None) -> None:
+    assert envelope is not None
+    if delivered.earlier:
+        return  # an earlier attempt sent it (and announced it, unless it died just before)
+    logger.info(
+        "delivered %s from %s via %s (attempt %d)", envelope.id, attempt.queue.name, delivered.provider, attempt.number
+    )
+    announce(
+        MessageSent(
+            envelope_id=envelope.id,
+            queue=attempt.queue.name,
+            mailer=envelope.mailer,
+            provider=delivered.provider,
+            provider_message_id=delivered.provider_message_id,
+            message_id=delivered.message_id,
+            attempt=attempt.number,
+            queued_seconds=max(time.time() - envelope.created_at, 0.0),
+            send_seconds=delivered.send_seconds,
+        )
+    )
+
+
+def _put_back(attempt: Attempt, delay: float, options: dict[str, Any]) -> None:
+    """Enqueue a copy ``delay`` seconds later, before this attempt is acknowledged.
+
+    A crash in between leaves two copies; the delivery record keeps the second from sending.
+    """
+    if attempt.message is None:
+        raise RuntimeError("a message can only be put back from inside a worker")
+    broker = dramatiq.get_broker()
+    broker.enqueue(attempt.message.copy(options=options), delay=max(1, int(delay * 1000)))
+
+
+def _defer(attempt: Attempt, deferred: DeliveryDeferred) -> None:
+    deferrals = (attempt.message.options.get(DEFERRALS, 0) if attempt.message is not None else 0) + 1
+    # Jitter, so messages held back together do not all come back in the same instant.
+    delay = deferred.delay * (1 + random.random() / 10)
+    _put_back(attempt, delay, {DEFERRALS: deferrals})
+    logger.info("deferred %s by %.2f s (%d time(s)): %s", deferred.envelope_id, delay, deferrals, deferred)
+    announce(
+        MessageDeferred(
+            envelope_id=deferred.envelope_id,
+            queue=attempt.queue.name,
+            reason=str(deferred),
+            until=time.time() + delay,
+            retry=False,
+            attempt=attempt.number,
+        )
+    )
+
+
+def _reason(error: BaseException, queue: QueueConfig) -> str:
+    if isinstance(error, TimeLimitExceeded):
+        return f"TimeLimitExceeded: the attempt ran over the queue's time_limit ({queue.time_limit} ms)"
+    return str(error) or type(error).__name__
+
+
+def _envelope_id(attempt: Attempt, error: BaseException) -> str:
+    return str(getattr(error, "envelope_id", None) or attempt.message_id)
+
+
+def _retry(attempt: Attempt, error: BaseException) -> None:
+    queue = attempt.queue
+    _, delay_ms = compute_backoff(attempt.retries, factor=queue.min_backoff, max_backoff=queue.max_backoff)
+    _put_back(attempt, delay_ms / 1000, {"retries": attempt.retries + 1})
+    envelope_id = _envelope_id(attempt, error)
+    reason = _reason(error, queue)
+    logger.warning(
+        "attempt %d of %s on %s failed, retrying in %.1f s: %s",
+        attempt.number,
+        envelope_id,
+        queue.name,
+        delay_ms / 1000,
+        reason,
+    )
+    announce(
+        MessageDeferred(
+            envelope_id=envelope_id,
+            queue=queue.name,
+            reason=reason,
+            until=time.time() + delay_ms / 1000,
+            retry=True,
+            attempt=attempt.number,
+        )
+    )
+
+
+def _dead_letter(attempt: Attempt, payload: Any, error: BaseException) -> None:
+    envelope_id = _envelope_id(attempt, error)
+    letter = DeadLetter(
+        id=attempt.message_id,
+        queue=attempt.queue.name,
+        reason=_reason(error, attempt.queue),
+        error_type=type(error).__name__,
+        failed_at=time.time(),
+        attempts=attempt.number,
+        payload=payload,
+        provider=getattr(error, "provider", None),
+    )
+    until_redis_accepts(lambda: record(letter), f"the dead letter of {envelope_id}")
+    logger.error(
+        "dead-lettered %s on %s after %d attempt(s): %s", envelope_id, letter.queue, letter.attempts, letter.reason
+    )
+    announce(
+        MessageDeadLettered(
+            envelope_id=envelope_id,
+            queue=letter.queue,
+            reason=letter.reason,
+            error_type=letter.error_type,
+            attempts=letter.attempts,
+            provider=letter.provider,
+        )
+    )
