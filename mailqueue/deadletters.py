@@ -20,6 +20,7 @@ from .conf import get_config
 from .envelope import Envelope
 from .exceptions import EnvelopeError
 from .keys import QueueKeys
+from .signals import MessageRequeued, announce
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -94,6 +95,7 @@ def _remove(letters: Iterable[DeadLetter], *, requeue: bool) -> int:
     if not letters:
         return 0
     namespace = get_config().namespace
+    requeued = []
     with redis_client().pipeline(transaction=True) as pipe:
         for letter in letters:
             keys = QueueKeys.of(namespace, letter.queue)
@@ -104,7 +106,10 @@ def _remove(letters: Iterable[DeadLetter], *, requeue: bool) -> int:
                 ready = QueueKeys.of(namespace, encoded.queue)
                 pipe.hset(ready.messages, encoded.redis_id, encoded.data)
                 pipe.rpush(ready.ready, encoded.redis_id)
+                requeued.append(MessageRequeued(envelope_id=encoded.envelope_id, queue=encoded.queue))
         pipe.execute()
+    for event in requeued:
+        announce(event)
     return len(letters)
 
 

@@ -15,6 +15,7 @@ from .broker import EncodedMessage, push
 from .conf import get_config
 from .exceptions import BrokerUnavailable
 from .models import OutboxMessage
+from .signals import MessageRelayed, announce
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ def relay_batch(limit: int = RELAY_BATCH) -> int:
             ]
         )
         OutboxMessage.objects.using(database).filter(pk__in=[row.pk for row in taken]).delete()
+    for row in taken:
+        announce(MessageRelayed(envelope_id=row.envelope_id, queue=row.queue))
     return len(taken)
 
 

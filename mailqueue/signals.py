@@ -11,19 +11,19 @@ signal carries one small frozen value as ``event``::
     def count_sent(sender: type[MessageSent], event: MessageSent, **kwargs):
         statsd.incr(f"mail.sent.{event.provider}")
 
-A receiver that raises is logged and ignored: it never changes what becomes
-of the message. Receivers run in the process that caused the change (a worker
-for most events), synchronously, so they should be quick.
+A receiver that raises never changes what becomes of the message: Django's
+``send_robust`` catches it and logs it at ERROR on ``django.dispatch`` (which
+Django's default logging mails to ADMINS when DEBUG is off: a receiver that
+fails for every message mails the admins once per message). Receivers run in
+the process that caused the change (a worker for most events),
+synchronously, so they should be quick.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from django.dispatch import Signal
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -128,16 +128,7 @@ SIGNALS: dict[type[Event], Signal] = {
 
 
 def announce(event: Event) -> None:
-    """Send ``event`` to its signal's receivers; a receiver's error is logged, never raised."""
+    """Send ``event`` to its signal's receivers; a receiver's error is logged (by Django), never raised."""
     signal = SIGNALS[type(event)]
-    if not signal.receivers:
-        return
-    for receiver, result in signal.send_robust(sender=type(event), event=event):
-        if isinstance(result, Exception):
-            logger.error(
-                "receiver %r of %s raised for %s; the message is unaffected",
-                receiver,
-                type(event).__name__,
-                event.envelope_id,
-                exc_info=result,
-            )
+    if signal.receivers:
+        signal.send_robust(sender=type(event), event=event)
