@@ -35,6 +35,7 @@ from mailqueue.client import LuaScript, redis_client
 from mailqueue.deadletters import DeadLetter, record
 from mailqueue.exceptions import MailQueueImproperlyConfigured
 from mailqueue.keys import QueueKeys, heartbeats_key, in_progress_key
+from mailqueue.signals import MessageDeadLettered, announce
 
 from .admission import AckTarget
 from .patience import until_redis_accepts
@@ -148,6 +149,16 @@ class DeadLetteringConsumer(_RedisConsumer):
         if redis_id is not None:
             self.worker_broker.do_ack(self.queue_name, redis_id)
         logger.error("dead-lettered an undecodable message %s on %s: %s", letter.id, letter.queue, error.error)
+        announce(
+            MessageDeadLettered(
+                envelope_id=letter.id,
+                queue=letter.queue,
+                reason=letter.reason,
+                error_type=letter.error_type,
+                attempts=letter.attempts,
+                provider=None,
+            )
+        )
 
 
 class WorkerBroker(RedisBroker):
