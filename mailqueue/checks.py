@@ -7,7 +7,8 @@ from typing import Any
 from django.core import checks
 from django.core.mail import mailers
 
-from .conf import find_problems, get_config
+from .conf import get_config
+from .config_reader import find_problems
 
 
 def _provider_errors() -> list[checks.CheckMessage]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from django.core.mail import send_mail
 from django.core.management import call_command
@@ -85,7 +88,12 @@ def test_a_valid_configuration_has_no_errors(settings) -> None:
             "mailqueue.E009",
             "exactly one of",
         ),
-        ({"QUEUES": {"default": {"providers": ["smtp"], "max_retries": -1}}}, None, "mailqueue.E010", "max_retries"),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"], "max_retries": -1}}},
+            None,
+            "mailqueue.E015",
+            "max_retries'] must be an integer >= 0, not -1",
+        ),
         (
             {"QUEUES": {"default": {"providers": ["smtp"]}}, "POOLS": {"p": {"queues": ["nope"]}}},
             None,
@@ -95,14 +103,14 @@ def test_a_valid_configuration_has_no_errors(settings) -> None:
         (
             {"QUEUES": {"default": {"providers": ["smtp"], "min_backoff": 10, "max_backoff": 5}}},
             None,
-            "mailqueue.E010",
-            "min_backoff is larger",
+            "mailqueue.E020",
+            "min_backoff (10 ms) is larger than max_backoff (5 ms)",
         ),
         (
             {"QUEUES": {"default": {"providers": ["smtp"]}}, "PROVIDERS": {"smtp": {"wait_min": 3, "wait_max": 1}}},
             None,
-            "mailqueue.E010",
-            "wait_min is larger",
+            "mailqueue.E021",
+            "wait_min (3 s) is larger than wait_max (1 s)",
         ),
         (
             {"QUEUES": {"default": {"providers": ["smtp"]}}, "ROUTES": [{"callable": 42}]},
@@ -128,7 +136,7 @@ def test_a_valid_configuration_has_no_errors(settings) -> None:
         (
             {"QUEUES": {"default": {"providers": ["smtp"]}}, "BROKER_OPTIONS": {"protocol": 3}},
             None,
-            "mailqueue.E010",
+            "mailqueue.E017",
             "['protocol'] must be 2 (RESP2), not 3",
         ),
         (
@@ -161,7 +169,7 @@ def test_a_valid_configuration_has_no_errors(settings) -> None:
                 "PROVIDERS": {"smtp": {"rate_limit": {"rate": "5/s", "burst": 0}}},
             },
             None,
-            "mailqueue.E010",
+            "mailqueue.E015",
             "burst must be an integer >= 1",
         ),
         (
@@ -176,26 +184,26 @@ def test_a_valid_configuration_has_no_errors(settings) -> None:
         (
             {"QUEUES": {"default": {"providers": ["smtp"]}}, "PROVIDERS": {"smtp": {"max_concurrency": 0}}},
             None,
-            "mailqueue.E010",
-            "max_concurrency",
+            "mailqueue.E015",
+            "['max_concurrency'] must be an integer >= 1, not 0",
         ),
         (
             {"QUEUES": {"default": {"providers": ["smtp"]}}, "PROVIDERS": {"smtp": {"cooldown": -1}}},
             None,
-            "mailqueue.E010",
-            "cooldown",
+            "mailqueue.E016",
+            "['cooldown'] must be seconds >= 0 (an int or a float), not -1",
         ),
         (
             {"QUEUES": {"default": {"providers": ["smtp"]}}, "DEDUP_WINDOW": 0},
             None,
-            "mailqueue.E010",
-            "DEDUP_WINDOW",
+            "mailqueue.E015",
+            "MAILQUEUE['DEDUP_WINDOW'] must be an integer >= 1, not 0",
         ),
         (
             {"QUEUES": {"default": {"providers": ["smtp"]}}, "RATE_LIMIT_MAX_WAIT": "1s"},
             None,
-            "mailqueue.E010",
-            "RATE_LIMIT_MAX_WAIT",
+            "mailqueue.E016",
+            "MAILQUEUE['RATE_LIMIT_MAX_WAIT'] must be seconds >= 0 (an int or a float), not '1s'",
         ),
         (
             {"QUEUES": {"default": {"providers": ["smtp"]}}, "OUTBOX_DATABASE": ["default"]},
@@ -206,8 +214,8 @@ def test_a_valid_configuration_has_no_errors(settings) -> None:
         (
             {"QUEUES": {"default": {"providers": ["smtp"]}}, "PROVIDERS": {"smtp": {"cooldown": 0}}},
             None,
-            "mailqueue.E010",
-            "must be more than 0 seconds",
+            "mailqueue.E022",
+            "['cooldown'] must be more than 0 seconds",
         ),
         (
             {
@@ -216,8 +224,88 @@ def test_a_valid_configuration_has_no_errors(settings) -> None:
                 "RATE_LIMIT_MAX_WAIT": 2,
             },
             None,
-            "mailqueue.E010",
+            "mailqueue.E023",
             "is not below the time_limit of queue 'default'",
+        ),
+        # The specific codes that replaced the catch-all E010: one per kind of fix.
+        (
+            {
+                "QUEUES": {"default": {"providers": ["smtp"], "time_limit": 0}},
+                "POOLS": {"p": {"queues": ["default"], "processes": 0}},
+            },
+            None,
+            "mailqueue.E015",
+            "MAILQUEUE['POOLS']['p']['processes'] must be an integer >= 1, not 0",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "MAX_MESSAGE_BYTES": 2.5},
+            None,
+            "mailqueue.E015",
+            "MAILQUEUE['MAX_MESSAGE_BYTES'] must be an integer >= 1, not 2.5",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "HEARTBEAT_TIMEOUT": True},
+            None,
+            "mailqueue.E015",
+            "MAILQUEUE['HEARTBEAT_TIMEOUT'] must be an integer >= 1, not True",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "MAINTENANCE_CHANCE": -1},
+            None,
+            "mailqueue.E015",
+            "MAILQUEUE['MAINTENANCE_CHANCE'] must be an integer >= 0",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "PROVIDERS": {"smtp": {"attempts": "3"}}},
+            None,
+            "mailqueue.E015",
+            "['attempts'] must be an integer >= 1, not '3'",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "PROVIDERS": {"smtp": {"wait_min": -0.5}}},
+            None,
+            "mailqueue.E016",
+            "['wait_min'] must be seconds >= 0 (an int or a float), not -0.5",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "ON_COMMIT": "yes"},
+            None,
+            "mailqueue.E018",
+            "MAILQUEUE['ON_COMMIT'] must be True or False, not 'yes'",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "ON_COMMIT_USING": "replica"},
+            None,
+            "mailqueue.E019",
+            "MAILQUEUE['ON_COMMIT_USING'] is 'replica', not a DATABASES alias",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "ON_COMMIT": False, "ON_COMMIT_USING": "replica"},
+            {"default": {"BACKEND": QUEUED, "OPTIONS": {"on_commit": True}}, "smtp": SMTP},
+            "mailqueue.E019",
+            "'replica', not a DATABASES alias",
+        ),
+        # Only min_backoff given: it is compared with max_backoff's default (QueueConfig's, 1 h).
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"], "min_backoff": 4_000_000}}},
+            None,
+            "mailqueue.E020",
+            "min_backoff (4000000 ms) is larger than max_backoff (3600000 ms)",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "PROVIDERS": {"smtp": {"wait_min": 5}}},
+            None,
+            "mailqueue.E021",
+            "wait_min (5 s) is larger than wait_max (2 s)",
+        ),
+        (
+            {
+                "QUEUES": {"default": {"providers": ["smtp"], "time_limit": 500}},
+                "PROVIDERS": {"smtp": {"max_concurrency": 2}},
+            },
+            None,
+            "mailqueue.E023",
+            "RATE_LIMIT_MAX_WAIT'] (1 s) is not below the time_limit of queue 'default' (500 ms)",
         ),
         (
             {"QUEUES": {"default": {"providers": ["postmark"]}}},
@@ -231,6 +319,7 @@ def test_each_misconfiguration_is_reported(settings, mailqueue, mailers, code, f
     found = errors(settings, mailqueue, mailers)
     assert code in found, found
     assert fragment in found[code]
+    assert "mailqueue.E010" not in found, "the catch-all code is retired"
 
 
 def test_a_provider_without_a_timeout_is_warned_about(settings) -> None:
@@ -275,3 +364,67 @@ def test_rate_limits_are_read_into_token_buckets(settings) -> None:
         RateLimit(count=50000, period=86400, burst=1),
         RateLimit(count=600, period=60, burst=1),
     )
+
+
+def test_no_error_when_on_commit_is_off_and_its_database_is_unused(settings) -> None:
+    found = errors(
+        settings, {"QUEUES": {"default": {"providers": ["smtp"]}}, "ON_COMMIT": False, "ON_COMMIT_USING": "x"}
+    )
+    assert found == {}
+
+
+def hints(settings, mailqueue) -> dict[str, str]:
+    settings.MAILERS = {"default": {"BACKEND": QUEUED}, "smtp": SMTP}
+    settings.MAILQUEUE = mailqueue
+    return {error.msg: error.hint for error in check_configuration()}
+
+
+@pytest.mark.parametrize(
+    ("spec", "hint"),
+    [
+        ({"QUEUES": {"default": {"providers": ["smtp"], "max_retries": -1}}}, "or leave it out for the default, 10."),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "PROVIDERS": {"smtp": {"max_concurrency": 0}}},
+            "leave it out for no limit.",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "PROVIDERS": {"smtp": {"cooldown": -1}}},
+            "leave it out for the default, 30.",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "RATE_LIMIT_MAX_WAIT": None},
+            "leave it out for the default, 1.",
+        ),
+        ({"QUEUES": {"default": {"providers": ["smtp"]}}, "BROKER_OPTIONS": {"protocol": 3}}, "set it to 2"),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "ON_COMMIT": 1},
+            "True enqueues when the transaction commits",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"], "min_backoff": 9, "max_backoff": 8}}},
+            "Lower min_backoff or raise max_backoff",
+        ),
+        (
+            {
+                "QUEUES": {"default": {"providers": ["smtp"], "time_limit": 1000}},
+                "PROVIDERS": {"smtp": {"rate_limit": "5/s"}},
+                "RATE_LIMIT_MAX_WAIT": 2,
+            },
+            "raise MAILQUEUE['QUEUES']['default']['time_limit']",
+        ),
+    ],
+)
+def test_each_new_problem_says_what_to_change(settings, spec, hint) -> None:
+    found = hints(settings, spec)
+    assert len(found) == 1, found
+    assert hint in (next(iter(found.values())) or "")
+
+
+def test_every_code_is_documented_and_every_documented_code_exists() -> None:
+    root = Path(__file__).resolve().parent.parent
+    section = (root / "docs" / "configuration.md").read_text().split("## System checks", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(mailqueue\.[EW]\d{3})`", section, flags=re.MULTILINE))
+    source = "".join(path.read_text() for path in (root / "mailqueue").glob("*.py"))
+    raised = set(re.findall(r'"(mailqueue\.[EW]\d{3})"', source))
+    assert "mailqueue.E010" not in raised
+    assert documented == raised

@@ -1,0 +1,277 @@
+"""Readers for the MAILQUEUE sections: QUEUES, PROVIDERS (and their rate limits), ROUTES, POOLS.
+
+Each reader turns one raw section into values from ``mailqueue.settings_values`` and records what is
+wrong in a ``Problems``; ``mailqueue.config_reader`` runs them and checks them against MAILERS.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.utils.module_loading import import_string
+
+from .settings_values import PoolConfig, ProviderConfig, QueueConfig, RateLimit, Route, default
+
+#: Dramatiq's own rule for queue names (they become Redis key parts).
+QUEUE_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9._-]*")
+NAME_HINT = "Use letters, digits, '.', '_' or '-', starting with a letter or '_'."
+
+#: ``"14/s"``, ``"50000/d"``: a count per unit of time.
+RATE_RE = re.compile(r"\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*")
+RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+RATE_UNITS |= {"d": 86400, "day": 86400}
+
+QUEUE_KEYS = frozenset({"providers", "max_retries", "min_backoff", "max_backoff", "time_limit"})
+PROVIDER_KEYS = frozenset(
+    {"attempts", "wait_min", "wait_max", "rate_limit", "max_concurrency", "failure_threshold", "cooldown"}
+)
+RATE_KEYS = frozenset({"rate", "burst"})
+POOL_KEYS = frozenset({"queues", "processes", "threads"})
+ROUTE_KEYS = frozenset({"queue", "tag", "header", "value", "callable"})
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One configuration mistake, phrased as what to fix."""
+
+    id: str
+    msg: str
+    hint: str | None = None
+
+
+class Problems:
+    """Collects every problem, and checks the kinds of value many settings share."""
+
+    def __init__(self) -> None:
+        self.found: list[Problem] = []
+
+    def add(self, id: str, msg: str, hint: str | None = None) -> None:
+        self.found.append(Problem(id, msg, hint))
+
+    def integer(self, where: str, value: Any, *, minimum: int, fallback: Any) -> bool:
+        """True when ``value`` is an int >= ``minimum``; ``fallback`` is what leaving it out gives."""
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            instead = "no limit" if fallback is None else f"the default, {fallback!r}"
+            self.add(
+                "mailqueue.E015",
+                f"{where} must be an integer >= {minimum}, not {value!r}.",
+                hint=f"Set a whole number of at least {minimum}, or leave it out for {instead}.",
+            )
+            return False
+        return True
+
+    def integers(
+        self, where: str, spec: Mapping[str, Any], value_type: type, minimums: dict[str, int]
+    ) -> dict[str, Any]:
+        """The valid integer keys of ``spec``, by field of ``value_type`` (a key is its field, lower-cased)."""
+        return {
+            key.lower(): spec[key]
+            for key, minimum in minimums.items()
+            if key in spec
+            and self.integer(f"{where}[{key!r}]", spec[key], minimum=minimum, fallback=default(value_type, key.lower()))
+        }
+
+    def seconds(self, where: str, value: Any, *, fallback: float) -> float | None:
+        """``value`` as float seconds, or None (and a problem) when it is not a number >= 0."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            self.add(
+                "mailqueue.E016",
+                f"{where} must be seconds >= 0 (an int or a float), not {value!r}.",
+                hint=f"Set a number of seconds, or leave it out for the default, {fallback:g}.",
+            )
+            return None
+        return float(value)
+
+    def unknown_keys(self, where: str, given: Mapping[str, Any], allowed: frozenset[str]) -> None:
+        unknown = sorted(set(given) - allowed)
+        if unknown:
+            self.add(
+                "mailqueue.E001",
+                f"{where} has unknown key(s) {', '.join(map(repr, unknown))}.",
+                hint=f"Allowed keys: {', '.join(sorted(allowed))}.",
+            )
+
+
+def read_queues(problems: Problems, raw: Any) -> dict[str, QueueConfig]:
+    if not raw or not isinstance(raw, Mapping):
+        problems.add(
+            "mailqueue.E002",
+            "MAILQUEUE['QUEUES'] must name at least one queue.",
+            hint='e.g. "QUEUES": {"critical": {"providers": ["postmark", "ses"]}}.',
+        )
+        return {}
+    queues = {}
+    for name, spec in raw.items():
+        where = f"MAILQUEUE['QUEUES'][{name!r}]"
+        if not isinstance(name, str) or not QUEUE_NAME_RE.fullmatch(name):
+            problems.add("mailqueue.E008", f"Queue name {name!r} is not valid.", hint=NAME_HINT)
+            continue
+        if not isinstance(spec, Mapping):
+            problems.add("mailqueue.E001", f"{where} must be a dict.")
+            continue
+        problems.unknown_keys(where, spec, QUEUE_KEYS)
+        providers = spec.get("providers")
+        if isinstance(providers, str):
+            providers = [providers]
+        if not providers:
+            problems.add(
+                "mailqueue.E003",
+                f"{where} has no providers, so nothing could deliver its mail.",
+                hint='Add "providers": [...] with one or more MAILERS aliases, primary first.',
+            )
+            providers = []
+        minimums = {"max_retries": 0, "min_backoff": 1, "max_backoff": 1, "time_limit": 1}
+        queue = QueueConfig(
+            name=name, providers=tuple(providers), **problems.integers(where, spec, QueueConfig, minimums)
+        )
+        if queue.min_backoff > queue.max_backoff:
+            problems.add(
+                "mailqueue.E020",
+                f"{where}: min_backoff ({queue.min_backoff} ms) is larger than max_backoff ({queue.max_backoff} ms).",
+                hint="Lower min_backoff or raise max_backoff: the first retry delay cannot exceed the longest.",
+            )
+        queues[name] = queue
+    return queues
+
+
+def read_providers(problems: Problems, raw: Any) -> dict[str, ProviderConfig]:
+    if not isinstance(raw, Mapping):
+        problems.add("mailqueue.E001", "MAILQUEUE['PROVIDERS'] must be a dict.")
+        return {}
+    providers = {}
+    for alias, spec in raw.items():
+        where = f"MAILQUEUE['PROVIDERS'][{alias!r}]"
+        if not isinstance(spec, Mapping):
+            problems.add("mailqueue.E001", f"{where} must be a dict.")
+            continue
+        problems.unknown_keys(where, spec, PROVIDER_KEYS)
+        minimums = {"attempts": 1, "max_concurrency": 1, "failure_threshold": 1}
+        options = problems.integers(where, spec, ProviderConfig, minimums)
+        for key in ("wait_min", "wait_max", "cooldown"):
+            if key not in spec:
+                continue
+            seconds = problems.seconds(f"{where}[{key!r}]", spec[key], fallback=default(ProviderConfig, key))
+            if key == "cooldown" and seconds == 0:
+                problems.add(
+                    "mailqueue.E022",
+                    f"{where}['cooldown'] must be more than 0 seconds.",
+                    hint="To keep a flaky provider in use, raise its failure_threshold instead.",
+                )
+            elif seconds is not None:
+                options[key] = seconds
+        if "rate_limit" in spec:
+            options["rate_limits"] = read_rate_limits(problems, f"{where}['rate_limit']", spec["rate_limit"])
+        provider = providers[alias] = ProviderConfig(alias=alias, **options)
+        if provider.wait_min > provider.wait_max:
+            problems.add(
+                "mailqueue.E021",
+                f"{where}: wait_min ({provider.wait_min:g} s) is larger than wait_max ({provider.wait_max:g} s).",
+                hint="Lower wait_min or raise wait_max: the first wait between tries cannot exceed the longest.",
+            )
+    return providers
+
+
+def read_rate_limits(problems: Problems, where: str, raw: Any) -> tuple[RateLimit, ...]:
+    limits = []
+    for item in raw if isinstance(raw, (list, tuple)) else [raw]:
+        spec, burst = item, None
+        if isinstance(item, Mapping):
+            problems.unknown_keys(where, item, RATE_KEYS)
+            spec, burst = item.get("rate"), item.get("burst")
+        match = RATE_RE.fullmatch(spec) if isinstance(spec, str) else None
+        if match is None or int(match[1]) < 1:
+            problems.add(
+                "mailqueue.E014",
+                f"{where} has {spec!r}, which is not a rate.",
+                hint='Write a count per unit: "14/s", "600/m", "50000/d", or {"rate": "50/s", "burst": 10}.',
+            )
+            continue
+        if burst is None:
+            limits.append(RateLimit(count=int(match[1]), period=RATE_UNITS[match[2]]))
+        elif problems.integer(f"{where} burst", burst, minimum=1, fallback=default(RateLimit, "burst")):
+            limits.append(RateLimit(count=int(match[1]), period=RATE_UNITS[match[2]], burst=burst))
+    return tuple(limits)
+
+
+def read_routes(problems: Problems, raw: Any, queues: Mapping[str, QueueConfig]) -> tuple[Route, ...]:
+    if not isinstance(raw, (list, tuple)):
+        problems.add("mailqueue.E009", "MAILQUEUE['ROUTES'] must be a list of rules.")
+        return ()
+    routes = []
+    for index, item in enumerate(raw):
+        where = f"MAILQUEUE['ROUTES'][{index}]"
+        spec = {"callable": item} if isinstance(item, str) else item
+        if not isinstance(spec, Mapping):
+            problems.add("mailqueue.E009", f"{where} must be a dict or a dotted path.")
+            continue
+        problems.unknown_keys(where, spec, ROUTE_KEYS)
+        matchers = [key for key in ("tag", "header", "callable") if key in spec]
+        if len(matchers) != 1:
+            problems.add(
+                "mailqueue.E009",
+                f"{where} must have exactly one of 'tag', 'header' or 'callable'.",
+                hint='e.g. {"tag": "newsletter", "queue": "bulk"}.',
+            )
+            continue
+        if "callable" in spec:
+            path = spec["callable"]
+            if not (callable(path) or isinstance(path, str)):
+                problems.add("mailqueue.E009", f"{where}: 'callable' must be a dotted path or a callable.")
+                continue
+            try:
+                function = path if callable(path) else import_string(path)
+            except ImportError as error:
+                problems.add("mailqueue.E009", f"{where}: cannot import {path!r}: {error}")
+                continue
+            routes.append(Route(queue=None, function=function))
+            continue
+        queue = spec.get("queue")
+        if queue not in queues:
+            problems.add(
+                "mailqueue.E009",
+                f"{where} routes to {queue!r}, which is not in QUEUES.",
+                hint=f"Configured queues: {', '.join(queues) or '(none)'}.",
+            )
+            continue
+        routes.append(Route(queue=queue, tag=spec.get("tag"), header=spec.get("header"), value=spec.get("value")))
+    return tuple(routes)
+
+
+def read_pools(problems: Problems, raw: Any, queues: Mapping[str, QueueConfig]) -> dict[str, PoolConfig]:
+    if raw is None:
+        # One pool per queue, so each priority scales on its own.
+        return {name: PoolConfig(name=name, queues=(name,)) for name in queues}
+    if not isinstance(raw, Mapping):
+        problems.add("mailqueue.E011", "MAILQUEUE['POOLS'] must be a dict.")
+        return {}
+    pools = {}
+    for name, spec in raw.items():
+        where = f"MAILQUEUE['POOLS'][{name!r}]"
+        if not isinstance(spec, Mapping):
+            problems.add("mailqueue.E011", f"{where} must be a dict.")
+            continue
+        problems.unknown_keys(where, spec, POOL_KEYS)
+        pool_queues = spec.get("queues") or [name]
+        if isinstance(pool_queues, str):
+            pool_queues = [pool_queues]
+        unknown = [queue for queue in pool_queues if queue not in queues]
+        if unknown:
+            problems.add(
+                "mailqueue.E011",
+                f"{where} consumes unknown queue(s) {', '.join(map(repr, unknown))}.",
+                hint=f"Configured queues: {', '.join(queues)}.",
+            )
+        options = problems.integers(where, spec, PoolConfig, {"processes": 1, "threads": 1})
+        pools[name] = PoolConfig(name=name, queues=tuple(pool_queues), **options)
+    consumed = {queue for pool in pools.values() for queue in pool.queues}
+    for queue in queues:
+        if queue not in consumed:
+            problems.add(
+                "mailqueue.E011",
+                f"Queue {queue!r} is in no pool of MAILQUEUE['POOLS'], so no worker would ever deliver it.",
+                hint=f"Add it to a pool's 'queues', e.g. {{{queue!r}: {{'queues': [{queue!r}]}}}}.",
+            )
+    return pools

@@ -1,0 +1,142 @@
+"""The values the MAILQUEUE setting is read into: frozen, typed, and the one home of every default.
+
+Nothing here reads settings or validates; ``mailqueue.config_reader`` does that and takes each
+default from these types (``default()``), so a default is written once, on its field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+#: What the backend does when Redis refuses a batch: keep it in the outbox table, or raise.
+BROKER_FAILURE_POLICIES = ("outbox", "raise")
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueConfig:
+    """A priority queue and the provider chain its workers deliver through."""
+
+    name: str
+    providers: tuple[str, ...]
+    #: Dramatiq re-attempts after the first one; then the message is dead-lettered.
+    max_retries: int = 10
+    #: Backoff between Dramatiq re-attempts, in milliseconds (exponential, jittered).
+    min_backoff: int = 15_000
+    max_backoff: int = 3_600_000
+    #: Longest one attempt (all providers, all in-attempt retries) may run, in ms.
+    time_limit: int = 300_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class RateLimit:
+    """``count`` sends per ``period`` seconds, spaced evenly; ``burst`` of them may go at once.
+
+    With ``burst`` B, any window of one period holds at most count + B - 1 sends.
+    """
+
+    count: int
+    period: int
+    #: 1: never more than ``count`` sends in any window of one period.
+    burst: int = 1
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two sends at the sustained rate."""
+        return self.period / self.count
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.period}s (burst {self.burst})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProviderConfig:
+    """How a worker treats one provider (a MAILERS alias)."""
+
+    alias: str
+    #: Tries inside one attempt (tenacity) before failing over to the next provider.
+    attempts: int = 3
+    #: Exponential wait between those tries, in seconds.
+    wait_min: float = 0.1
+    wait_max: float = 2.0
+    #: Every limit must grant a token before a send; shared by all workers through Redis.
+    rate_limits: tuple[RateLimit, ...] = ()
+    #: Sends in flight at once across all workers (None: unlimited).
+    max_concurrency: int | None = None
+    #: Consecutive transient failures that open the provider's circuit.
+    failure_threshold: int = 5
+    #: Seconds an open circuit skips the provider before one probe message is let through.
+    cooldown: float = 30.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolConfig:
+    """A worker pool: one Procfile line, its queues, processes and threads."""
+
+    name: str
+    queues: tuple[str, ...]
+    processes: int = 1
+    threads: int = 8
+
+
+@dataclass(frozen=True, kw_only=True)
+class Route:
+    """A routing rule: messages it matches go to ``queue``."""
+
+    queue: str | None
+    tag: str | None = None
+    header: str | None = None
+    value: str | None = None
+    #: ``callable(message) -> queue name | None``; ``queue`` is unused for these.
+    function: Callable[[Any], str | None] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class MailQueueConfig:
+    """Everything mailqueue reads from settings, validated.
+
+    Each top-level MAILQUEUE key is the upper-case name of one field here (``DEDUP_WINDOW`` ->
+    ``dedup_window``).
+    """
+
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    broker_options: Mapping[str, Any] = field(default_factory=dict)
+    namespace: str = "mailqueue"
+    queues: Mapping[str, QueueConfig] = field(default_factory=dict)
+    providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
+    #: Used when QUEUES has a queue of this name; otherwise the first queue is the default.
+    default_queue: str = "default"
+    routes: tuple[Route, ...] = ()
+    on_commit: bool = True
+    on_commit_using: str = "default"
+    max_message_bytes: int = 25 * 1024 * 1024
+    pools: Mapping[str, PoolConfig] = field(default_factory=dict)
+    #: One of BROKER_FAILURE_POLICIES.
+    on_broker_failure: str = "outbox"
+    outbox_database: str = "default"
+    #: How long an idempotency key or a delivered envelope id is remembered (seconds).
+    dedup_window: int = 24 * 3600
+    #: Longest a worker thread sleeps for a rate-limit token before re-scheduling the message (s).
+    rate_limit_max_wait: float = 1.0
+    #: Dramatiq: ms without a heartbeat before a worker's unacknowledged messages are requeued.
+    heartbeat_timeout: int = 60_000
+    #: Dramatiq: per million broker commands, how many also run that recovery (Dramatiq's own
+    #: default is 1,000; at 10,000 a quiet queue gets a dead worker's messages back in minutes).
+    maintenance_chance: int = 10_000
+
+    def provider(self, alias: str) -> ProviderConfig:
+        """Settings for a provider, with defaults for one not listed in PROVIDERS."""
+        return self.providers.get(alias) or ProviderConfig(alias=alias)
+
+
+def default(value_type: type, name: str) -> Any:
+    """The default ``value_type`` declares for its field ``name``, so the reader never repeats it."""
+    for each in fields(value_type):
+        if each.name == name:
+            if each.default is not MISSING:
+                return each.default
+            if each.default_factory is not MISSING:
+                return each.default_factory()
+            raise TypeError(f"{value_type.__name__}.{name} has no default")
+    raise TypeError(f"{value_type.__name__} has no field {name!r}")
