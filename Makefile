@@ -4,13 +4,24 @@ PYTHON := $(shell .ci/find-python)
 VENV := .venv
 BIN := $(VENV)/bin
 LOCAL_REDIS_PORT ?= 6399
+# The oldest Python pyproject.toml declares (requires-python = ">=X.Y"), in a venv of its own: `make pytest`
+# runs on the newest one found (3.13 preferred), `make pytest-oldest` runs the byte-identity test on this one.
+OLDEST := $(shell sed -n 's/^requires-python = ">=\([0-9.]*\)"$$/\1/p' pyproject.toml)
+PYTHON_OLDEST := $(shell .ci/find-python $(OLDEST) 2>/dev/null)
+VENV_OLDEST := .venv-$(OLDEST)
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest pytest-oldest bench clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+$(VENV_OLDEST)/bin/.installed: requirements.txt requirements-dev.txt
+	test -x $(VENV_OLDEST)/bin/python || $(PYTHON_OLDEST) -m venv $(VENV_OLDEST)
+	$(VENV_OLDEST)/bin/pip install --quiet --upgrade pip
+	$(VENV_OLDEST)/bin/pip install --quiet -r requirements-dev.txt
 	touch $@
 
 # The demo site, a worker pool per queue, the outbox relay, a local SMTP catcher
@@ -39,7 +50,18 @@ typecheck: $(BIN)/.installed
 pytest: $(BIN)/.installed
 	.ci/with-test-redis $(BIN)/pytest
 
-test: lint typecheck pytest
+# workers.rendering promises Django's exact bytes, which come from the standard library's email package:
+# check that promise on the oldest declared Python too, not only on the one `make pytest` uses.
+ifeq ($(PYTHON_OLDEST),)
+pytest-oldest:
+	@echo "SKIPPED tests/test_rendering.py on Python $(OLDEST): no python$(OLDEST) on PATH or in ~/.pyenv/versions;" \
+	  "install it (e.g. 'pyenv install $(OLDEST)') to check byte-identity on every declared Python" >&2
+else
+pytest-oldest: $(VENV_OLDEST)/bin/.installed
+	TEST_VENV=$(VENV_OLDEST) .ci/with-test-redis $(VENV_OLDEST)/bin/pytest tests/test_rendering.py
+endif
+
+test: lint typecheck pytest pytest-oldest
 
 # mailqueue beside the other Django mail queues and the floors, on a private Redis and a local sink;
 # the first run installs the peers into .bench/ from PyPI. BENCH_ARGS=--smoke for a tiny run.
@@ -47,4 +69,4 @@ bench: $(BIN)/.installed
 	REDIS_SERVER="$$(.ci/redis-server-path)" $(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(VENV_OLDEST) var .mypy_cache .ruff_cache .pytest_cache

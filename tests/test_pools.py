@@ -1,4 +1,5 @@
-"""Worker pools as an operator runs them: ``python -m workers <pool>`` in its own process."""
+"""workers.pools: choosing a pool and its Dramatiq command line, then ``python -m workers <pool>`` as an
+operator runs it, in its own process."""
 
 from __future__ import annotations
 
@@ -7,16 +8,130 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core.mail import send_mail
 
+from mailqueue.conf import PoolConfig, get_config
 from mailqueue.monitoring import queue_depths
 from project import settings as project_settings
 from tests.servers import SMTPServer
+from workers.pools import BOOTSTRAP_MODULE, dramatiq_argv, main, select_pool
 
 ROOT = Path(__file__).resolve().parent.parent
+OUTBOX = {"outbox": {"BACKEND": "django.core.mail.backends.locmem.EmailBackend"}}
+POOLS = {
+    "urgent": {"queues": ["critical"], "processes": 2, "threads": 4},
+    "rest": {"queues": ["default", "bulk"]},
+}
+
+
+@pytest.fixture
+def pools(configure: Callable[..., None]) -> None:
+    """Three queues in two named pools, one with its own processes and threads."""
+    configure(providers=OUTBOX, POOLS=POOLS)
+
+
+# --- select_pool: which queues a pool consumes ------------------------------------------------------------
+
+
+def test_a_named_pool_is_the_configured_one(pools: None) -> None:
+    assert select_pool(get_config(), "urgent", None) == PoolConfig(
+        name="urgent", queues=("critical",), processes=2, threads=4
+    )
+    assert select_pool(get_config(), "rest", None).queues == ("default", "bulk")
+
+
+def test_without_pools_each_queue_is_a_pool_of_its_own(configure: Callable[..., None]) -> None:
+    configure(providers=OUTBOX)
+    config = get_config()
+    assert list(config.pools) == ["critical", "default", "bulk"]
+    assert select_pool(config, "bulk", None) == PoolConfig(name="bulk", queues=("bulk",))
+
+
+def test_queues_on_the_command_line_make_an_ad_hoc_pool(pools: None) -> None:
+    # The queues win over a pool name: an operator draining two queues at once needs no POOLS entry.
+    pool = select_pool(get_config(), "urgent", ["bulk", "critical"])
+    assert pool == PoolConfig(name="bulk+critical", queues=("bulk", "critical"))
+
+
+@pytest.mark.parametrize(
+    "name, queues, message",
+    [
+        ("nope", None, "unknown pool 'nope'; configured pools: urgent, rest"),
+        (None, None, "name a pool (urgent, rest) or pass --queues"),
+        (None, ["bulk", "mystery", "other"], "unknown queue(s) mystery, other; configured: critical, default, bulk"),
+    ],
+)
+def test_a_wrong_choice_exits_naming_the_configured_ones(
+    pools: None, name: str | None, queues: list[str] | None, message: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        select_pool(get_config(), name, queues)
+    assert exit_info.value.code == message
+
+
+# --- dramatiq_argv: the command that runs a pool ----------------------------------------------------------
+
+
+def test_the_command_runs_dramatiq_on_the_bootstrap_module_with_the_pools_sizes() -> None:
+    pool = PoolConfig(name="rest", queues=("default", "bulk"), processes=3, threads=5)
+    assert dramatiq_argv(pool) == [
+        sys.executable,
+        *("-m", "dramatiq", BOOTSTRAP_MODULE),
+        *("--queues", "default", "bulk"),
+        *("--processes", "3", "--threads", "5"),
+    ]
+    assert BOOTSTRAP_MODULE == "workers.bootstrap"
+
+
+def test_the_command_line_overrides_the_pools_sizes() -> None:
+    pool = PoolConfig(name="bulk", queues=("bulk",), processes=3, threads=5)
+    argv = dramatiq_argv(pool, processes=1, threads=16)
+    assert argv[-4:] == ["--processes", "1", "--threads", "16"]
+    assert dramatiq_argv(pool, threads=2)[-4:] == ["--processes", "3", "--threads", "2"]
+
+
+# --- main: the command line, up to the exec -----------------------------------------------------------------
+
+
+def test_main_prints_the_command_on_a_dry_run(pools: None, capsys: Any) -> None:
+    main(["urgent", "--threads", "9", "--dry-run"])
+    assert capsys.readouterr().out.split() == dramatiq_argv(
+        PoolConfig(name="urgent", queues=("critical",), processes=2, threads=9)
+    )
+    main(["--queues", "default", "bulk", "--processes", "2", "--dry-run"])
+    assert capsys.readouterr().out.split()[-7:] == [
+        *("--queues", "default", "bulk"),
+        *("--processes", "2", "--threads", "8"),
+    ]
+
+
+def test_main_refuses_to_guess_the_settings_module(pools: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DJANGO_SETTINGS_MODULE")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["urgent", "--dry-run"])
+    assert exit_info.value.code == "set DJANGO_SETTINGS_MODULE to your project's settings (e.g. mysite.settings)"
+
+
+def test_main_exits_with_the_reason_a_choice_is_wrong(pools: None, capsys: Any) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--queues", "mystery", "--dry-run"])
+    assert exit_info.value.code == "unknown queue(s) mystery; configured: critical, default, bulk"
+    assert capsys.readouterr().out == ""  # nothing that looks like a command to run
+
+
+def test_main_rejects_a_malformed_command_line(pools: None, capsys: Any) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["urgent", "--threads", "many"])
+    assert exit_info.value.code == 2  # argparse's usage error, before Django is touched
+    assert "--threads: invalid int value: 'many'" in capsys.readouterr().err
+
+
+# --- python -m workers, as an operator runs it ----------------------------------------------------------------
 
 
 def pool_env(namespace: str, redis_url: str, smtp: SMTPServer) -> dict[str, str]:
