@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.core.mail import send_mail
@@ -24,6 +26,18 @@ def fetch_one(consumer):
     raise AssertionError("nothing was fetched")
 
 
+@pytest.fixture
+def fetched(smtp_setup) -> Iterator[tuple[Any, Any, Any]]:
+    """One queued message, fetched by a real consumer of a WorkerBroker: (broker, consumer, message)."""
+    send_mail("one", "b", None, ["a@example.com"])
+    broker = worker_broker(fresh=True)
+    consumer = broker.consume("default", prefetch=1, timeout=100)
+    try:
+        yield broker, consumer, fetch_one(consumer)
+    finally:
+        consumer.close()
+
+
 @pytest.mark.parametrize("version", ["2.2.0", "2.2.1", "2.2.17"])
 def test_the_dramatiq_releases_it_was_written_for_are_accepted(version: str) -> None:
     dramatiq_redis._check_version(version)
@@ -36,43 +50,31 @@ def test_another_dramatiq_release_is_refused_naming_the_versions_that_work(versi
     assert version in str(refused.value) and "pip install" in str(refused.value)
 
 
-def test_ack_target_names_the_keys_dramatiq_itself_uses(smtp_setup, redis_client, namespace) -> None:
+def test_ack_target_names_the_keys_dramatiq_itself_uses(fetched, redis_client, namespace) -> None:
     # The keys are built in mailqueue/keys.py; a real fetch by Dramatiq's consumer must use the same ones.
-    send_mail("one", "b", None, ["a@example.com"])
-    broker = worker_broker(fresh=True)
-    consumer = broker.consume("default", prefetch=1, timeout=100)
-    try:
-        message = fetch_one(consumer)
-        target = dramatiq_redis.ack_target(message)
-        assert target == AckTarget(
-            in_progress=in_progress_key(namespace, broker.broker_id, "default"),
-            messages=QueueKeys.of(namespace, "default").messages,
-            heartbeats=heartbeats_key(namespace),
-            redis_id=message.options["redis_message_id"],
-            broker_id=broker.broker_id,
-        )
-        assert redis_client.smembers(target.in_progress) == {target.redis_id.encode()}
-        assert redis_client.hexists(target.messages, target.redis_id)
-        assert redis_client.zscore(target.heartbeats, broker.broker_id) is not None
-    finally:
-        consumer.close()
+    broker, _, message = fetched
+    target = dramatiq_redis.ack_target(message)
+    assert target == AckTarget(
+        in_progress=in_progress_key(namespace, broker.broker_id, "default"),
+        messages=QueueKeys.of(namespace, "default").messages,
+        heartbeats=heartbeats_key(namespace),
+        redis_id=message.options["redis_message_id"],
+        broker_id=broker.broker_id,
+    )
+    assert redis_client.smembers(target.in_progress) == {target.redis_id.encode()}
+    assert redis_client.hexists(target.messages, target.redis_id)
+    assert redis_client.zscore(target.heartbeats, broker.broker_id) is not None
 
 
-def test_a_message_acknowledged_early_is_not_acknowledged_again(smtp_setup, redis_client) -> None:
-    send_mail("one", "b", None, ["a@example.com"])
-    broker = worker_broker(fresh=True)
-    consumer = broker.consume("default", prefetch=1, timeout=100)
-    try:
-        message = fetch_one(consumer)
-        target = dramatiq_redis.ack_target(message)
-        assert target is not None
-        dramatiq_redis.acknowledged_early(target)
-        assert broker.acknowledged == {target.redis_id}
-        consumer.ack(message)  # the consumer's own ack is skipped: the message is still "in progress" here
-        assert broker.acknowledged == set()
-        assert redis_client.smembers(target.in_progress) == {target.redis_id.encode()}
-    finally:
-        consumer.close()
+def test_a_message_acknowledged_early_is_not_acknowledged_again(fetched, redis_client) -> None:
+    broker, consumer, message = fetched
+    target = dramatiq_redis.ack_target(message)
+    assert target is not None
+    dramatiq_redis.acknowledged_early(target)
+    assert broker.acknowledged == {target.redis_id}
+    consumer.ack(message)  # the consumer's own ack is skipped: the message is still "in progress" here
+    assert broker.acknowledged == set()
+    assert redis_client.smembers(target.in_progress) == {target.redis_id.encode()}
 
 
 def test_ack_target_is_none_outside_a_worker_broker() -> None:
