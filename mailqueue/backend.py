@@ -13,8 +13,8 @@ from django.core.mail.backends.base import BaseEmailBackend
 from django.db import connections, transaction
 
 from . import outbox
-from .broker import EncodedMessage, encode, push
 from .conf import MailQueueConfig, get_config
+from .enqueue import EncodedMessage, encode, push
 from .envelope import Envelope, random_ids
 from .exceptions import BrokerUnavailable, InvalidMessage, MailQueueError, MessageTooLarge
 from .routing import choose_queue

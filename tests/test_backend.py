@@ -19,7 +19,7 @@ from django.core.mail import (
 from django.db import connection, transaction
 from django.utils.translation import gettext_lazy
 
-from mailqueue.broker import TRANSACTION_MIN
+from mailqueue.enqueue import TRANSACTION_MIN
 from mailqueue.exceptions import (
     BrokerUnavailable,
     HeaderInjection,
