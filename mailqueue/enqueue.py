@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import redis
 
 from .broker import MESSAGE_ENCODER, actor_name
-from .client import LuaScript, transaction
+from .client import LuaScript
 from .conf import get_config
 from .envelope import Envelope, random_id
 from .exceptions import BrokerUnavailable
@@ -93,10 +93,6 @@ return queued
 
 ENQUEUE = LuaScript(ENQUEUE_SCRIPT)
 
-#: From this many messages without a guard, a batch goes as MULTI / HSET / RPUSH / EXEC: as atomic, and
-#: Redis runs its C commands on ten thousand messages in half the time the script takes to copy them into Lua.
-TRANSACTION_MIN = 16
-
 
 def push(batch: Sequence[EncodedMessage]) -> int:
     """Queue every message of ``batch`` in one atomic round trip; return how many were new.
@@ -110,23 +106,6 @@ def push(batch: Sequence[EncodedMessage]) -> int:
     by_queue: dict[str, list[EncodedMessage]] = defaultdict(list)
     for item in batch:
         by_queue[item.queue].append(item)
-    try:
-        if len(batch) >= TRANSACTION_MIN and not any(item.guarded for item in batch):
-            queued = _push_in_transaction(by_queue, namespace)
-        else:
-            queued = _push_by_script(by_queue, namespace, config.dedup_window)
-    except redis.RedisError as error:
-        raise BrokerUnavailable(
-            f"Redis did not accept {len(batch)} message(s) ({error}); nothing of this batch was queued."
-        ) from error
-    if queued != len(batch):
-        logger.info(
-            "%d of %d message(s) were already queued earlier: not queued again", len(batch) - queued, len(batch)
-        )
-    return int(queued)
-
-
-def _push_by_script(by_queue: dict[str, list[EncodedMessage]], namespace: str, dedup_window: int) -> int:
     keys: list[str] = []
     counts: list[int] = []
     triples: list[str | bytes] = []
@@ -136,17 +115,14 @@ def _push_by_script(by_queue: dict[str, list[EncodedMessage]], namespace: str, d
         counts.append(len(items))
         for item in items:
             triples += (item.redis_id, item.data, enqueued_key(namespace, item.envelope_id) if item.guarded else "")
-    return int(ENQUEUE(keys, [dedup_window, *counts, *triples]))
-
-
-def _push_in_transaction(by_queue: dict[str, list[EncodedMessage]], namespace: str) -> int:
-    commands: list[tuple[Any, ...]] = []
-    for queue, items in by_queue.items():
-        queue_keys = QueueKeys.of(namespace, queue)
-        fields: list[str | bytes] = []
-        for item in items:
-            fields += (item.redis_id, item.data)
-        commands.append(("HSET", queue_keys.messages, *fields))
-        commands.append(("RPUSH", queue_keys.ready, *(item.redis_id for item in items)))
-    transaction(commands)
-    return sum(len(items) for items in by_queue.values())
+    try:
+        queued = int(ENQUEUE(keys, [config.dedup_window, *counts, *triples]))
+    except redis.RedisError as error:
+        raise BrokerUnavailable(
+            f"Redis did not accept {len(batch)} message(s) ({error}); nothing of this batch was queued."
+        ) from error
+    if queued != len(batch):
+        logger.info(
+            "%d of %d message(s) were already queued earlier: not queued again", len(batch) - queued, len(batch)
+        )
+    return queued
