@@ -59,10 +59,15 @@ def push_or_keep(batch: list[EncodedMessage], config: MailQueueConfig) -> None:
 class EmailBackend(BaseEmailBackend):
     """Queues messages on Redis for mailqueue's worker pools to deliver."""
 
-    def __init__(self, *, queue: str | None = None, on_commit: bool | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, queue: str | None = None, on_commit: bool | None = None, fail_silently: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.queue = queue
         self.on_commit = on_commit
+        # RemovedInDjango2028: Django 6.1 deprecates fail_silently (send_mail(), get_connection() warn); a
+        # backend that still honours it takes the argument and keeps its own attribute, as Django's SMTP backend does.
+        self.fail_silently = fail_silently
 
     def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
         """Enqueue every message with recipients; return how many were accepted.
@@ -74,8 +79,8 @@ class EmailBackend(BaseEmailBackend):
         try:
             return self._enqueue(email_messages)
         except MailQueueError:
-            # RemovedInDjango2028: the deprecated fail_silently contract.
-            if getattr(self, "_fail_silently", False):
+            # Runtime errors only: configuration errors sit outside MailQueueError and are never silenced.
+            if self.fail_silently:
                 return 0
             raise
 

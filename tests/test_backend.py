@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import redis
@@ -17,6 +18,7 @@ from django.core.mail import (
     send_mass_mail,
 )
 from django.db import connection, transaction
+from django.utils.deprecation import RemovedInDjango2028Warning
 from django.utils.translation import gettext_lazy
 
 from mailqueue.exceptions import (
@@ -314,6 +316,19 @@ def test_unreachable_redis_is_a_clear_error_when_configured_to_raise(configure, 
     configure(providers={"smtp": smtp_server.mailer()}, BROKER_URL="redis://127.0.0.1:1/0", ON_BROKER_FAILURE="raise")
     with pytest.raises(BrokerUnavailable, match="nothing of this batch was queued"):
         send_mail("s", "b", None, ["a@example.com"])
+
+
+def test_the_deprecated_fail_silently_still_silences_a_runtime_error(configure, smtp_server) -> None:
+    configure(providers={"smtp": smtp_server.mailer()}, BROKER_URL="redis://127.0.0.1:1/0", ON_BROKER_FAILURE="raise")
+    with pytest.warns(RemovedInDjango2028Warning, match="fail_silently"):
+        assert send_mail("s", "b", None, ["a@example.com"], fail_silently=True) == 0
+
+
+def test_fail_silently_is_the_backends_own_attribute(smtp_setup) -> None:
+    with warnings.catch_warnings():
+        # Django 6.1 warns when a backend leaves fail_silently to BaseEmailBackend's deprecated fallback.
+        warnings.simplefilter("error")
+        assert mailers["default"].fail_silently is False
 
 
 @pytest.mark.parametrize("size", [1, 100], ids=["one message", "a batch"])
