@@ -20,6 +20,8 @@ from .exceptions import BrokerUnavailable, InvalidMessage, MailQueueError, Messa
 from .routing import choose_queue
 from .validation import validate_message
 
+logger = logging.getLogger(__name__)
+
 #: Longest idempotency key accepted (it becomes part of an id, not a Redis key).
 MAX_IDEMPOTENCY_KEY = 500
 
@@ -33,9 +35,6 @@ def idempotent_id(key: object, config: MailQueueConfig) -> str | None:
             f"idempotency_key must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY} characters, not {key!r}."
         )
     return uuid.uuid5(uuid.NAMESPACE_URL, f"mailqueue:{config.namespace}:{key}").hex
-
-
-logger = logging.getLogger(__name__)
 
 
 def push_or_keep(batch: list[EncodedMessage], config: MailQueueConfig) -> None:
