@@ -3,6 +3,7 @@
 Starts a private Redis (unless ``--redis-url``), one counting SMTP/HTTP sink and, for the database-backed
 peers, PostgreSQL databases of its own (SQLite when no PostgreSQL answers); creates the peers' virtual
 environments on first use; measures every system in subprocesses; prints Markdown tables of figures and ratios.
+``python -m bench.batch_paths`` is a separate, quicker measurement: the batch enqueue by script and by MULTI/EXEC.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 The harness runs it with ``DJANGO_SETTINGS_MODULE=bench.settings`` and ``BENCH_SYSTEM`` naming the system,
 so mailqueue, every peer and the floors are measured by the same code on the same messages. It prints one
-JSON object on its last line. It imports nothing from mailqueue: peers run it on their own Django.
+JSON object on its last line. It imports nothing from mailqueue at module level (only the ``rendering`` op
+does, and only mailqueue runs it): peers run it on their own Django.
 """
 
 from __future__ import annotations

@@ -13,12 +13,14 @@ from django.core.mail.backends.base import BaseEmailBackend
 from django.db import connections, transaction
 
 from . import outbox
-from .broker import EncodedMessage, encode, push
 from .conf import MailQueueConfig, get_config
+from .enqueue import EncodedMessage, encode, push
 from .envelope import Envelope, random_ids
 from .exceptions import BrokerUnavailable, InvalidMessage, MailQueueError, MessageTooLarge
 from .routing import choose_queue
 from .validation import validate_message
+
+logger = logging.getLogger(__name__)
 
 #: Longest idempotency key accepted (it becomes part of an id, not a Redis key).
 MAX_IDEMPOTENCY_KEY = 500
@@ -33,9 +35,6 @@ def idempotent_id(key: object, config: MailQueueConfig) -> str | None:
             f"idempotency_key must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY} characters, not {key!r}."
         )
     return uuid.uuid5(uuid.NAMESPACE_URL, f"mailqueue:{config.namespace}:{key}").hex
-
-
-logger = logging.getLogger(__name__)
 
 
 def push_or_keep(batch: list[EncodedMessage], config: MailQueueConfig) -> None:
@@ -59,10 +58,15 @@ def push_or_keep(batch: list[EncodedMessage], config: MailQueueConfig) -> None:
 class EmailBackend(BaseEmailBackend):
     """Queues messages on Redis for mailqueue's worker pools to deliver."""
 
-    def __init__(self, *, queue: str | None = None, on_commit: bool | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, queue: str | None = None, on_commit: bool | None = None, fail_silently: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.queue = queue
         self.on_commit = on_commit
+        # RemovedInDjango2028: Django 6.1 deprecates fail_silently (send_mail(), get_connection() warn); a
+        # backend that still honours it takes the argument and keeps its own attribute, as Django's SMTP backend does.
+        self.fail_silently = fail_silently
 
     def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
         """Enqueue every message with recipients; return how many were accepted.
@@ -74,8 +78,8 @@ class EmailBackend(BaseEmailBackend):
         try:
             return self._enqueue(email_messages)
         except MailQueueError:
-            # RemovedInDjango2028: the deprecated fail_silently contract.
-            if getattr(self, "_fail_silently", False):
+            # Runtime errors only: configuration errors sit outside MailQueueError and are never silenced.
+            if self.fail_silently:
                 return 0
             raise
 

@@ -1,54 +1,27 @@
-"""Redis: the one client, the key names, the enqueue, and the Dramatiq broker.
+"""The Dramatiq side of Redis: the broker built from settings, actor names, and the message encoder.
 
-Enqueueing writes exactly what Dramatiq's own ``RedisBroker.enqueue`` writes
-(the encoded message into ``<ns>:<queue>.msgs`` and its id onto the
-``<ns>:<queue>`` list), but for a whole batch in one Lua script call: one
-command, one reply, and Redis runs it atomically, so no worker ever sees half
-a batch. (A MULTI/EXEC pipeline is also one round trip, but its four replies
-cost the request an extra read.)
+What a web process writes (the enqueue) lives in ``mailqueue.enqueue``; this
+module holds what both sides must agree on with Dramatiq: the name of each
+queue's delivery actor and the JSON format of a message.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
-import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.encoder import Encoder
 from dramatiq.errors import DecodeError
 
-from .client import LuaScript, redis_client, transaction
+from .client import redis_client
 from .conf import get_config
-from .envelope import Envelope, random_id
-from .exceptions import BrokerUnavailable
-from .keys import QueueKeys, enqueued_key
-
-logger = logging.getLogger(__name__)
 
 
 def actor_name(queue: str) -> str:
     """The Dramatiq actor that delivers ``queue``'s messages."""
     return f"mailqueue.deliver.{queue}"
-
-
-class EncodedMessage(NamedTuple):
-    """A Dramatiq message, encoded, ready for Redis.
-
-    A named tuple rather than a frozen dataclass: as immutable, and built in a
-    third of the time, which counts when a batch makes ten thousand of them.
-    """
-
-    queue: str
-    envelope_id: str
-    redis_id: str
-    data: bytes
-    #: Queue it only if this envelope id was not pushed within DEDUP_WINDOW (idempotency keys, the outbox relay).
-    guarded: bool = False
 
 
 class MessageEncoder(Encoder):
@@ -74,123 +47,6 @@ class MessageEncoder(Encoder):
 
 #: The one encoder for what mailqueue writes to Redis; workers install it as Dramatiq's global encoder.
 MESSAGE_ENCODER = MessageEncoder()
-
-
-def encode(envelope: Envelope, *, guarded: bool = False, redis_id: str | None = None) -> EncodedMessage:
-    """Wrap ``envelope`` as a message for its queue's delivery actor.
-
-    The fields are exactly those of ``dramatiq.Message.asdict()``, built
-    directly: going through ``Message`` would cost more than the envelope itself.
-    """
-    redis_id = redis_id or random_id()
-    data = {
-        "queue_name": envelope.queue,
-        "actor_name": actor_name(envelope.queue),
-        "args": [envelope.encode()],
-        "kwargs": {},
-        "options": {"redis_message_id": redis_id},
-        "message_id": envelope.id,
-        "message_timestamp": int(envelope.created_at * 1000),
-    }
-    return EncodedMessage(envelope.queue, envelope.id, redis_id, MESSAGE_ENCODER.encode(data), guarded)
-
-
-#: KEYS: (messages hash, ready list) per queue; ARGV: the dedup window in
-#: seconds, the message count per queue, then (redis id, data, guard key or "")
-#: triples in the same order. A message with a guard key is queued only if that
-#: key was not set within the window. Returns how many messages were queued.
-ENQUEUE_SCRIPT = """
-local queues = #KEYS / 2
-local arg = queues + 2
-local queued = 0
-for queue = 1, queues do
-  local messages, ready = KEYS[2 * queue - 1], KEYS[2 * queue]
-  local fields, ids = {}, {}
-  for _ = 1, tonumber(ARGV[queue + 1]) do
-    local guard = ARGV[arg + 2]
-    if guard == "" or redis.call("set", guard, "1", "nx", "ex", ARGV[1]) then
-      fields[#fields + 1] = ARGV[arg]
-      fields[#fields + 1] = ARGV[arg + 1]
-      ids[#ids + 1] = ARGV[arg]
-    end
-    arg = arg + 3
-  end
-  -- One HSET and one RPUSH per chunk, not per message: Lua's stack bounds unpack().
-  for first = 1, #ids, 1000 do
-    local last = math.min(first + 999, #ids)
-    redis.call("hset", messages, unpack(fields, 2 * first - 1, 2 * last))
-    redis.call("rpush", ready, unpack(ids, first, last))
-  end
-  queued = queued + #ids
-end
-return queued
-"""
-
-
-ENQUEUE = LuaScript(ENQUEUE_SCRIPT)
-
-#: From this many messages without a guard, a batch goes as MULTI / HSET / RPUSH / EXEC: as atomic, and
-#: Redis runs its C commands on ten thousand messages in half the time the script takes to copy them into Lua.
-TRANSACTION_MIN = 16
-
-
-def push(batch: Sequence[EncodedMessage]) -> int:
-    """Queue every message of ``batch`` in one atomic round trip; return how many were new.
-
-    A guarded message already pushed within DEDUP_WINDOW is left out (and not counted).
-    """
-    if not batch:
-        return 0
-    config = get_config()
-    namespace = config.namespace
-    by_queue: dict[str, list[EncodedMessage]] = defaultdict(list)
-    for item in batch:
-        by_queue[item.queue].append(item)
-    try:
-        if len(batch) >= TRANSACTION_MIN and not any(item.guarded for item in batch):
-            queued = _push_in_transaction(by_queue, namespace)
-        else:
-            queued = _push_by_script(by_queue, namespace, config.dedup_window)
-    except redis.RedisError as error:
-        raise BrokerUnavailable(
-            f"Redis did not accept {len(batch)} message(s) ({error}); nothing of this batch was queued."
-        ) from error
-    if queued != len(batch):
-        logger.info(
-            "%d of %d message(s) were already queued earlier: not queued again", len(batch) - queued, len(batch)
-        )
-    return int(queued)
-
-
-def _push_by_script(by_queue: dict[str, list[EncodedMessage]], namespace: str, dedup_window: int) -> int:
-    keys: list[str] = []
-    counts: list[int] = []
-    triples: list[str | bytes] = []
-    for queue, items in by_queue.items():
-        queue_keys = QueueKeys.of(namespace, queue)
-        keys += (queue_keys.messages, queue_keys.ready)
-        counts.append(len(items))
-        for item in items:
-            triples += (item.redis_id, item.data, enqueued_key(namespace, item.envelope_id) if item.guarded else "")
-    return int(ENQUEUE(keys, [dedup_window, *counts, *triples]))
-
-
-def _push_in_transaction(by_queue: dict[str, list[EncodedMessage]], namespace: str) -> int:
-    commands: list[tuple[Any, ...]] = []
-    for queue, items in by_queue.items():
-        queue_keys = QueueKeys.of(namespace, queue)
-        fields: list[str | bytes] = []
-        for item in items:
-            fields += (item.redis_id, item.data)
-        commands.append(("HSET", queue_keys.messages, *fields))
-        commands.append(("RPUSH", queue_keys.ready, *(item.redis_id for item in items)))
-    transaction(commands)
-    return sum(len(items) for items in by_queue.values())
-
-
-def queue_messages(envelopes: Iterable[Envelope]) -> None:
-    """Encode and push envelopes (used for requeueing and by tools)."""
-    push([encode(envelope) for envelope in envelopes])
 
 
 def new_broker(broker_class: type[RedisBroker] = RedisBroker) -> RedisBroker:

@@ -14,9 +14,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .broker import encode
 from .client import redis_client
 from .conf import get_config
+from .enqueue import encode
 from .envelope import Envelope
 from .exceptions import EnvelopeError
 from .keys import QueueKeys

@@ -19,20 +19,19 @@ import os
 import random
 import time
 from collections.abc import Mapping
-from datetime import UTC, date, datetime
-from decimal import Decimal
+from datetime import UTC, datetime
 from email.mime.base import MIMEBase
 from email.utils import format_datetime
 from typing import Any, NamedTuple
 
-from anymail.message import AnymailMessage, AnymailMessageMixin
-from anymail.utils import UNSET
+from anymail.message import AnymailMessage
 from django.core.mail import EmailAlternative, EmailAttachment, EmailMessage, EmailMultiAlternatives
 from django.core.mail.utils import DNS_NAME
 from django.utils.encoding import force_str
 from django.utils.functional import Promise
 from django.utils.timezone import get_current_timezone
 
+from .anymail_attributes import capture_anymail, restore_anymail
 from .conf import django_setting
 from .exceptions import EnvelopeError, InvalidMessage, UnserializableMessage
 
@@ -65,25 +64,6 @@ def random_ids(count: int) -> list[str]:
     digits = os.urandom(16 * count).hex()
     return [digits[start : start + 32] for start in range(0, 32 * count, 32)]
 
-
-#: Every attribute anymail reads from a message; carried when set.
-ANYMAIL_ATTRIBUTES = (
-    "envelope_sender",
-    "esp_extra",
-    "merge_data",
-    "merge_global_data",
-    "merge_headers",
-    "merge_metadata",
-    "metadata",
-    "send_at",
-    "tags",
-    "template_id",
-    "track_clicks",
-    "track_opens",
-)
-
-_ANYMAIL_SET = frozenset(ANYMAIL_ATTRIBUTES)
-_DJANGO_CLASSES = (EmailMessage, EmailMultiAlternatives)
 
 _B64 = "b64"  # {"b64": "..."}: bytes content
 _MIME = "mime"  # {"mime": "..."}: a whole MIME part, bytes as rendered
@@ -157,7 +137,8 @@ class Envelope(NamedTuple):
 # --- encoding helpers ---------------------------------------------------------
 
 
-def _text(value: Any, where: str) -> str:
+def _require_text(value: Any, where: str) -> str:
+    """``value`` if it is text (a lazy translation is resolved now); UnserializableMessage naming ``where`` if not."""
     if isinstance(value, str):
         return value
     if isinstance(value, Promise):
@@ -165,8 +146,8 @@ def _text(value: Any, where: str) -> str:
     raise UnserializableMessage(f"{where} must be text, not {type(value).__name__}.")
 
 
-def _content(value: Any, where: str) -> str | dict[str, str]:
-    """Text stays text; bytes-like becomes {"b64": ...}."""
+def _encode_content(value: Any, where: str) -> str | dict[str, str]:
+    """A body, alternative or attachment content: text stays text, bytes-like becomes {"b64": ...}."""
     if isinstance(value, str):
         return value
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -179,61 +160,14 @@ def _content(value: Any, where: str) -> str | dict[str, str]:
 
 
 def _decode_content(value: Any) -> str | bytes:
+    """The inverse of ``_encode_content``."""
     if isinstance(value, str):
         return value
     return base64.b64decode(value[_B64], validate=True)
 
 
-def _json_value(value: Any, where: str) -> Any:
-    """A JSON-ready copy of an anymail attribute.
-
-    Datetimes, dates and decimals become one-key dicts tagged "$datetime",
-    "$date" or "$decimal"; a user dict with a key starting with "$" is wrapped
-    as {"$dict": ...} so it can never be mistaken for a tag.
-    """
-    if value is None or isinstance(value, (str, bool, int, float)):
-        return value
-    if isinstance(value, Promise):
-        return str(value)
-    if isinstance(value, datetime):
-        return {"$datetime": value.isoformat()}
-    if isinstance(value, date):
-        return {"$date": value.isoformat()}
-    if isinstance(value, Decimal):
-        return {"$decimal": str(value)}
-    if isinstance(value, Mapping):
-        result = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise UnserializableMessage(f"{where} has a non-text key {key!r}.")
-            result[key] = _json_value(item, f"{where}[{key!r}]")
-        if any(key.startswith("$") for key in result):
-            return {"$dict": result}  # escape: the user's keys must not read as type tags
-        return result
-    if isinstance(value, (list, tuple)):
-        return [_json_value(item, f"{where}[{index}]") for index, item in enumerate(value)]
-    raise UnserializableMessage(f"{where} is a {type(value).__name__}, which cannot be queued as JSON.")
-
-
-def _from_json_value(value: Any) -> Any:
-    if isinstance(value, dict):
-        if len(value) == 1:
-            ((tag, item),) = value.items()
-            if tag == "$datetime":
-                return datetime.fromisoformat(item)
-            if tag == "$date":
-                return date.fromisoformat(item)
-            if tag == "$decimal":
-                return Decimal(item)
-            if tag == "$dict":
-                return {key: _from_json_value(value) for key, value in item.items()}
-        return {key: _from_json_value(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_from_json_value(item) for item in value]
-    return value
-
-
-def _header_value(value: Any) -> str:
+def _header_text(value: Any) -> str:
+    """An extra header's value as Django renders it: a datetime in RFC 5322 form, anything else as text."""
     if isinstance(value, str):
         return value
     if isinstance(value, datetime):
@@ -257,12 +191,13 @@ def _now_header() -> str:
     return header
 
 
-def _filename(value: Any, where: str) -> Any:
+def _encode_filename(value: Any, where: str) -> Any:
+    """An attachment filename: text, None, or an RFC 2231 (charset, language, name) triple as a list."""
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, tuple) and len(value) == 3:  # RFC 2231 (charset, language, name)
-        return [_text(part, where) if part is not None else None for part in value]
-    return _text(value, where)
+        return [_require_text(part, where) if part is not None else None for part in value]
+    return _require_text(value, where)
 
 
 def _mime_part(part: email.message.Message) -> dict[str, str]:
@@ -280,7 +215,7 @@ def _attachment(attachment: Any, index: int) -> dict[str, Any]:
         raise UnserializableMessage(
             f"{where} is a {type(attachment).__name__}; expected (filename, content, mimetype) or a MIMEPart."
         ) from None
-    mimetype = _text(mimetype, f"{where} mimetype")
+    mimetype = _require_text(mimetype, f"{where} mimetype")
     if "/" not in mimetype:
         raise UnserializableMessage(f"{where} mimetype {mimetype!r} is not 'type/subtype'.")
     try:
@@ -291,8 +226,8 @@ def _attachment(attachment: Any, index: int) -> dict[str, Any]:
     except ValueError as error:  # UnicodeEncodeError too
         raise InvalidMessage(f"{where} content is a message that cannot be rendered: {error}") from error
     return {
-        "filename": _filename(filename, f"{where} filename"),
-        "content": _content(content, f"{where} content"),
+        "filename": _encode_filename(filename, f"{where} filename"),
+        "content": _encode_content(content, f"{where} content"),
         "mimetype": mimetype,
     }
 
@@ -301,7 +236,7 @@ def serialize_message(message: EmailMessage) -> dict[str, Any]:
     """The JSON-ready fields of ``message``; empty fields are left out."""
     # Date and Message-ID go first: that is where Django renders its own, so the
     # header order matches a synchronous send.
-    given = {_text(name, "header name"): _header_value(value) for name, value in message.extra_headers.items()}
+    given = {_require_text(name, "header name"): _header_text(value) for name, value in message.extra_headers.items()}
     lowered = {name.lower() for name in given}
     headers = {}
     if "date" not in lowered:
@@ -311,39 +246,33 @@ def serialize_message(message: EmailMessage) -> dict[str, Any]:
     headers.update(given)
 
     fields: dict[str, Any] = {
-        "subject": _text(message.subject, "subject"),
-        "body": _content(message.body, "body"),
-        "from_email": _text(message.from_email, "from_email"),
+        "subject": _require_text(message.subject, "subject"),
+        "body": _encode_content(message.body, "body"),
+        "from_email": _require_text(message.from_email, "from_email"),
         "headers": headers,
     }
     for name in ("to", "cc", "bcc", "reply_to"):
         values = getattr(message, name)
         if values:
-            fields[name] = [_text(value, name) for value in values]
+            fields[name] = [_require_text(value, name) for value in values]
     alternatives = getattr(message, "alternatives", None)
     if alternatives:
         fields["alternatives"] = [
             {
-                "content": _content(content, f"alternatives[{index}] content"),
-                "mimetype": _text(mimetype, f"alternatives[{index}] mimetype"),
+                "content": _encode_content(content, f"alternatives[{index}] content"),
+                "mimetype": _require_text(mimetype, f"alternatives[{index}] mimetype"),
             }
             for index, (content, mimetype) in enumerate(alternatives)
         ]
     if message.attachments:
         fields["attachments"] = [_attachment(attachment, index) for index, attachment in enumerate(message.attachments)]
     if message.content_subtype != "plain":
-        fields["content_subtype"] = _text(message.content_subtype, "content_subtype")
+        fields["content_subtype"] = _require_text(message.content_subtype, "content_subtype")
     if message.encoding is not None:
         fields["encoding"] = str(message.encoding)
 
-    anymail = {}
-    # Django's own classes can only carry anymail attributes set on the instance: one set lookup, not twelve.
-    plain = type(message) in _DJANGO_CLASSES and _ANYMAIL_SET.isdisjoint(message.__dict__)
-    for name in () if plain else ANYMAIL_ATTRIBUTES:
-        value = getattr(message, name, UNSET)
-        if value is not UNSET:
-            anymail[name] = _json_value(value, name)
-    if anymail or isinstance(message, AnymailMessageMixin):
+    anymail = capture_anymail(message)
+    if anymail is not None:
         fields["anymail"] = anymail
     return fields
 
@@ -381,8 +310,6 @@ def rebuild_message(fields: Mapping[str, Any]) -> EmailMessage:
         message.content_subtype = fields["content_subtype"]
     if "encoding" in fields:
         message.encoding = fields["encoding"]
-    for name, value in (anymail or {}).items():
-        if name not in ANYMAIL_ATTRIBUTES:
-            raise ValueError(f"unknown anymail attribute {name!r}")
-        setattr(message, name, _from_json_value(value))
+    if anymail is not None:
+        restore_anymail(message, anymail)
     return message

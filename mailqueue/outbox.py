@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from django.db import DatabaseError, transaction
 
-from .broker import EncodedMessage, push
 from .conf import get_config
+from .enqueue import EncodedMessage, push
 from .exceptions import BrokerUnavailable
 from .models import OutboxMessage
 from .signals import MessageRelayed, announce

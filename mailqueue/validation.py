@@ -91,7 +91,8 @@ def _parse_address_list(value: str) -> str | None:
     return None
 
 
-def _text(value: Any) -> str:
+def _as_rendered_text(value: Any) -> str:
+    """Any value as the text Django's rendering makes of it (``force_str``): what the checks must look at."""
     return value if isinstance(value, str) else str(force_str(value))
 
 
@@ -120,7 +121,7 @@ def _body_charset(message: EmailMessage) -> str:
 
 def validate_address(value: Any, field: str) -> str:
     """Return ``value`` as text if it is one valid mailbox, else raise InvalidAddress."""
-    text = _text(value)
+    text = _as_rendered_text(value)
     if _PLAIN_ADDRESS.fullmatch(text) or _NAMED_PLAIN_ADDRESS.fullmatch(text):
         return text
     if _CONTROL.search(text):
@@ -147,7 +148,7 @@ def validate_header(name: Any, value: Any) -> None:
         raise InvalidMessage(
             'Bcc is not a valid email header. Use the "bcc" argument for blind carbon copy recipients.'
         )
-    text = _text(value)
+    text = _as_rendered_text(value)
     if _LINE_BREAK.search(text):
         raise HeaderInjection(f"Header {name!r} contains a line break: {text!r}.")
     _check_encodable(text, f"Header {name!r}")
@@ -166,20 +167,21 @@ def _validate_filename(filename: Any, where: str) -> None:
     parts = filename if isinstance(filename, tuple) else (filename,)  # RFC 2231 (charset, language, name)
     for part in parts:
         if part is not None:
-            text = _text(part)
+            text = _as_rendered_text(part)
             if _LINE_BREAK.search(text):
                 raise HeaderInjection(f"{where} filename {filename!r} contains a line break.")
             _check_encodable(text, f"{where} filename")
 
 
-def _validate_text_content(content: Any, mimetype: str, where: str, charset: str) -> None:
+def _validate_text_content(content: Any, mimetype: str, where: str, charset: str, *, alternative: bool) -> None:
+    """Text content must encode in ``charset``; ``text/*`` bytes of an alternative must be UTF-8."""
     if not mimetype.startswith("text/"):
         return
     if isinstance(content, bytes):
         try:
             content = content.decode()  # Django decodes text/* bytes as UTF-8 before encoding them again
         except UnicodeDecodeError:
-            if where.startswith("alternatives"):  # attachments fall back to octet-stream; alternatives fail
+            if alternative:  # an attachment falls back to application/octet-stream; an alternative fails
                 raise InvalidMessage(f"{where} content is bytes that are not UTF-8 text.") from None
             return
     if isinstance(content, str):
@@ -199,11 +201,11 @@ def _validate_attachments(message: EmailMessage, charset: str) -> None:
                 raise InvalidMessage(f"{where} mimetype 'message/partial' cannot be attached (Python cannot build it).")
             if isinstance(content, EmailMessage):
                 _validate_attached_message(content, where)
-            _validate_text_content(content, mimetype, where, charset)
+            _validate_text_content(content, mimetype, where, charset, alternative=False)
     for index, (content, mimetype) in enumerate(getattr(message, "alternatives", None) or ()):
         where = f"alternatives[{index}]"
         _validate_mimetype(mimetype, where)
-        _validate_text_content(content, mimetype, where, charset)
+        _validate_text_content(content, mimetype, where, charset, alternative=True)
 
 
 def _validate_attached_message(message: EmailMessage, where: str) -> None:
@@ -216,7 +218,7 @@ def _validate_attached_message(message: EmailMessage, where: str) -> None:
 
 def validate_message(message: EmailMessage) -> None:
     """Raise an InvalidMessage subclass naming the first problem in ``message``."""
-    subject = _text(message.subject)
+    subject = _as_rendered_text(message.subject)
     if _LINE_BREAK.search(subject):
         raise HeaderInjection(f"Subject contains a line break: {subject!r}.")
     _check_encodable(subject, "Subject")

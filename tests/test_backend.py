@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import redis
@@ -17,9 +18,9 @@ from django.core.mail import (
     send_mass_mail,
 )
 from django.db import connection, transaction
+from django.utils.deprecation import RemovedInDjango2028Warning
 from django.utils.translation import gettext_lazy
 
-from mailqueue.broker import TRANSACTION_MIN
 from mailqueue.exceptions import (
     BrokerUnavailable,
     HeaderInjection,
@@ -98,8 +99,7 @@ def test_a_batch_is_one_round_trip(counting) -> None:
     assert ready("bulk") == 500
 
 
-def test_a_large_batch_with_idempotency_keys_is_still_guarded(smtp_setup) -> None:
-    # Past TRANSACTION_MIN, unguarded batches skip the script; guarded ones must keep its SET NX check.
+def test_a_batch_with_idempotency_keys_queues_each_key_once(smtp_setup) -> None:
     def batch(keys: range) -> list[EmailMessage]:
         messages = []
         for key in keys:
@@ -108,7 +108,6 @@ def test_a_large_batch_with_idempotency_keys_is_still_guarded(smtp_setup) -> Non
             messages.append(message)
         return messages
 
-    assert len(batch(range(20))) > TRANSACTION_MIN
     assert mailers["bulk"].send_messages(batch(range(20))) == 20
     assert mailers["bulk"].send_messages(batch(range(10, 30))) == 20  # accepted, 10 of them already queued
     assert ready("bulk") == 30
@@ -319,7 +318,20 @@ def test_unreachable_redis_is_a_clear_error_when_configured_to_raise(configure, 
         send_mail("s", "b", None, ["a@example.com"])
 
 
-@pytest.mark.parametrize("size", [1, 100], ids=["one message (script)", "a batch (MULTI/EXEC)"])
+def test_the_deprecated_fail_silently_still_silences_a_runtime_error(configure, smtp_server) -> None:
+    configure(providers={"smtp": smtp_server.mailer()}, BROKER_URL="redis://127.0.0.1:1/0", ON_BROKER_FAILURE="raise")
+    with pytest.warns(RemovedInDjango2028Warning, match="fail_silently"):
+        assert send_mail("s", "b", None, ["a@example.com"], fail_silently=True) == 0
+
+
+def test_fail_silently_is_the_backends_own_attribute(smtp_setup) -> None:
+    with warnings.catch_warnings():
+        # Django 6.1 warns when a backend leaves fail_silently to BaseEmailBackend's deprecated fallback.
+        warnings.simplefilter("error")
+        assert mailers["default"].fail_silently is False
+
+
+@pytest.mark.parametrize("size", [1, 100], ids=["one message", "a batch"])
 def test_a_command_redis_refuses_is_a_clear_error(configure, smtp_server, redis_client, namespace, size) -> None:
     configure(providers={"smtp": smtp_server.mailer()}, ON_BROKER_FAILURE="raise")
     redis_client.set(f"{namespace}:bulk", "not a list")  # the ready list: RPUSH gets WRONGTYPE

@@ -11,8 +11,9 @@ from anymail.message import AnymailMessage
 from django.core.mail import EmailMessage, EmailMultiAlternatives, mailers, send_mail
 
 from mailqueue import deadletters
-from mailqueue.broker import actor_name, encode, push
+from mailqueue.broker import actor_name
 from mailqueue.client import redis_client
+from mailqueue.enqueue import encode, push
 from mailqueue.envelope import Envelope
 from mailqueue.keys import QueueKeys
 from mailqueue.monitoring import queue_depths

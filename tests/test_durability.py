@@ -12,7 +12,7 @@ from django.core.management.base import CommandError
 from django.db import transaction
 
 from mailqueue import outbox
-from mailqueue.broker import EncodedMessage, push
+from mailqueue.enqueue import EncodedMessage, push
 from mailqueue.exceptions import BrokerUnavailable
 from mailqueue.models import OutboxMessage
 from mailqueue.monitoring import queue_depths

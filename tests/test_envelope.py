@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from email.message import MIMEPart
 
+import anymail.backends
 import pytest
+from anymail.backends.base import BasePayload
 from anymail.message import AnymailMessage
-from django.core.mail import EmailMessage, EmailMultiAlternatives
+from django.core.mail import EmailMessage, EmailMultiAlternatives, mailers
 from django.utils.translation import gettext_lazy, override
 
-from mailqueue.envelope import ANYMAIL_ATTRIBUTES, ENVELOPE_VERSION, Envelope
+from mailqueue.anymail_attributes import ANYMAIL_ATTRIBUTES
+from mailqueue.envelope import ENVELOPE_VERSION, Envelope
 from mailqueue.exceptions import EnvelopeError, UnserializableMessage
 from tests.mime import rendered
 
@@ -173,6 +178,59 @@ def test_every_anymail_attribute_survives() -> None:
     assert isinstance(rebuilt, AnymailMessage)
     for name in ANYMAIL_ATTRIBUTES:
         assert getattr(rebuilt, name) == getattr(message, name), name
+
+
+def anymail_payload_classes() -> set[type[BasePayload]]:
+    """Every payload class anymail ships: each backend's module imported, subclasses walked."""
+    for module in pkgutil.iter_modules(anymail.backends.__path__):
+        importlib.import_module(f"anymail.backends.{module.name}")
+    found: set[type[BasePayload]] = set()
+    pending = [BasePayload]
+    while pending:
+        cls = pending.pop()
+        found.add(cls)
+        pending += cls.__subclasses__()
+    return found
+
+
+def test_the_anymail_attribute_list_is_every_attribute_anymail_reads() -> None:
+    defaults = vars(EmailMultiAlternatives())
+    # anymail_status is what a backend writes after sending, not what it reads.
+    set_by_anymail_message = {name for name in vars(AnymailMessage()) if name not in defaults} - {"anymail_status"}
+    read_by_backends = {
+        name
+        for cls in anymail_payload_classes()
+        for name, _combiner, _converter in (*cls.anymail_message_attrs, *cls.esp_message_attrs)
+    }
+    assert set_by_anymail_message <= set(ANYMAIL_ATTRIBUTES)
+    assert read_by_backends == set(ANYMAIL_ATTRIBUTES)
+
+
+def test_anymail_builds_the_same_payload_from_the_queued_message(settings) -> None:
+    settings.MAILERS = {"anymail-test": {"BACKEND": "anymail.backends.test.EmailBackend"}}
+    values = {
+        "envelope_sender": "bounces@example.com",
+        "esp_extra": {"MessageStream": "outbound", "$weird": [1, 2]},
+        "merge_data": {"to@example.com": {"name": "Ann"}, "two@example.com": {"name": "Bo"}},
+        "merge_global_data": {"product": "mailqueue", "when": date(2026, 12, 24)},
+        "merge_headers": {"to@example.com": {"List-Unsubscribe": "<mailto:u@example.com>"}},
+        "merge_metadata": {"to@example.com": {"order": 1}},
+        "metadata": {"user_id": 42, "plan": "pro", "price": Decimal("9.90")},
+        "send_at": datetime(2026, 12, 1, 9, 30, tzinfo=UTC),
+        "tags": ["welcome", "onboarding"],
+        "template_id": "welcome-v2",
+        "track_clicks": True,
+        "track_opens": False,
+    }
+    assert set(values) == set(ANYMAIL_ATTRIBUTES), "give every attribute anymail reads a value here"
+    headers = {"Date": "Tue, 01 Dec 2026 09:30:00 +0000", "Message-ID": "<fixed@example.com>"}
+    message = AnymailMessage("T", "body", "from@example.com", ["to@example.com", "two@example.com"], headers=headers)
+    for name, value in values.items():
+        setattr(message, name, value)
+    _, rebuilt = through_redis(message)
+    backend = mailers["anymail-test"]
+    backend.send_messages([message, rebuilt])
+    assert rebuilt.anymail_test_params == message.anymail_test_params
 
 
 def test_anymail_attributes_on_a_plain_django_message_survive() -> None:

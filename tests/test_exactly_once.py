@@ -11,7 +11,7 @@ from django.core.mail import EmailMessage, send_mass_mail
 from dramatiq.brokers.redis import _RedisConsumer
 from dramatiq.middleware import TimeLimitExceeded
 
-from mailqueue.broker import encode, push
+from mailqueue.enqueue import encode, push
 from mailqueue.envelope import Envelope
 from mailqueue.exceptions import InvalidMessage
 from mailqueue.monitoring import queue_depths

@@ -1,0 +1,128 @@
+"""The enqueue: a batch of envelopes into Dramatiq's Redis layout, in one atomic round trip.
+
+It writes exactly what Dramatiq's own ``RedisBroker.enqueue`` writes (the
+encoded message into ``<ns>:<queue>.msgs`` and its id onto the ``<ns>:<queue>``
+list), but for a whole batch in one Lua script call: one command, one reply,
+and Redis runs it atomically, so no worker ever sees half a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import redis
+
+from .broker import MESSAGE_ENCODER, actor_name
+from .client import LuaScript
+from .conf import get_config
+from .envelope import Envelope, random_id
+from .exceptions import BrokerUnavailable
+from .keys import QueueKeys, enqueued_key
+
+logger = logging.getLogger(__name__)
+
+
+class EncodedMessage(NamedTuple):
+    """A Dramatiq message, encoded, ready for Redis.
+
+    A named tuple rather than a frozen dataclass: as immutable, and built in a
+    third of the time, which counts when a batch makes ten thousand of them.
+    """
+
+    queue: str
+    envelope_id: str
+    redis_id: str
+    data: bytes
+    #: Queue it only if this envelope id was not pushed within DEDUP_WINDOW (idempotency keys, the outbox relay).
+    guarded: bool = False
+
+
+def encode(envelope: Envelope, *, guarded: bool = False, redis_id: str | None = None) -> EncodedMessage:
+    """Wrap ``envelope`` as a message for its queue's delivery actor.
+
+    The fields are exactly those of ``dramatiq.Message.asdict()``, built
+    directly: going through ``Message`` would cost more than the envelope itself.
+    """
+    redis_id = redis_id or random_id()
+    data = {
+        "queue_name": envelope.queue,
+        "actor_name": actor_name(envelope.queue),
+        "args": [envelope.encode()],
+        "kwargs": {},
+        "options": {"redis_message_id": redis_id},
+        "message_id": envelope.id,
+        "message_timestamp": int(envelope.created_at * 1000),
+    }
+    return EncodedMessage(envelope.queue, envelope.id, redis_id, MESSAGE_ENCODER.encode(data), guarded)
+
+
+#: KEYS: (messages hash, ready list) per queue; ARGV: the dedup window in
+#: seconds, the message count per queue, then (redis id, data, guard key or "")
+#: triples in the same order. A message with a guard key is queued only if that
+#: key was not set within the window. Returns how many messages were queued.
+ENQUEUE_SCRIPT = """
+local queues = #KEYS / 2
+local arg = queues + 2
+local queued = 0
+for queue = 1, queues do
+  local messages, ready = KEYS[2 * queue - 1], KEYS[2 * queue]
+  local fields, ids = {}, {}
+  for _ = 1, tonumber(ARGV[queue + 1]) do
+    local guard = ARGV[arg + 2]
+    if guard == "" or redis.call("set", guard, "1", "nx", "ex", ARGV[1]) then
+      fields[#fields + 1] = ARGV[arg]
+      fields[#fields + 1] = ARGV[arg + 1]
+      ids[#ids + 1] = ARGV[arg]
+    end
+    arg = arg + 3
+  end
+  -- One HSET and one RPUSH per chunk, not per message: Lua's stack bounds unpack().
+  for first = 1, #ids, 1000 do
+    local last = math.min(first + 999, #ids)
+    redis.call("hset", messages, unpack(fields, 2 * first - 1, 2 * last))
+    redis.call("rpush", ready, unpack(ids, first, last))
+  end
+  queued = queued + #ids
+end
+return queued
+"""
+
+
+ENQUEUE = LuaScript(ENQUEUE_SCRIPT)
+
+
+def push(batch: Sequence[EncodedMessage]) -> int:
+    """Queue every message of ``batch`` in one atomic round trip; return how many were new.
+
+    A guarded message already pushed within DEDUP_WINDOW is left out (and not counted).
+    """
+    if not batch:
+        return 0
+    config = get_config()
+    namespace = config.namespace
+    by_queue: dict[str, list[EncodedMessage]] = defaultdict(list)
+    for item in batch:
+        by_queue[item.queue].append(item)
+    keys: list[str] = []
+    counts: list[int] = []
+    triples: list[str | bytes] = []
+    for queue, items in by_queue.items():
+        queue_keys = QueueKeys.of(namespace, queue)
+        keys += (queue_keys.messages, queue_keys.ready)
+        counts.append(len(items))
+        for item in items:
+            triples += (item.redis_id, item.data, enqueued_key(namespace, item.envelope_id) if item.guarded else "")
+    try:
+        queued = int(ENQUEUE(keys, [config.dedup_window, *counts, *triples]))
+    except redis.RedisError as error:
+        raise BrokerUnavailable(
+            f"Redis did not accept {len(batch)} message(s) ({error}); nothing of this batch was queued."
+        ) from error
+    if queued != len(batch):
+        logger.info(
+            "%d of %d message(s) were already queued earlier: not queued again", len(batch) - queued, len(batch)
+        )
+    return queued
