@@ -193,8 +193,6 @@ def fast_path_problem(connection: Any) -> str | None:
     encoder = getattr(connection, "encoder", None)
     if not all(hasattr(encoder, name) for name in ("decode_responses", "encoding", "encoding_errors")):
         return f"{type(connection).__qualname__} has no redis-py encoder"
-    if str(getattr(connection, "protocol", 2)) != "2":
-        return "the connection speaks RESP3"  # the fast reader knows RESP2 replies only
     return None
 
 
