@@ -186,7 +186,8 @@ def fast_path_problem(connection: Any) -> str | None:
         return "redis-py has no redis._parsers.base.BaseParser.parse_error"
     major = redis.__version__.split(".")[0]
     if not major.isdigit() or int(major) not in FAST_PATH_REDIS_MAJORS:
-        return f"redis-py {redis.__version__} is not a version it was written for ({FAST_PATH_REDIS_MAJORS})"
+        written_for = ", ".join(f"{known}.x" for known in FAST_PATH_REDIS_MAJORS)
+        return f"redis-py {redis.__version__} is not a version it was written for ({written_for})"
     sock = getattr(connection, "_sock", None)
     if not all(callable(getattr(sock, name, None)) for name in ("sendall", "recv_into", "fileno")):
         return f"{type(connection).__qualname__} keeps no connected socket in _sock"

@@ -113,6 +113,29 @@ def test_a_connection_class_without_the_private_attributes_falls_back_by_itself(
     assert "PublicOnly keeps no connected socket in _sock" in announced[0].getMessage()
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        ("HAVE_HIREDIS", False, "hiredis is not installed"),
+        ("_parse_error", None, "redis-py has no redis._parsers.base.BaseParser.parse_error"),
+        ("redis.__version__", "9.0.0", "redis-py 9.0.0 is not a version it was written for (8.x)"),
+    ],
+    ids=["no-hiredis", "parser-moved", "redis-py-9"],
+)
+def test_a_redis_py_the_fast_path_was_not_written_for_gets_the_fallback(
+    wired, namespace, monkeypatch, caplog, name, value, reason
+) -> None:
+    monkeypatch.delenv(client.WIRE_ENV, raising=False)
+    monkeypatch.setattr(client, "_announced", set())
+    monkeypatch.setattr(redis if name.startswith("redis.") else client, name.removeprefix("redis."), value)
+    caplog.set_level(logging.INFO, logger="mailqueue.client")
+    client._thread_connection.drop()
+    assert client.wire_path() == "public"
+    assert INCR([f"{namespace}:n"], []) == 1
+    logged = [record.getMessage() for record in caplog.records if record.name == "mailqueue.client"]
+    assert [message.rsplit(": ", 1)[-1] for message in logged] == [reason]
+
+
 def test_a_failed_send_is_sent_once_more_on_a_fresh_connection(wired, namespace, monkeypatch) -> None:
     key = f"{namespace}:n"
     assert INCR([key], []) == 1
