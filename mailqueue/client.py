@@ -3,12 +3,15 @@
 Every hot path (the request's enqueue, a worker's admit and settle, Dramatiq's
 fetch and ack) is one script call. Through redis-py's pool, retry and command
 wrappers such a call cost about 45 µs more CPU than the round trip itself on
-these machines, so scripts go straight to a connection this thread owns.
+these machines, so scripts go straight to a connection this thread owns: on
+the fast path (``Wire``, redis-py's private socket and error mapping) when this
+redis-py has them, else on its public connection API (``PublicWire``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import select
 import socket
@@ -17,12 +20,26 @@ from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
-import hiredis
 import redis
-from redis._parsers.base import BaseParser
 from redis.exceptions import InvalidResponse, NoScriptError
 
 from .conf import get_config, on_config_reset
+
+try:
+    import hiredis
+except ImportError:  # not a dependency of redis-py, nor of mailqueue: the public path works without it
+    HAVE_HIREDIS = False
+else:
+    HAVE_HIREDIS = True
+
+#: redis-py's mapping of an error reply to its exception class (NOSCRIPT -> NoScriptError ...), a private API.
+_parse_error: Callable[[str], redis.RedisError] | None
+try:
+    from redis._parsers.base import BaseParser
+
+    _parse_error = BaseParser.parse_error
+except (ImportError, AttributeError):  # moved or gone in this redis-py: the fast path stands aside
+    _parse_error = None
 
 #: Client defaults: fail fast instead of hanging a request when Redis is away.
 CLIENT_DEFAULTS: dict[str, Any] = {
@@ -42,32 +59,38 @@ def redis_client() -> redis.Redis:
 on_config_reset(redis_client.cache_clear)
 
 
-def pack(*args: Any) -> bytes:
-    """One command in the Redis protocol, packed by hiredis in C."""
-    packed: bytes = hiredis.pack_command(args)
-    return packed
+#: Set to ``public`` to make every new connection take redis-py's public path (the fallback).
+WIRE_ENV = "MAILQUEUE_REDIS_WIRE"
 
+#: redis-py major versions whose ``Connection`` internals the fast path was written against (and tested with).
+FAST_PATH_REDIS_MAJORS = (8,)
+
+logger = logging.getLogger(__name__)
 
 #: What the reader returns while a reply is incomplete.
 _NOT_YET = object()
 
 
 class Wire:
-    """Commands and replies on a connected socket: hiredis packs and parses, nothing else in between.
+    """The fast path: commands and replies on a connected socket, hiredis packs and parses, nothing in between.
 
     redis-py's connection connects (TLS, AUTH, SELECT, timeouts, all from the
     client's settings); after that, its command and reply layers cost about
     20 µs of CPU per round trip on these machines, as much again as the system
     calls. Errors are redis-py's own exception classes, as its parser makes them.
+    Reads redis-py's private ``Connection._sock`` and parser error mapping, so it
+    is used only where ``fast_path_problem()`` finds nothing wrong.
     """
 
+    path = "fast"
+
     def __init__(self, connection: Any) -> None:
-        connection.connect()  # a no-op when connected
+        self.connection = connection
         self.sock: socket.socket = connection._sock
         encoder = connection.encoder
         options: dict[str, Any] = {
             "protocolError": InvalidResponse,
-            "replyError": BaseParser.parse_error,
+            "replyError": _parse_error,
             "notEnoughData": _NOT_YET,  # not False, which is also a reply
         }
         if encoder.decode_responses:
@@ -75,7 +98,11 @@ class Wire:
         self.reader = hiredis.Reader(**options)
         self.buffer = bytearray(65536)
 
-    def send(self, data: bytes) -> None:
+    def send(self, *commands: tuple[Any, ...]) -> None:
+        """Write ``commands`` (argument tuples) in one ``sendall``."""
+        data = (
+            hiredis.pack_command(commands[0]) if len(commands) == 1 else b"".join(map(hiredis.pack_command, commands))
+        )
         try:
             self.sock.sendall(data)
         except TimeoutError:
@@ -101,6 +128,90 @@ class Wire:
             raise reply
         return reply
 
+    def closed_by_server(self) -> bool:
+        """True when Redis closed this idle connection (a restart, a timeout): it must not carry a command.
+
+        Checked before each use, with one non-blocking poll, because a command
+        written into a dead socket only fails when its reply is read, and by then
+        it cannot be told apart from a command Redis ran.
+        """
+        # Readable while idle: the end of the stream, or bytes nobody asked for.
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(self.sock, select.POLLIN)
+            return bool(poller.poll(0))
+        readable, _, _ = select.select([self.sock], [], [], 0)  # Windows has no poll()
+        return bool(readable)
+
+
+class PublicWire:
+    """The fallback: the same exchange through redis-py's public ``Connection`` API only.
+
+    ``send_packed_command`` writes, ``read_response`` parses with redis-py's
+    own parser and raises its own errors, and ``can_read`` is the check the
+    pool itself makes before lending a connection. Same round trips, same
+    errors; only more CPU per call (see docs/design.md).
+    """
+
+    path = "public"
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    def send(self, *commands: tuple[Any, ...]) -> None:
+        """Write ``commands`` (argument tuples) in one write, as the fast path does; no health-check PING."""
+        connection = self.connection
+        chunks = [chunk for command in commands for chunk in connection.pack_command(*command)]
+        connection.send_packed_command(chunks if len(chunks) == 1 else [b"".join(chunks)], check_health=False)
+
+    def read(self) -> Any:
+        """The next reply; an error reply is raised (an error inside an array is returned in it)."""
+        return self.connection.read_response()
+
+    def closed_by_server(self) -> bool:
+        """As ``Wire.closed_by_server``: unread bytes or a closed stream mean the connection must go."""
+        try:
+            return bool(self.connection.can_read(timeout=0))
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            return True
+
+
+def fast_path_problem(connection: Any) -> str | None:
+    """Why the fast path cannot speak on this connected ``connection``, or None when it can."""
+    if os.environ.get(WIRE_ENV) == "public":
+        return f"{WIRE_ENV}=public"
+    if not HAVE_HIREDIS:
+        return "hiredis is not installed"
+    if _parse_error is None:
+        return "redis-py has no redis._parsers.base.BaseParser.parse_error"
+    major = redis.__version__.split(".")[0]
+    if not major.isdigit() or int(major) not in FAST_PATH_REDIS_MAJORS:
+        written_for = ", ".join(f"{known}.x" for known in FAST_PATH_REDIS_MAJORS)
+        return f"redis-py {redis.__version__} is not a version it was written for ({written_for})"
+    sock = getattr(connection, "_sock", None)
+    if not all(callable(getattr(sock, name, None)) for name in ("sendall", "recv_into", "fileno")):
+        return f"{type(connection).__qualname__} keeps no connected socket in _sock"
+    encoder = getattr(connection, "encoder", None)
+    if not all(hasattr(encoder, name) for name in ("decode_responses", "encoding", "encoding_errors")):
+        return f"{type(connection).__qualname__} has no redis-py encoder"
+    return None
+
+
+#: The reasons already logged: the choice is announced once per process and reason, not per connection.
+_announced: set[str] = set()
+
+
+def open_wire(connection: Any) -> Wire | PublicWire:
+    """Connect ``connection`` and put the fastest path that works on it."""
+    connection.connect()  # a no-op when connected
+    problem = fast_path_problem(connection)
+    if problem is None:
+        return Wire(connection)
+    if problem not in _announced:
+        _announced.add(problem)
+        logger.info("Redis scripts take redis-py's public connection API (slower than the fast path): %s", problem)
+    return PublicWire(connection)
+
 
 class _Held:
     """One thread's connection, closed when the thread ends.
@@ -115,7 +226,7 @@ class _Held:
         #: The client and process it was made for: a settings change or a fork needs a new one.
         self.client = client
         self.pid = pid
-        self.wire: Wire | None = None
+        self.wire: Wire | PublicWire = open_wire(connection)
 
     def __del__(self) -> None:
         self.connection.disconnect()
@@ -126,27 +237,19 @@ class _ThreadConnection(threading.local):
 
     held: _Held | None = None
 
-    def wire(self) -> Wire:
+    def wire(self) -> Wire | PublicWire:
         """This thread's connection, connected, to speak to directly."""
-        self.get()
-        assert self.held is not None
-        if self.held.wire is None:
-            self.held.wire = Wire(self.held.connection)
-        return self.held.wire
-
-    def get(self) -> Any:
         client = redis_client()
         held = self.held
-        if held is not None and (
-            held.client is not client or held.pid != os.getpid() or _closed_by_server(held.connection)
-        ):
+        if held is not None and (held.client is not client or held.pid != os.getpid() or held.wire.closed_by_server()):
             self.drop()
             held = None
         if held is None:
-            # Made like the pool's connections, but outside the pool: never counted against its limit.
+            # Made like the pool's connections, but outside the pool: never counted against its limit
+            # (the pool's public make_connection() would count it, and it is never given back).
             pool = client.connection_pool
             held = self.held = _Held(pool.connection_class(**pool.connection_kwargs), client, os.getpid())
-        return held.connection
+        return held.wire
 
     def drop(self) -> None:
         if self.held is not None:
@@ -154,26 +257,12 @@ class _ThreadConnection(threading.local):
         self.held = None
 
 
-def _closed_by_server(connection: Any) -> bool:
-    """True when Redis closed this idle connection (a restart, a timeout): it must not carry a command.
-
-    Checked before each use, with one non-blocking poll, because a command
-    written into a dead socket only fails when its reply is read, and by then
-    it cannot be told apart from a command Redis ran.
-    """
-    sock = getattr(connection, "_sock", None)
-    if sock is None:
-        return False
-    # Readable while idle: the end of the stream, or bytes nobody asked for.
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        return bool(poller.poll(0))
-    readable, _, _ = select.select([sock], [], [], 0)  # Windows has no poll()
-    return bool(readable)
-
-
 _thread_connection = _ThreadConnection()
+
+
+def wire_path() -> str:
+    """Which path this thread's connection takes: ``fast`` or ``public``."""
+    return _thread_connection.wire().path
 
 
 class LuaScript:
@@ -185,34 +274,34 @@ class LuaScript:
 
     def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """Run the script; raise redis's own errors (retried only as ``exchange`` says)."""
-        command = pack("EVALSHA", self.sha, len(keys), *keys, *args)
+        command = ("EVALSHA", self.sha, len(keys), *keys, *args)
 
-        def receive(wire: Wire) -> Any:
+        def receive(wire: Wire | PublicWire) -> Any:
             try:
                 return wire.read()
             except NoScriptError:
                 # First use on this Redis (or after SCRIPT FLUSH or a restart): load it, run it again.
-                wire.send(pack("SCRIPT", "LOAD", self.source))
+                wire.send(("SCRIPT", "LOAD", self.source))
                 wire.read()
                 wire.send(command)
                 return wire.read()
 
-        return exchange(command, receive)
+        return exchange((command,), receive)
 
 
-def exchange[T](data: bytes, receive: Callable[[Wire], T]) -> T:
-    """Send ``data`` on this thread's connection and ``receive`` the reply, with the one retry policy.
+def exchange[T](commands: Sequence[tuple[Any, ...]], receive: Callable[[Wire | PublicWire], T]) -> T:
+    """Send ``commands`` on this thread's connection and ``receive`` the reply, with the one retry policy.
 
-    A connection that fails while the command is being sent is replaced and
-    the command sent once more: Redis has not run it. A failure after that is
-    raised and never retried, since Redis may have run it; and the connection
+    A connection that fails while the commands are being sent is replaced and
+    they are sent once more: Redis has not run them. A failure after that is
+    raised and never retried, since Redis may have run them; and the connection
     is dropped, so a reply that arrives late is never read as the next one's.
     """
     for attempt in (1, 2):
         sent = False
         try:
             wire = _thread_connection.wire()
-            wire.send(data)
+            wire.send(*commands)
             sent = True
             return receive(wire)
         except redis.ConnectionError:
@@ -226,19 +315,19 @@ def exchange[T](data: bytes, receive: Callable[[Wire], T]) -> T:
     raise AssertionError("unreachable")
 
 
-def transaction(commands: Sequence[Sequence[Any]]) -> list[Any]:
+def transaction(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
     """Run ``commands`` in one MULTI/EXEC on this thread's connection; return EXEC's replies.
 
     Atomic like a script, in one round trip, with the same retry policy.
     """
 
-    def receive(wire: Wire) -> list[Any]:
+    def receive(wire: Wire | PublicWire) -> list[Any]:
         for _ in range(len(commands) + 1):
             wire.read()  # OK, then QUEUED for each command
         replies: list[Any] = wire.read()
         return replies
 
-    replies = exchange(b"".join(pack(*command) for command in (("MULTI",), *commands, ("EXEC",))), receive)
+    replies = exchange((("MULTI",), *commands, ("EXEC",)), receive)
     failed = next((reply for reply in replies if isinstance(reply, redis.ResponseError)), None)
     if failed is not None:
         raise failed  # a command Redis ran and refused (WRONGTYPE): the others still ran
