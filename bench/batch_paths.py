@@ -52,7 +52,7 @@ def redis_url(given: str | None) -> Iterator[str]:
 def push_by_transaction(batch: Sequence[Any]) -> int:
     """The removed second path: the batch as MULTI, one HSET and one RPUSH per queue, EXEC; one round trip."""
     # After django.setup(): mailqueue reads its settings when imported.
-    from mailqueue.client import exchange, pack  # noqa: PLC0415
+    from mailqueue.client import exchange  # noqa: PLC0415
     from mailqueue.conf import get_config  # noqa: PLC0415
     from mailqueue.keys import QueueKeys  # noqa: PLC0415
 
@@ -76,7 +76,7 @@ def push_by_transaction(batch: Sequence[Any]) -> int:
         replies: list[Any] = wire.read()
         return replies
 
-    replies = exchange(b"".join(pack(*command) for command in commands), receive)
+    replies = exchange(commands, receive)
     failed = next((reply for reply in replies if isinstance(reply, redis.ResponseError)), None)
     if failed is not None:
         raise failed

@@ -313,22 +313,3 @@ def exchange[T](commands: Sequence[tuple[Any, ...]], receive: Callable[[Wire | P
             _thread_connection.drop()
             raise
     raise AssertionError("unreachable")
-
-
-def transaction(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-    """Run ``commands`` in one MULTI/EXEC on this thread's connection; return EXEC's replies.
-
-    Atomic like a script, in one round trip, with the same retry policy.
-    """
-
-    def receive(wire: Wire | PublicWire) -> list[Any]:
-        for _ in range(len(commands) + 1):
-            wire.read()  # OK, then QUEUED for each command
-        replies: list[Any] = wire.read()
-        return replies
-
-    replies = exchange((("MULTI",), *commands, ("EXEC",)), receive)
-    failed = next((reply for reply in replies if isinstance(reply, redis.ResponseError)), None)
-    if failed is not None:
-        raise failed  # a command Redis ran and refused (WRONGTYPE): the others still ran
-    return replies
