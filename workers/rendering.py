@@ -120,7 +120,7 @@ def _date(value: object) -> str | None:
     return f"Date: {text}\r\n"
 
 
-def _text(text: object) -> tuple[str, bytes] | None:
+def _encoded_text_payload(text: object) -> tuple[str, bytes] | None:
     """(Content-Transfer-Encoding, payload): text that needs no encoding, 7bit or 8bit as the email package picks."""
     if not isinstance(text, str):
         return None
@@ -142,7 +142,7 @@ def _text_part(text: object, subtype: object, *, filename: str | None = None, mi
     if subtype is None or SUBTYPE.fullmatch(subtype) is None:
         return None
     content_type = f'Content-Type: text/{subtype}; charset="utf-8"'
-    encoded = _text(text)
+    encoded = _encoded_text_payload(text)
     if encoded is None or len(content_type) > MAX_LINE_LENGTH:
         return None  # a long subtype folds the line
     cte, payload = encoded
