@@ -4,9 +4,9 @@ PYTHON := $(shell .ci/find-python)
 VENV := .venv
 BIN := $(VENV)/bin
 LOCAL_REDIS_PORT ?= 6399
-# The oldest Python pyproject.toml declares (requires-python = ">=X.Y"), in a venv of its own: `make pytest`
+# The oldest Python pyproject.toml declares (requires-python = ">=X.Y,<..."), in a venv of its own: `make pytest`
 # runs on the newest one found (3.13 preferred), `make pytest-oldest` runs the byte-identity test on this one.
-OLDEST := $(shell sed -n 's/^requires-python = ">=\([0-9.]*\)"$$/\1/p' pyproject.toml)
+OLDEST := $(shell sed -n 's/^requires-python = ">=\([0-9.]*\)[,"].*$$/\1/p' pyproject.toml)
 PYTHON_OLDEST := $(shell .ci/find-python $(OLDEST) 2>/dev/null)
 VENV_OLDEST := .venv-$(OLDEST)
 

@@ -74,7 +74,7 @@ class AttemptFailed:
     error_type: str
     #: True when trying again later may help; False when this provider refused the message for good.
     transient: bool
-    #: The error as one line, without the message's content.
+    #: The error as one line: never the subject or body; refused recipients are named when the provider refused them.
     error: str
     attempt: int
 

@@ -111,6 +111,6 @@ def run_worker() -> Callable[..., InProcessWorker]:
     """A real Dramatiq worker in this process: ``with run_worker(threads=2) as worker: ...; worker.drain()``."""
 
     def start(threads: int = 2) -> InProcessWorker:
-        return InProcessWorker(threads, fresh=False)
+        return InProcessWorker(threads)
 
     return start

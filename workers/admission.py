@@ -24,7 +24,7 @@ import redis
 from dramatiq.common import current_millis
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from mailqueue.client import LuaScript
+from mailqueue.client import LuaScript, redis_client
 from mailqueue.conf import MailQueueConfig, ProviderConfig, QueueConfig
 from mailqueue.envelope import random_id
 from mailqueue.keys import STATS_TTL, ProviderKeys, delivered_key, sending_key
@@ -293,3 +293,12 @@ def settle(
 def release(envelope_id: str, claim: str, config: MailQueueConfig) -> None:
     """Drop this attempt's claim on the envelope (it was not delivered): the next attempt may send."""
     RELEASE([sending_key(config.namespace, envelope_id)], [claim])
+
+
+def delivered_via(envelope_id: str, config: MailQueueConfig) -> str | None:
+    """The provider the delivery record names for ``envelope_id``; None if there is none or Redis cannot say."""
+    try:
+        provider = redis_client().get(delivered_key(config.namespace, envelope_id))
+    except redis.RedisError:
+        return None
+    return provider.decode() if isinstance(provider, bytes) else provider

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import redis
 from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import EmailMessage
+from dramatiq.middleware import Interrupt
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from mailqueue.conf import MailQueueConfig, ProviderConfig, QueueConfig
@@ -275,13 +276,16 @@ def _through_chain(
         )
         try:
             settled = settle(admission, envelope.id, provider, "sent", config, ack)
+            if ack is not None and settled.acked:
+                acknowledged_early(ack)
         except redis.RedisError:
             # The provider took it: retrying would send it again. The ack waits for Redis, and the
             # claim keeps any other copy away until it expires.
             logger.exception("%s was sent via %s, but its delivery record could not be written", envelope.id, alias)
-        else:
-            if ack is not None and settled.acked:
-                acknowledged_early(ack)
+        except Interrupt:
+            # The time limit (it fires once per message) landed while recording: the provider took the
+            # message all the same, and this attempt must say so, or it would be retried and sent again.
+            logger.warning("%s was sent via %s; the time limit interrupted recording it", envelope.id, alias)
         return delivered
     if skipped and not failures:
         raise DeliveryDeferred(

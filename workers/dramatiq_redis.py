@@ -145,7 +145,7 @@ class DeadLetteringConsumer(_RedisConsumer):
             attempts=1,
             payload=raw.decode("utf-8", "backslashreplace"),
         )
-        record(letter)
+        until_redis_accepts(lambda: record(letter), f"the dead letter of undecodable message {letter.id}")
         if redis_id is not None:
             self.worker_broker.do_ack(self.queue_name, redis_id)
         logger.error("dead-lettered an undecodable message %s on %s: %s", letter.id, letter.queue, error.error)

@@ -13,10 +13,16 @@ decides the message's fate:
 * any other failure (all providers failed, the time limit): put it back after
   an exponential backoff, one retry used up; ``message_deferred``.
 
-Every path acknowledges the Dramatiq message by returning normally. An error
-that escapes (Redis refusing a write for another reason, an interruption while
-deciding) is left to Dramatiq's ``Retries`` middleware: the message is
-attempted again, never lost.
+Every path acknowledges the Dramatiq message by returning normally.
+
+Dramatiq's time limit interrupts the worker's thread once per message,
+wherever it is. Landing here it cannot undo a decision: the write that carries
+the decision out (the put-back, the dead letter) is finished, and only an
+announcement can be lost. An outcome that is the time limit itself is checked
+against the delivery record first, so a message the provider took just before
+the interruption is never retried or dead-lettered. Any other error that
+escapes (Redis refusing a write for a reason that is not an outage) is left to
+Dramatiq's ``Retries`` middleware: the message is attempted again, never lost.
 """
 
 from __future__ import annotations
@@ -24,19 +30,21 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
 from dramatiq.common import compute_backoff
-from dramatiq.middleware import TimeLimitExceeded
+from dramatiq.middleware import Interrupt, TimeLimitExceeded
 
-from mailqueue.conf import QueueConfig
+from mailqueue.conf import QueueConfig, get_config
 from mailqueue.deadletters import DeadLetter, record
 from mailqueue.envelope import Envelope
 from mailqueue.exceptions import DeliveryDeferred, EnvelopeError, PermanentDeliveryError
 from mailqueue.signals import MessageDeadLettered, MessageDeferred, MessageSent, announce
 
+from .admission import delivered_via
 from .delivery import Delivered
 from .patience import until_redis_accepts
 
@@ -73,14 +81,55 @@ class Attempt:
 
 def conclude(attempt: Attempt, payload: Any, outcome: Delivered | BaseException, envelope: Envelope | None) -> None:
     """Act on how ``attempt`` went, and announce it (``envelope`` is None when the payload was unreadable)."""
+    if isinstance(outcome, Interrupt) and envelope is not None:
+        outcome = _delivered_before(outcome, envelope, attempt)
     if isinstance(outcome, Delivered):
-        _sent(attempt, outcome, envelope)
+        _tell(lambda: _sent(attempt, outcome, envelope), "the delivery")
     elif isinstance(outcome, DeliveryDeferred):
         _defer(attempt, outcome)
     elif isinstance(outcome, (EnvelopeError, PermanentDeliveryError)) or attempt.retries >= attempt.queue.max_retries:
         _dead_letter(attempt, payload, outcome)
     else:
         _retry(attempt, outcome)
+
+
+def _carry_out(write: Callable[[], object], what: str) -> None:
+    """Run the write that carries out a decision to its end, even through the time limit's interruption.
+
+    Left half done, the message would be neither put back nor dead-lettered,
+    and Dramatiq would attempt it once more (a permanent failure sent again).
+    The time limit fires once per message, so the write is run again: recording
+    a dead letter twice keeps one; a put-back that had gone through leaves a
+    second copy, which the delivery record keeps from sending twice.
+    """
+    while True:
+        try:
+            write()
+            return
+        except Interrupt:
+            logger.warning("the time limit interrupted %s; finishing it", what)
+
+
+def _tell(announcement: Callable[[], None], what: str) -> None:
+    """Log and announce a decision already carried out: an interruption here loses only the announcement."""
+    try:
+        announcement()
+    except Interrupt:
+        logger.warning("the time limit interrupted the announcement of %s", what)
+
+
+def _delivered_before(interrupt: Interrupt, envelope: Envelope, attempt: Attempt) -> Delivered | Interrupt:
+    """The time limit as an outcome: unless the delivery record shows the provider had already taken it."""
+    provider = delivered_via(envelope.id, get_config())
+    if provider is None:
+        return interrupt
+    logger.warning(
+        "%s was delivered via %s before the time limit interrupted attempt %d: not retried",
+        envelope.id,
+        provider,
+        attempt.number,
+    )
+    return Delivered(provider, None, None, 0.0, earlier=True)
 
 
 def _sent(attempt: Attempt, delivered: Delivered, envelope: Envelope | None) -> None:
@@ -105,33 +154,39 @@ def _sent(attempt: Attempt, delivered: Delivered, envelope: Envelope | None) -> 
     )
 
 
-def _put_back(attempt: Attempt, delay: float, options: dict[str, Any]) -> None:
+def _put_back(attempt: Attempt, outcome: BaseException, delay: float, options: dict[str, Any]) -> None:
     """Enqueue a copy ``delay`` seconds later, before this attempt is acknowledged.
 
     A crash in between leaves two copies; the delivery record keeps the second from sending.
+    Outside a worker there is nothing to put back: ``outcome`` is raised to the caller.
     """
     if attempt.message is None:
-        raise RuntimeError("a message can only be put back from inside a worker")
+        raise outcome
+    copy = attempt.message.copy(options=options)
     broker = dramatiq.get_broker()
-    broker.enqueue(attempt.message.copy(options=options), delay=max(1, int(delay * 1000)))
+    _carry_out(lambda: broker.enqueue(copy, delay=max(1, int(delay * 1000))), f"putting back {attempt.message_id}")
 
 
 def _defer(attempt: Attempt, deferred: DeliveryDeferred) -> None:
     deferrals = (attempt.message.options.get(DEFERRALS, 0) if attempt.message is not None else 0) + 1
     # Jitter, so messages held back together do not all come back in the same instant.
     delay = deferred.delay * (1 + random.random() / 10)
-    _put_back(attempt, delay, {DEFERRALS: deferrals})
-    logger.info("deferred %s by %.2f s (%d time(s)): %s", deferred.envelope_id, delay, deferrals, deferred)
-    announce(
-        MessageDeferred(
-            envelope_id=deferred.envelope_id,
-            queue=attempt.queue.name,
-            reason=str(deferred),
-            until=time.time() + delay,
-            retry=False,
-            attempt=attempt.number,
+    _put_back(attempt, deferred, delay, {DEFERRALS: deferrals})
+
+    def tell() -> None:
+        logger.info("deferred %s by %.2f s (%d time(s)): %s", deferred.envelope_id, delay, deferrals, deferred)
+        announce(
+            MessageDeferred(
+                envelope_id=deferred.envelope_id,
+                queue=attempt.queue.name,
+                reason=str(deferred),
+                until=time.time() + delay,
+                retry=False,
+                attempt=attempt.number,
+            )
         )
-    )
+
+    _tell(tell, f"the deferral of {deferred.envelope_id}")
 
 
 def _reason(error: BaseException, queue: QueueConfig) -> str:
@@ -147,27 +202,31 @@ def _envelope_id(attempt: Attempt, error: BaseException) -> str:
 def _retry(attempt: Attempt, error: BaseException) -> None:
     queue = attempt.queue
     _, delay_ms = compute_backoff(attempt.retries, factor=queue.min_backoff, max_backoff=queue.max_backoff)
-    _put_back(attempt, delay_ms / 1000, {"retries": attempt.retries + 1})
+    _put_back(attempt, error, delay_ms / 1000, {"retries": attempt.retries + 1})
     envelope_id = _envelope_id(attempt, error)
     reason = _reason(error, queue)
-    logger.warning(
-        "attempt %d of %s on %s failed, retrying in %.1f s: %s",
-        attempt.number,
-        envelope_id,
-        queue.name,
-        delay_ms / 1000,
-        reason,
-    )
-    announce(
-        MessageDeferred(
-            envelope_id=envelope_id,
-            queue=queue.name,
-            reason=reason,
-            until=time.time() + delay_ms / 1000,
-            retry=True,
-            attempt=attempt.number,
+
+    def tell() -> None:
+        logger.warning(
+            "attempt %d of %s on %s failed, retrying in %.1f s: %s",
+            attempt.number,
+            envelope_id,
+            queue.name,
+            delay_ms / 1000,
+            reason,
         )
-    )
+        announce(
+            MessageDeferred(
+                envelope_id=envelope_id,
+                queue=queue.name,
+                reason=reason,
+                until=time.time() + delay_ms / 1000,
+                retry=True,
+                attempt=attempt.number,
+            )
+        )
+
+    _tell(tell, f"the retry of {envelope_id}")
 
 
 def _dead_letter(attempt: Attempt, payload: Any, error: BaseException) -> None:
@@ -182,17 +241,22 @@ def _dead_letter(attempt: Attempt, payload: Any, error: BaseException) -> None:
         payload=payload,
         provider=getattr(error, "provider", None),
     )
-    until_redis_accepts(lambda: record(letter), f"the dead letter of {envelope_id}")
-    logger.error(
-        "dead-lettered %s on %s after %d attempt(s): %s", envelope_id, letter.queue, letter.attempts, letter.reason
-    )
-    announce(
-        MessageDeadLettered(
-            envelope_id=envelope_id,
-            queue=letter.queue,
-            reason=letter.reason,
-            error_type=letter.error_type,
-            attempts=letter.attempts,
-            provider=letter.provider,
+    what = f"the dead letter of {envelope_id}"
+    _carry_out(lambda: until_redis_accepts(lambda: record(letter), what), what)
+
+    def tell() -> None:
+        logger.error(
+            "dead-lettered %s on %s after %d attempt(s): %s", envelope_id, letter.queue, letter.attempts, letter.reason
         )
-    )
+        announce(
+            MessageDeadLettered(
+                envelope_id=envelope_id,
+                queue=letter.queue,
+                reason=letter.reason,
+                error_type=letter.error_type,
+                attempts=letter.attempts,
+                provider=letter.provider,
+            )
+        )
+
+    _tell(tell, what)
