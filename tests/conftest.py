@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 
+from mailqueue import signals
 from tests.servers import PostmarkAPI, SMTPServer
 from workers.testing import InProcessWorker
 
@@ -104,6 +106,34 @@ def smtp_setup(configure: Callable[..., None], smtp_server: SMTPServer) -> SMTPS
     """The usual setup: every queue delivers through one real SMTP server."""
     configure(providers={"smtp": smtp_server.mailer()})
     return smtp_server
+
+
+class EventRecorder:
+    """Keeps every mailqueue signal's event, from the worker's threads too."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, sender: type, event: Any, **kwargs: Any) -> None:
+        assert sender is type(event)
+        with self.lock:
+            self.events.append(event)
+
+    def of(self, kind: type) -> list[Any]:
+        with self.lock:
+            return [event for event in self.events if isinstance(event, kind)]
+
+
+@pytest.fixture
+def recorder() -> Iterator[EventRecorder]:
+    """Every event announced through mailqueue.signals during the test."""
+    recorder = EventRecorder()
+    for signal in signals.SIGNALS.values():
+        signal.connect(recorder, weak=False)
+    yield recorder
+    for signal in signals.SIGNALS.values():
+        signal.disconnect(recorder)
 
 
 @pytest.fixture

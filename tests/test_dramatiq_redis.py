@@ -11,7 +11,7 @@ from django.core.mail import send_mail
 
 from mailqueue.exceptions import MailQueueImproperlyConfigured
 from mailqueue.keys import QueueKeys, heartbeats_key, in_progress_key
-from mailqueue.signals import message_dead_lettered
+from mailqueue.signals import MessageDeadLettered
 from workers import dramatiq_redis
 from workers.actors import worker_broker
 from workers.admission import AckTarget
@@ -82,14 +82,8 @@ def test_ack_target_is_none_outside_a_worker_broker() -> None:
 
 
 def test_an_undecodable_stored_message_is_dead_lettered_and_the_consumer_goes_on(
-    smtp_setup, redis_client, namespace
+    smtp_setup, redis_client, namespace, recorder
 ) -> None:
-    announced = []
-
-    def listen(sender, event, **kwargs) -> None:
-        announced.append(event)
-
-    message_dead_lettered.connect(listen)
     keys = QueueKeys.of(namespace, "default")
     redis_client.hset(keys.messages, "garbage-id", b"{not json")
     redis_client.rpush(keys.ready, "garbage-id")
@@ -100,8 +94,8 @@ def test_an_undecodable_stored_message_is_dead_lettered_and_the_consumer_goes_on
         message = fetch_one(consumer)
     finally:
         consumer.close()
-        message_dead_lettered.disconnect(listen)
     assert message.args[0]["message"]["subject"] == "after"
     assert redis_client.zscore(keys.dead, "garbage-id") is not None
     assert not redis_client.hexists(keys.messages, "garbage-id")
+    announced = recorder.of(MessageDeadLettered)
     assert [(event.envelope_id, event.error_type) for event in announced] == [("garbage-id", "DecodeError")]

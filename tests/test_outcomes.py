@@ -8,12 +8,9 @@ message, and while the delivery record waits for Redis.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import redis
 from django.core.mail import send_mail
 from dramatiq.middleware import TimeLimitExceeded
@@ -24,32 +21,6 @@ from workers import actors, admission, outcomes
 
 #: A short time limit, so that a slow step below is interrupted by it.
 TIME_LIMIT_MS = 1500
-
-
-class Recorder:
-    """Every mailqueue event, from the worker's threads too."""
-
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, sender: type, event: Any, **kwargs: Any) -> None:
-        with self.lock:
-            self.events.append(event)
-
-    def of(self, kind: type) -> list[Any]:
-        with self.lock:
-            return [event for event in self.events if isinstance(event, kind)]
-
-
-@pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    recorder = Recorder()
-    for signal in signals.SIGNALS.values():
-        signal.connect(recorder, weak=False)
-    yield recorder
-    for signal in signals.SIGNALS.values():
-        signal.disconnect(recorder)
 
 
 def queues(max_retries: int) -> dict[str, Any]:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,33 +13,6 @@ from mailqueue import deadletters, signals
 from mailqueue.models import OutboxMessage
 from tests.redis_server import RedisServer
 from tests.servers import free_port
-
-
-class Recorder:
-    """Connects to every mailqueue signal and keeps what arrives (from worker threads too)."""
-
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, sender: type, event: Any, **kwargs: Any) -> None:
-        assert sender is type(event)
-        with self.lock:
-            self.events.append(event)
-
-    def of(self, kind: type) -> list[Any]:
-        with self.lock:
-            return [event for event in self.events if isinstance(event, kind)]
-
-
-@pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    recorder = Recorder()
-    for signal in signals.SIGNALS.values():
-        signal.connect(recorder, weak=False)
-    yield recorder
-    for signal in signals.SIGNALS.values():
-        signal.disconnect(recorder)
 
 
 def unreachable() -> dict[str, Any]:
