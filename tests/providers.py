@@ -35,6 +35,19 @@ class RecordingBackend(BaseEmailBackend):
         return len(email_messages)
 
 
+class BouncingBackend(BaseEmailBackend):
+    """Refuses every recipient with a 550 (a permanent failure), after running ``after_send``."""
+
+    after_send: ClassVar[Callable[[], None] | None] = None
+
+    def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
+        SENT.extend(str(message.subject) for message in email_messages)
+        if BouncingBackend.after_send is not None:
+            BouncingBackend.after_send()
+        refused = {address: (550, b"5.1.1 no such user") for address in email_messages[0].recipients()}
+        raise smtplib.SMTPRecipientsRefused(refused)
+
+
 class SlowBackend(BaseEmailBackend):
     """Takes ``seconds`` per message, then accepts it."""
 

@@ -8,19 +8,74 @@ message, and while the delivery record waits for Redis.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import redis
-from django.core.mail import send_mail
-from dramatiq.middleware import TimeLimitExceeded
+import pytest
+from django.core.mail import EmailMessage, send_mail
+from dramatiq.middleware import TimeLimitExceeded, raise_thread_exception
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from mailqueue import deadletters, signals
+from mailqueue.conf import get_config
+from mailqueue.envelope import Envelope
+from tests import providers
+from tests.redis_server import RedisServer
 from tests.servers import free_port
-from workers import actors, admission, outcomes
+from workers import actors
 
 #: A short time limit, so that a slow step below is interrupted by it.
 TIME_LIMIT_MS = 1500
+
+
+#: No client-side retries, so a stopped Redis fails every call at once.
+FAIL_FAST = {"retry": Retry(NoBackoff(), 0), "socket_connect_timeout": 0.2}
+
+
+@pytest.fixture
+def private_redis(tmp_path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path, appendonly=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _clean_providers() -> Iterator[None]:
+    providers.SENT.clear()
+    yield
+    providers.RecordingBackend.after_send = providers.BouncingBackend.after_send = None
+
+
+def redis_away_for(server: RedisServer, *, seconds: float) -> None:
+    """Stop the real Redis now, and start it again ``seconds`` later."""
+    server.stop()
+    threading.Timer(seconds, server.start).start()
+
+
+def interrupted_after(seconds: float, attempt: Callable[[], Any]) -> dict[str, Any]:
+    """Run ``attempt`` in a thread and raise TimeLimitExceeded in it after ``seconds``, as Dramatiq's time limit does."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["returned"] = attempt()
+        except BaseException as error:  # noqa: BLE001  (the test reports what escaped)
+            outcome["raised"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(seconds)
+    assert thread.is_alive(), "the attempt ended before the time limit could land"
+    raise_thread_exception(thread.ident, TimeLimitExceeded)
+    thread.join(30)
+    return outcome
+
+
+def default_queue() -> Any:
+    return get_config().queues["default"]
 
 
 def queues(max_retries: int) -> dict[str, Any]:
@@ -65,27 +120,29 @@ def test_a_slow_receiver_interrupted_by_the_time_limit_does_not_repeat_the_retry
 
 
 def test_a_dead_letter_interrupted_while_redis_is_away_is_still_recorded_and_never_resent(
-    configure, smtp_server, run_worker, recorder, monkeypatch
+    configure, private_redis, recorder
 ) -> None:
-    configure(providers={"p": smtp_server.mailer()}, QUEUES=queues(max_retries=3))
-    smtp_server.handler.rcpt_replies["gone@example.com"] = "550 5.1.1 no such user"
-    record = outcomes.record
-    refusals = []
-
-    def redis_away_for_a_while(letter: deadletters.DeadLetter) -> None:
-        if len(refusals) < 5:  # about 3 s of backoff: longer than the time limit
-            refusals.append(letter.id)
-            raise redis.ConnectionError("Redis is away")
-        record(letter)
-
-    monkeypatch.setattr(outcomes, "record", redis_away_for_a_while)
-    send_mail("permanent", "b", None, ["gone@example.com"])
-    with run_worker() as worker:
-        worker.drain(30)
-    assert len(refusals) == 5
-    assert [(event.attempt, event.transient) for event in recorder.of(signals.AttemptFailed)] == [(1, False)]
-    assert len(smtp_server.received) == 0
-    assert [letter.attempts for letter in deadletters.iter_dead()] == [1]
+    # A real Redis stops right after the provider's permanent refusal, so the dead letter must wait for it;
+    # the real time limit's exception lands while it waits. The attempt must still end with the dead
+    # letter recorded, and nothing may send the message to the provider again.
+    configure(
+        providers={"p": {"BACKEND": "tests.providers.BouncingBackend"}},
+        QUEUES=queues(max_retries=3),
+        BROKER_URL=private_redis.url,
+        BROKER_OPTIONS=FAIL_FAST,
+    )
+    providers.BouncingBackend.after_send = lambda: redis_away_for(private_redis, seconds=3.0)
+    payload = Envelope.from_message(
+        EmailMessage("bounce", "b", None, ["gone@example.com"]), queue="default", mailer="d"
+    )
+    outcome = interrupted_after(1.0, lambda: actors.run_attempt(payload.encode(), default_queue(), get_config()))
+    assert outcome == {"returned": None}
+    assert providers.SENT == ["bounce"]
+    assert [(event.transient, event.error_type) for event in recorder.of(signals.AttemptFailed)] == [
+        (False, "SMTPRecipientsRefused")
+    ]
+    assert [letter.error_type for letter in deadletters.iter_dead("default")] == ["PermanentDeliveryError"]
+    assert len(recorder.of(signals.MessageDeadLettered)) == 1
 
 
 def test_an_interruption_right_after_the_provider_took_the_message_counts_as_sent(
@@ -108,23 +165,21 @@ def test_an_interruption_right_after_the_provider_took_the_message_counts_as_sen
     assert list(deadletters.iter_dead()) == []
 
 
-def test_a_delivery_record_interrupted_while_redis_is_away_does_not_send_twice(
-    configure, smtp_server, run_worker, recorder, monkeypatch
-) -> None:
-    configure(providers={"p": smtp_server.mailer()}, QUEUES=queues(max_retries=3))
-    settle_script = admission.SETTLE
-    away_until = time.monotonic() + 2 * TIME_LIMIT_MS / 1000
-
-    def redis_away_after_the_send(keys: Any, args: Any) -> Any:
-        if args[0] == "sent" and time.monotonic() < away_until:
-            raise redis.ConnectionError("Redis is away")
-        return settle_script(keys, args)
-
-    monkeypatch.setattr(admission, "SETTLE", redis_away_after_the_send)
-    send_mail("once", "b", None, ["a@example.com"])
-    with run_worker() as worker:
-        worker.drain(30)
-    assert len(smtp_server.received) == 1
+def test_a_delivery_record_interrupted_while_redis_is_away_counts_as_sent(configure, private_redis, recorder) -> None:
+    # A real Redis stops right after the provider took the message, so the delivery record waits for it;
+    # the real time limit's exception lands while it waits. The attempt must end as sent: retried, the
+    # message would be sent a second time once the sending claim expired.
+    configure(
+        providers={"p": {"BACKEND": "tests.providers.RecordingBackend"}},
+        QUEUES=queues(max_retries=3),
+        BROKER_URL=private_redis.url,
+        BROKER_OPTIONS=FAIL_FAST,
+    )
+    providers.RecordingBackend.after_send = lambda: redis_away_for(private_redis, seconds=3.0)
+    payload = Envelope.from_message(EmailMessage("once", "b", None, ["a@example.com"]), queue="default", mailer="d")
+    outcome = interrupted_after(1.0, lambda: actors.run_attempt(payload.encode(), default_queue(), get_config()))
+    assert outcome == {"returned": None}
+    assert providers.SENT == ["once"]
     (sent,) = recorder.of(signals.MessageSent)
-    assert sent.attempt == 1
-    assert recorder.of(signals.MessageDeferred) == []
+    assert (sent.provider, sent.attempt) == ("p", 1)
+    assert recorder.of(signals.MessageDeferred) == recorder.of(signals.MessageDeadLettered) == []
