@@ -11,24 +11,34 @@ Variable                    Default                             Meaning
 ``DEMO_SMTP_HOST``          ``127.0.0.1``                       SMTP provider "smtp" (the local catcher)
 ``DEMO_SMTP_PORT``          ``1025``                            its port
 ``DEMO_BACKUP_SMTP_PORT``   (unset)                             if set, a failover SMTP provider "backup"
-``DJANGO_SECRET_KEY``       a development-only key              Django SECRET_KEY
-``DJANGO_DEBUG``            ``1``                               Django DEBUG (``0`` to turn off)
+``DJANGO_SECRET_KEY``       a random key per process            Django SECRET_KEY
+``DJANGO_DEBUG``            ``0``                               Django DEBUG (``1`` to turn on)
 ``DJANGO_ALLOWED_HOSTS``    ``localhost,127.0.0.1``             comma-separated ALLOWED_HOSTS
 ==========================  ==================================  ==========================================
+
+Without ``DJANGO_SECRET_KEY`` or ``DJANGO_DEBUG``, project.wsgi logs a loud warning once at startup.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import dj_database_url
 
+from project import environment
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-not-secret-mailqueue-demo")
-DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+#: The security settings that fell back to a demo default; project.wsgi warns about them once at startup.
+DEMO_DEFAULTED = environment.unset(os.environ, ("DJANGO_SECRET_KEY", "DJANGO_DEBUG"))
+# Not a fixed development key: one that is in the repository is a key everyone knows.
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(50)
+DEBUG = os.environ.get("DJANGO_DEBUG", "0") == "1"
+# Django hides settings named like secrets; this also masks the password inside URLs (the Redis URL).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "project.safety.CredentialFilter"
 ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1").split(",")
 
 INSTALLED_APPS = [
