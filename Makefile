@@ -25,20 +25,25 @@ $(VENV_OLDEST)/bin/.installed: requirements.txt requirements-dev.txt
 	touch $@
 
 # The demo site, a worker pool per queue, the outbox relay, a local SMTP catcher
-# as the provider, and (when REDIS_URL is not set) a private Redis. Open http://127.0.0.1:8000/
+# as the provider, and (when REDIS_URL is not set) a private Redis. Open http://127.0.0.1:$(WEB_PORT)/
+# The Redis URL goes to var/redis-url, which project/settings.py reads when REDIS_URL is unset: so
+# `manage.py mailqueue status` in a second terminal reads the Redis this demo uses.
+WEB_PORT ?= 8000
 run: $(BIN)/.installed
 	mkdir -p var/mailbox var/redis
 	$(BIN)/python manage.py migrate --verbosity 0
 	$(BIN)/python manage.py check
-	@export DJANGO_SETTINGS_MODULE="$${DJANGO_SETTINGS_MODULE:-project.settings}"; \
+	@export DJANGO_SETTINGS_MODULE="$${DJANGO_SETTINGS_MODULE:-project.settings}" WEB_PORT="$(WEB_PORT)"; \
 	if [ -z "$${REDIS_URL:-}" ]; then \
 	  export REDIS_SERVER="$$(.ci/redis-server-path)" REDIS_URL="redis://127.0.0.1:$(LOCAL_REDIS_PORT)/0" LOCAL_REDIS_PORT=$(LOCAL_REDIS_PORT); \
-	  echo "Open http://127.0.0.1:8000/  (private Redis on port $(LOCAL_REDIS_PORT))"; \
-	  PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start; \
+	  where="a private Redis on port $(LOCAL_REDIS_PORT)"; processes=""; \
 	else \
-	  echo "Open http://127.0.0.1:8000/  (Redis at $$REDIS_URL)"; \
-	  PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start web worker_critical worker_default worker_bulk relay smtp; \
-	fi
+	  where="the Redis at REDIS_URL"; processes="web worker_critical worker_default worker_bulk relay smtp"; \
+	fi; \
+	(umask 077; printf '%s\n' "$$REDIS_URL" > var/redis-url); \
+	echo "Open http://127.0.0.1:$$WEB_PORT/  (queues in $$where)"; \
+	echo "In another terminal: $(BIN)/python manage.py mailqueue status  (reads the same Redis, from var/redis-url)"; \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start $$processes
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check mailqueue workers project tests

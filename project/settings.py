@@ -5,7 +5,7 @@ Every variable is optional; the defaults run everything on this machine:
 ==========================  ==================================  ==========================================
 Variable                    Default                             Meaning
 ==========================  ==================================  ==========================================
-``REDIS_URL``               ``redis://127.0.0.1:6379/0``        Redis holding the queues
+``REDIS_URL``               see below                           Redis holding the queues
 ``MAILQUEUE_NAMESPACE``     ``mailqueue``                       prefix of every mailqueue key in Redis
 ``DATABASE_URL``            ``sqlite:///<repo>/var/db.sqlite3`` Django database (PostgreSQL when set so)
 ``DEMO_SMTP_HOST``          ``127.0.0.1``                       SMTP provider "smtp" (the local catcher)
@@ -16,6 +16,8 @@ Variable                    Default                             Meaning
 ``DJANGO_ALLOWED_HOSTS``    ``localhost,127.0.0.1``             comma-separated ALLOWED_HOSTS
 ==========================  ==================================  ==========================================
 
+Without ``REDIS_URL``, the URL the last ``make run`` used (``var/redis-url``) is read, else
+``redis://127.0.0.1:6379/0``: so ``manage.py mailqueue status`` beside ``make run`` sees its private Redis.
 Without ``DJANGO_SECRET_KEY`` or ``DJANGO_DEBUG``, project.wsgi logs a loud warning once at startup.
 """
 
@@ -119,7 +121,7 @@ if BACKUP_SMTP_PORT:
     PROVIDERS.append("backup")
 
 MAILQUEUE = {
-    "BROKER_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+    "BROKER_URL": environment.redis_url(os.environ, VAR_DIR),
     "NAMESPACE": os.environ.get("MAILQUEUE_NAMESPACE", "mailqueue"),
     "QUEUES": {
         "critical": {"providers": PROVIDERS, "max_retries": 20, "min_backoff": 1_000},

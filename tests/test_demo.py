@@ -6,6 +6,7 @@ And as someone else might: from another machine, with a chosen recipient, or rea
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from django.core import mail
 from django.test import Client
 from django.urls import reverse
 
+from project import environment
 from project import settings as project_settings
 from tests.servers import free_port
 from workers.testing import deliver_queued
@@ -154,3 +156,22 @@ def test_project_wsgi_warns_once_when_the_security_settings_come_from_defaults()
     assert given.returncode == 0, given.stderr
     assert given.stdout.split() == ["True", "k" * 60]
     assert "security settings" not in given.stderr
+
+
+def test_the_redis_url_comes_from_the_environment_then_make_runs_file_then_the_default(tmp_path) -> None:
+    assert environment.redis_url({}, tmp_path) == "redis://127.0.0.1:6379/0"
+    (tmp_path / "redis-url").write_text("redis://127.0.0.1:6399/0\n")
+    assert environment.redis_url({}, tmp_path) == "redis://127.0.0.1:6399/0"
+    assert environment.redis_url({"REDIS_URL": ""}, tmp_path) == "redis://127.0.0.1:6399/0"
+    assert environment.redis_url({"REDIS_URL": "redis://elsewhere:6379/2"}, tmp_path) == "redis://elsewhere:6379/2"
+    (tmp_path / "redis-url").write_text("")
+    assert environment.redis_url({}, tmp_path) == "redis://127.0.0.1:6379/0"
+
+
+def test_make_run_writes_the_redis_url_where_the_settings_read_it_and_prints_the_web_port() -> None:
+    recipe = (ROOT / "Makefile").read_text().split("\nrun:", 1)[1].split("\n\n", 1)[0]
+    (written,) = re.findall(r"> ([^\s;)]+)", recipe)
+    assert ROOT / written == project_settings.VAR_DIR / environment.REDIS_URL_FILE
+    assert "Open http://127.0.0.1:$$WEB_PORT/" in recipe
+    procfile = (ROOT / "Procfile").read_text()
+    assert "runserver 127.0.0.1:${WEB_PORT:-8000}" in procfile
