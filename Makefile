@@ -26,8 +26,8 @@ $(VENV_OLDEST)/bin/.installed: requirements.txt requirements-dev.txt
 
 # The demo site, a worker pool per queue, the outbox relay, a local SMTP catcher
 # as the provider, and (when REDIS_URL is not set) a private Redis. Open http://127.0.0.1:$(WEB_PORT)/
-# The Redis URL goes to var/redis-url, which project/settings.py reads when REDIS_URL is unset: so
-# `manage.py mailqueue status` in a second terminal reads the Redis this demo uses.
+# While it runs, the Redis URL is in var/redis-url, which project/settings.py reads when REDIS_URL is unset:
+# so `manage.py mailqueue status` in a second terminal reads the Redis this demo uses. Removed on exit.
 WEB_PORT ?= 8000
 run: $(BIN)/.installed
 	mkdir -p var/mailbox var/redis
@@ -40,7 +40,7 @@ run: $(BIN)/.installed
 	else \
 	  where="the Redis at REDIS_URL"; processes="web worker_critical worker_default worker_bulk relay smtp"; \
 	fi; \
-	(umask 077; printf '%s\n' "$$REDIS_URL" > var/redis-url); \
+	(umask 077; printf '%s\n' "$$REDIS_URL" > var/redis-url); trap 'rm -f var/redis-url' EXIT; \
 	echo "Open http://127.0.0.1:$$WEB_PORT/  (queues in $$where)"; \
 	echo "In another terminal: $(BIN)/python manage.py mailqueue status  (reads the same Redis, from var/redis-url)"; \
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start $$processes

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-#: The file ``make run`` writes the Redis URL it gives its processes to (relative to the var/ directory).
+#: Where ``make run`` keeps the Redis URL it gives its processes while it runs (in the var/ directory).
 REDIS_URL_FILE = "redis-url"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def redis_url(environ: Mapping[str, str], var_dir: Path) -> str:
-    """``REDIS_URL``; else the URL the last ``make run`` used (var/redis-url); else the local default.
+    """``REDIS_URL``; else the URL of the running ``make run`` (var/redis-url); else the local default.
 
     ``make run`` starts a private Redis when ``REDIS_URL`` is unset; the file lets ``manage.py mailqueue status``,
     run in a second terminal without ``REDIS_URL``, read that same Redis rather than another one on 6379.

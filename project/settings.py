@@ -16,7 +16,7 @@ Variable                    Default                             Meaning
 ``DJANGO_ALLOWED_HOSTS``    ``localhost,127.0.0.1``             comma-separated ALLOWED_HOSTS
 ==========================  ==================================  ==========================================
 
-Without ``REDIS_URL``, the URL the last ``make run`` used (``var/redis-url``) is read, else
+Without ``REDIS_URL``, the URL of a running ``make run`` (``var/redis-url``) is read, else
 ``redis://127.0.0.1:6379/0``: so ``manage.py mailqueue status`` beside ``make run`` sees its private Redis.
 Without ``DJANGO_SECRET_KEY`` or ``DJANGO_DEBUG``, project.wsgi logs a loud warning once at startup.
 """

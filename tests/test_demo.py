@@ -172,6 +172,7 @@ def test_make_run_writes_the_redis_url_where_the_settings_read_it_and_prints_the
     recipe = (ROOT / "Makefile").read_text().split("\nrun:", 1)[1].split("\n\n", 1)[0]
     (written,) = re.findall(r"> ([^\s;)]+)", recipe)
     assert ROOT / written == project_settings.VAR_DIR / environment.REDIS_URL_FILE
+    assert f"trap 'rm -f {written}' EXIT" in recipe  # only while make run runs: never a stale Redis
     assert "Open http://127.0.0.1:$$WEB_PORT/" in recipe
     procfile = (ROOT / "Procfile").read_text()
     assert "runserver 127.0.0.1:${WEB_PORT:-8000}" in procfile
