@@ -13,7 +13,7 @@ from django.db import DatabaseError, transaction
 
 from .conf import get_config
 from .enqueue import EncodedMessage, push
-from .exceptions import BrokerUnavailable
+from .exceptions import BrokerAccessDenied, BrokerUnavailable
 from .models import OutboxMessage
 from .signals import MessageRelayed, announce
 
@@ -40,6 +40,16 @@ def keep(batch: Sequence[EncodedMessage], error: BrokerUnavailable) -> None:
         raise BrokerUnavailable(
             f"{error} The outbox database {database!r} refused it too ({db_error}); the message was not accepted."
         ) from db_error
+    if isinstance(error, BrokerAccessDenied):
+        # Not an outage: nothing gets better by waiting, so it is an ERROR that says what to fix.
+        logger.error(
+            "Redis refused mailqueue (%s): %d message(s) kept in the outbox; `manage.py mailqueue relay` pushes "
+            "them once this is fixed: %s",
+            error.__cause__ or error,
+            len(rows),
+            error.fix,
+        )
+        return
     logger.warning(
         "Redis is unavailable (%s): %d message(s) kept in the outbox until `manage.py mailqueue relay` pushes them",
         error,
@@ -50,6 +60,16 @@ def keep(batch: Sequence[EncodedMessage], error: BrokerUnavailable) -> None:
 def waiting() -> int:
     """How many messages wait in the outbox."""
     return OutboxMessage.objects.using(get_config().outbox_database).count()
+
+
+def latest_reason() -> str | None:
+    """Why the newest waiting message went to the outbox (the Redis error), or None when none waits."""
+    return (
+        OutboxMessage.objects.using(get_config().outbox_database)
+        .order_by("-id")
+        .values_list("reason", flat=True)
+        .first()
+    )
 
 
 def relay_batch(limit: int = RELAY_BATCH) -> int:
