@@ -9,11 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import redis
 from django.db import DatabaseError, transaction
 
+from .client import redis_client
 from .conf import get_config
-from .enqueue import EncodedMessage, push
+from .enqueue import EncodedMessage, push, refusal
 from .exceptions import BrokerAccessDenied, BrokerUnavailable
+from .keys import QueueKeys
 from .models import OutboxMessage
 from .signals import MessageRelayed, announce
 
@@ -72,6 +75,27 @@ def latest_reason() -> str | None:
     )
 
 
+def already_queued(rows: Sequence[OutboxMessage]) -> set[str]:
+    """Envelope ids of ``rows`` whose message is on its queue already, in one round trip.
+
+    A send that timed out may have reached Redis, which then ran it (a paused
+    Redis does, once it resumes): the message is queued and in the outbox. The
+    relay's guard cannot tell (that push was not guarded), but the message
+    sits in its queue's messages hash under the redis id the row keeps, until a
+    worker acknowledges it. Once acknowledged it is gone from there, and a copy
+    the relay pushes then is stopped by the worker's delivery record instead.
+    """
+    namespace = get_config().namespace
+    try:
+        with redis_client().pipeline(transaction=False) as pipe:
+            for row in rows:
+                pipe.hexists(QueueKeys.of(namespace, row.queue).messages, row.redis_id)
+            found = pipe.execute()
+    except redis.RedisError as error:
+        raise refusal(error, len(rows)) from error
+    return {row.envelope_id for row, there in zip(rows, found, strict=True) if there}
+
+
 def relay_batch(limit: int = RELAY_BATCH) -> int:
     """Push up to ``limit`` waiting messages to Redis, oldest first; return how many.
 
@@ -94,6 +118,13 @@ def relay_batch(limit: int = RELAY_BATCH) -> int:
             taken.append(row)
         if not taken:
             return 0
+        queued = already_queued(taken)
+        if queued:
+            logger.info(
+                "%d outbox message(s) are already queued (Redis ran the send after its reply was lost): "
+                "not pushed again",
+                len(queued),
+            )
         push(
             [
                 EncodedMessage(
@@ -104,6 +135,7 @@ def relay_batch(limit: int = RELAY_BATCH) -> int:
                     guarded=True,
                 )
                 for row in taken
+                if row.envelope_id not in queued
             ]
         )
         OutboxMessage.objects.using(database).filter(pk__in=[row.pk for row in taken]).delete()
