@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
 from redis.exceptions import AuthenticationError, InvalidResponse, NoPermissionError, NoScriptError
@@ -78,8 +78,11 @@ def redacted_url(url: str) -> str:
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(key, "***" if key.lower() == "password" else value) for key, value in pairs], safe="*")
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+        query = "?" + urlencode(
+            [(key, "***" if key.lower() == "password" else value) for key, value in pairs], safe="*"
+        )
+    # Not urlunsplit(): it drops the empty authority of unix:///path.
+    return f"{parts.scheme}://{netloc}{parts.path}{query}"
 
 
 #: An ACL refusal raised from inside a script (EVALSHA) comes back as a plain error reply, worded by the server.

@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, close_old_connections
 
 from mailqueue import deadletters, outbox
-from mailqueue.client import access_problem, redacted_url
+from mailqueue.client import access_problem, exchange, redacted_url
 from mailqueue.conf import get_config
 from mailqueue.exceptions import BrokerAccessDenied, BrokerUnavailable, EnvelopeError
 from mailqueue.monitoring import provider_health, queue_depths
@@ -71,6 +71,8 @@ class Command(BaseCommand):
         except DatabaseError as error:
             waiting, reason = f"unknown ({error})", None
         try:
+            # One PING on this thread's connection first: it fails once, where the pool's client would retry.
+            exchange((("PING",),), lambda wire: wire.read())
             depths: list[dict[str, Any]] | None = [depth.as_dict() for depth in queue_depths()]
             health: list[dict[str, Any]] | None = [provider.as_dict() for provider in provider_health()]
             problem = None
@@ -79,7 +81,7 @@ class Command(BaseCommand):
             depths = health = None
             problem = {
                 "url": redacted_url(get_config().broker_url),
-                "error": str(error) or type(error).__name__,
+                "error": str(error).rstrip(".") or type(error).__name__,
                 "fix": access_problem(error),
             }
         if json:
