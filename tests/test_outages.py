@@ -250,3 +250,26 @@ def test_a_refused_connection_starts_no_cool_down(configure, smtp_server, tmp_pa
         assert queue_depths()[1].ready == 1
     finally:
         server.stop()
+
+
+def test_with_raise_a_send_in_the_cool_down_raises_at_once(configure, smtp_server, pausable_redis) -> None:
+    configure(
+        providers={"smtp": smtp_server.mailer()},
+        BROKER_URL=pausable_redis.url,
+        BROKER_OPTIONS={"socket_timeout": SOCKET_TIMEOUT},
+        ON_BROKER_FAILURE="raise",
+        ON_COMMIT=False,
+    )
+    timed_send("warm")
+    freeze(pausable_redis)
+    try:
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match="did not answer in time for 1 message"):
+            send_mail("times out", "b", None, ["a@example.com"])
+        assert time.monotonic() - started >= SOCKET_TIMEOUT * 0.9
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match=r"sends skip it for MAILQUEUE\['BROKER_COOLDOWN'\] = 10 s"):
+            send_mail("skipped", "b", None, ["a@example.com"])
+        assert time.monotonic() - started < 0.5
+    finally:
+        thaw(pausable_redis)
