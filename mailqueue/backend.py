@@ -47,7 +47,8 @@ def push_or_keep(batch: list[EncodedMessage], config: MailQueueConfig) -> None:
     """
     cooldown = config.broker_cooldown
     try:
-        if redis_cooldown.skipping(cooldown):
+        # While Redis answers, ``until`` is 0.0: the usual path costs two truth tests, not a clock read.
+        if redis_cooldown.until and redis_cooldown.skipping(cooldown):
             raise BrokerUnavailable(
                 f"Redis did not answer a send {time.monotonic() - redis_cooldown.since:.1f} s ago; "
                 f"sends skip it for MAILQUEUE['BROKER_COOLDOWN'] = {cooldown:g} s, then one tries again."
@@ -57,7 +58,8 @@ def push_or_keep(batch: list[EncodedMessage], config: MailQueueConfig) -> None:
         except BrokerUnavailable as error:
             redis_cooldown.settle(timed_out=isinstance(error.__cause__, redis.TimeoutError), length=cooldown)
             raise
-        redis_cooldown.settle(timed_out=False, length=cooldown)
+        if redis_cooldown.until:  # this send was the probe, or one that started before the timeout
+            redis_cooldown.settle(timed_out=False, length=cooldown)
     except BrokerUnavailable as error:
         if config.on_broker_failure != "outbox":
             raise

@@ -17,11 +17,11 @@ from .conf import on_config_reset
 
 
 class Cooldown:
-    """Per-process and thread-safe; when Redis answers, the send path pays one float comparison."""
+    """Per-process and thread-safe; while Redis answers, the send path only tests ``until`` (0.0) for truth."""
 
     def __init__(self) -> None:
-        #: time.monotonic() until which sends skip Redis; 0.0 while Redis answers.
-        self._until = 0.0
+        #: time.monotonic() until which sends skip Redis; 0.0 while Redis answers. Read it; only methods write it.
+        self.until = 0.0
         #: When the timeout that started the current cool-down happened (for messages).
         self.since = 0.0
         self._lock = threading.Lock()
@@ -33,17 +33,17 @@ class Cooldown:
         it holds the others off for another ``length`` seconds, and ``settle()``
         says how the probe went.
         """
-        if time.monotonic() < self._until:  # 0.0 while Redis answers: the only work on the usual path
+        if time.monotonic() < self.until:
             return True
-        if not self._until:
+        if not self.until:
             return False
         with self._lock:
             now = time.monotonic()
-            if now < self._until:  # another thread took the probe first
+            if now < self.until:  # another thread took the probe first
                 return True
-            if not self._until:
+            if not self.until:
                 return False
-            self._until = now + length
+            self.until = now + length
             return False
 
     def settle(self, *, timed_out: bool, length: float) -> None:
@@ -51,15 +51,15 @@ class Cooldown:
         if timed_out and length > 0:
             now = time.monotonic()
             with self._lock:
-                self._until = now + length
+                self.until = now + length
                 self.since = now
-        elif self._until:
+        elif self.until:
             with self._lock:
-                self._until = 0.0
+                self.until = 0.0
 
     def reset(self) -> None:
         with self._lock:
-            self._until = 0.0
+            self.until = 0.0
 
 
 #: This process's cool-down (reset with the settings, so a test's outage never spills into the next test).

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import redis
 from django.db import DatabaseError, transaction
 
-from .client import redis_client
+from .client import exchange
 from .conf import get_config
 from .enqueue import EncodedMessage, push, refusal
 from .exceptions import BrokerAccessDenied, BrokerUnavailable
@@ -86,11 +86,10 @@ def already_queued(rows: Sequence[OutboxMessage]) -> set[str]:
     the relay pushes then is stopped by the worker's delivery record instead.
     """
     namespace = get_config().namespace
+    commands = [("HEXISTS", QueueKeys.of(namespace, row.queue).messages, row.redis_id) for row in rows]
     try:
-        with redis_client().pipeline(transaction=False) as pipe:
-            for row in rows:
-                pipe.hexists(QueueKeys.of(namespace, row.queue).messages, row.redis_id)
-            found = pipe.execute()
+        # On this thread's connection, as the push that follows: one try, no redis-py retries to wait out.
+        found = exchange(commands, lambda wire: [wire.read() for _ in commands])
     except redis.RedisError as error:
         raise refusal(error, len(rows)) from error
     return {row.envelope_id for row, there in zip(rows, found, strict=True) if there}
