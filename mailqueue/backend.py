@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
+import redis
 from django.core.mail import EmailMessage
 from django.core.mail.backends.base import BaseEmailBackend
 from django.db import connections, transaction
 
 from . import outbox
 from .conf import MailQueueConfig, get_config
+from .cooldown import redis_cooldown
 from .enqueue import EncodedMessage, encode, push
 from .envelope import Envelope, random_ids
 from .exceptions import BrokerUnavailable, InvalidMessage, MailQueueError, MessageTooLarge
@@ -38,9 +41,25 @@ def idempotent_id(key: object, config: MailQueueConfig) -> str | None:
 
 
 def push_or_keep(batch: list[EncodedMessage], config: MailQueueConfig) -> None:
-    """Push to Redis; if Redis refuses, keep the batch in the outbox (or raise, if so configured)."""
+    """Push to Redis; if Redis refuses, keep the batch in the outbox (or raise, if so configured).
+
+    Within the cool-down after a send timed out, Redis is not tried at all (see mailqueue.cooldown).
+    """
+    cooldown = config.broker_cooldown
     try:
-        push(batch)
+        # While Redis answers, ``until`` is 0.0: the usual path costs two truth tests, not a clock read.
+        if redis_cooldown.until and redis_cooldown.skipping(cooldown):
+            raise BrokerUnavailable(
+                f"Redis did not answer a send {time.monotonic() - redis_cooldown.since:.1f} s ago; "
+                f"sends skip it for MAILQUEUE['BROKER_COOLDOWN'] = {cooldown:g} s, then one tries again."
+            )
+        try:
+            push(batch)
+        except BrokerUnavailable as error:
+            redis_cooldown.settle(timed_out=isinstance(error.__cause__, redis.TimeoutError), length=cooldown)
+            raise
+        if redis_cooldown.until:  # this send was the probe, or one that started before the timeout
+            redis_cooldown.settle(timed_out=False, length=cooldown)
     except BrokerUnavailable as error:
         if config.on_broker_failure != "outbox":
             raise

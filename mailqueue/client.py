@@ -13,15 +13,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import select
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
-from redis.exceptions import InvalidResponse, NoScriptError
+from redis.exceptions import AuthenticationError, InvalidResponse, NoPermissionError, NoScriptError
 
 from .conf import get_config, on_config_reset
 
@@ -49,14 +52,83 @@ CLIENT_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: The RESP version of every connection mailqueue makes. ``Wire`` reads replies itself and is written for RESP2;
+#: redis-py 8 would speak RESP3 when ``protocol`` is unset, so it is always set (check E017 refuses another).
+PROTOCOL = 2
+
+
 @cache
 def redis_client() -> redis.Redis:
-    """The process-wide Redis client (thread-safe, pooled) built from settings."""
+    """The process-wide Redis client (thread-safe, pooled) built from settings, speaking RESP2."""
     config = get_config()
-    return redis.Redis.from_url(config.broker_url, **{**CLIENT_DEFAULTS, **config.broker_options})
+    return redis.Redis.from_url(config.broker_url, **{**CLIENT_DEFAULTS, **config.broker_options, "protocol": PROTOCOL})
 
 
 on_config_reset(redis_client.cache_clear)
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its password (in the user part or a ``password=`` parameter) replaced by ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if colon else f"***@{host}" if user and parts.scheme != "unix" else netloc
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = "?" + urlencode(
+            [(key, "***" if key.lower() == "password" else value) for key, value in pairs], safe="*"
+        )
+    # Not urlunsplit(): it drops the empty authority of unix:///path.
+    return f"{parts.scheme}://{netloc}{parts.path}{query}"
+
+
+#: An ACL refusal raised from inside a script (EVALSHA) comes back as a plain error reply, worded by the server.
+_SCRIPT_ACL_REFUSAL = re.compile(r"NOPERM|no permissions? to|can't access|can't run this command", re.IGNORECASE)
+
+#: Where docs/operating.md lists the ACL a deployment needs.
+ACL_DOC = "docs/operating.md, 'A Redis user for mailqueue'"
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def access_problem(error: BaseException) -> str | None:
+    """What to fix when ``error`` is Redis refusing mailqueue's credentials, ACL permissions or TLS; else None.
+
+    These are not outages: waiting does not help, somebody must change a setting
+    (or the server's ACL). A timeout, a refused connection or a full Redis is an
+    outage and gives None; so is a TLS handshake that times out, which a plain
+    port and a paused TLS server cause alike.
+    """
+    if isinstance(error, AuthenticationError):
+        return (
+            "Redis refused the credentials: check the user name and password in MAILQUEUE['BROKER_URL'] "
+            "(or BROKER_OPTIONS 'username'/'password') against the server's ACL (ACL LIST) or requirepass"
+        )
+    if isinstance(error, NoPermissionError) or (
+        isinstance(error, redis.ResponseError) and _SCRIPT_ACL_REFUSAL.search(str(error))
+    ):
+        return (
+            "the Redis user lacks a permission mailqueue needs: grant it the commands and the key patterns "
+            f"~<NAMESPACE> ~<NAMESPACE>:* listed in {ACL_DOC}"
+        )
+    for cause in _causes(error):
+        if isinstance(cause, ssl.SSLError):
+            return (
+                f"the TLS connection to Redis failed ({cause}): check the server's certificate, "
+                "BROKER_OPTIONS 'ssl_ca_certs'/'ssl_cert_reqs', and that BROKER_URL's scheme (rediss:// for TLS) "
+                "matches what the port serves"
+            )
+    return None
 
 
 #: Set to ``public`` to make every new connection take redis-py's public path (the fallback).

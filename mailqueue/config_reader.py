@@ -62,6 +62,7 @@ TOP_LEVEL_KEYS = frozenset(
         "POOLS",
         "ON_BROKER_FAILURE",
         "OUTBOX_DATABASE",
+        "BROKER_COOLDOWN",
         "DEDUP_WINDOW",
         "RATE_LIMIT_MAX_WAIT",
         "HEARTBEAT_TIMEOUT",
@@ -113,13 +114,8 @@ class _Reader:
         if not isinstance(broker_options, Mapping):
             self.problems.add("mailqueue.E001", "MAILQUEUE['BROKER_OPTIONS'] must be a dict.")
         else:
-            # mailqueue.client.Wire reads RESP2 replies; RESP3 adds push messages and a boolean false.
-            if "protocol" in broker_options and str(broker_options["protocol"]) != "2":
-                self.problems.add(
-                    "mailqueue.E017",
-                    f"MAILQUEUE['BROKER_OPTIONS']['protocol'] must be 2 (RESP2), not {broker_options['protocol']!r}.",
-                    hint="Remove 'protocol' from BROKER_OPTIONS or set it to 2: mailqueue reads RESP2 replies itself.",
-                )
+            if "protocol" in broker_options:
+                self.check_protocol("MAILQUEUE['BROKER_OPTIONS']['protocol']", broker_options["protocol"])
             values["broker_options"] = dict(broker_options)
         if "NAMESPACE" in raw:
             if isinstance(raw["NAMESPACE"], str) and QUEUE_NAME_RE.fullmatch(raw["NAMESPACE"]):
@@ -194,6 +190,11 @@ class _Reader:
                 )
         minimums = {"DEDUP_WINDOW": 1, "HEARTBEAT_TIMEOUT": 1, "MAINTENANCE_CHANCE": 0}
         options |= self.problems.integers("MAILQUEUE", raw, MailQueueConfig, minimums)
+        if "BROKER_COOLDOWN" in raw:
+            fallback = default(MailQueueConfig, "broker_cooldown")
+            cooldown = self.problems.seconds("MAILQUEUE['BROKER_COOLDOWN']", raw["BROKER_COOLDOWN"], fallback=fallback)
+            if cooldown is not None:
+                options["broker_cooldown"] = cooldown
         if "RATE_LIMIT_MAX_WAIT" in raw:
             fallback = default(MailQueueConfig, "rate_limit_max_wait")
             wait = self.problems.seconds(
@@ -233,11 +234,24 @@ class _Reader:
                     hint=f"Lower RATE_LIMIT_MAX_WAIT or raise MAILQUEUE['QUEUES'][{queue.name!r}]['time_limit'].",
                 )
 
+    def check_protocol(self, where: str, value: Any) -> bool:
+        """mailqueue.client sets protocol=2 on every connection: RESP3 (redis-py 8's default) is refused here."""
+        # mailqueue.client.Wire reads RESP2 replies; RESP3 adds push messages and attribute types it does not read.
+        if str(value) == "2":
+            return True
+        self.problems.add(
+            "mailqueue.E017",
+            f"{where} must be 2 (RESP2), not {value!r}.",
+            hint="Leave 'protocol' out (mailqueue sets 2 on every connection it makes) or set it to 2: "
+            "mailqueue reads RESP2 replies itself.",
+        )
+        return False
+
     def check_broker_url(self, url: Any) -> bool:
         try:
             if not isinstance(url, str):
                 raise ValueError(f"expected a string, got {type(url).__name__}")
-            parse_url(url)  # type: ignore[no-untyped-call]
+            options = parse_url(url)  # type: ignore[no-untyped-call]
         except ValueError as error:
             self.problems.add(
                 "mailqueue.E007",
@@ -245,7 +259,10 @@ class _Reader:
                 hint="Use e.g. redis://127.0.0.1:6379/0, rediss://host:6380/0 or unix:///path/redis.sock.",
             )
             return False
-        return True
+        # In the URL it would win over the protocol=2 that mailqueue.client sets.
+        return "protocol" not in options or self.check_protocol(
+            "The 'protocol' parameter of MAILQUEUE['BROKER_URL']", options["protocol"]
+        )
 
 
 def check_mailers(problems: Problems, config: MailQueueConfig) -> None:

@@ -16,10 +16,10 @@ from typing import NamedTuple
 import redis
 
 from .broker import MESSAGE_ENCODER, actor_name
-from .client import LuaScript
+from .client import LuaScript, access_problem
 from .conf import get_config
 from .envelope import Envelope, random_id
-from .exceptions import BrokerUnavailable
+from .exceptions import BrokerAccessDenied, BrokerUnavailable
 from .keys import QueueKeys, enqueued_key
 
 logger = logging.getLogger(__name__)
@@ -94,6 +94,19 @@ return queued
 ENQUEUE = LuaScript(ENQUEUE_SCRIPT)
 
 
+def refusal(error: redis.RedisError, count: int) -> BrokerUnavailable:
+    """The error to raise for a push of ``count`` messages that Redis failed with ``error``."""
+    if isinstance(error, redis.TimeoutError):
+        # The script may have reached Redis and may still run: say so, rather than "nothing was queued".
+        what = f"Redis did not answer in time for {count} message(s) ({error}); they may or may not have been queued."
+    else:
+        what = f"Redis did not accept {count} message(s) ({error}); nothing of this batch was queued."
+    fix = access_problem(error)
+    if fix is not None:
+        return BrokerAccessDenied(f"{what} This is not an outage: {fix}.", fix=fix)
+    return BrokerUnavailable(what)
+
+
 def push(batch: Sequence[EncodedMessage]) -> int:
     """Queue every message of ``batch`` in one atomic round trip; return how many were new.
 
@@ -118,9 +131,7 @@ def push(batch: Sequence[EncodedMessage]) -> int:
     try:
         queued = int(ENQUEUE(keys, [config.dedup_window, *counts, *triples]))
     except redis.RedisError as error:
-        raise BrokerUnavailable(
-            f"Redis did not accept {len(batch)} message(s) ({error}); nothing of this batch was queued."
-        ) from error
+        raise refusal(error, len(batch)) from error
     if queued != len(batch):
         logger.info(
             "%d of %d message(s) were already queued earlier: not queued again", len(batch) - queued, len(batch)

@@ -59,6 +59,18 @@ class BrokerUnavailable(EnqueueError):
     """Redis did not accept the batch (unreachable, timed out, or refused)."""
 
 
+class BrokerAccessDenied(BrokerUnavailable):
+    """Redis refused mailqueue's credentials, an ACL permission or TLS: not an outage, a setting to fix.
+
+    A runtime error all the same (the batch still waits in the outbox, and a
+    fixed setting lets the relay push it); ``fix`` says what to change.
+    """
+
+    def __init__(self, reason: str, *, fix: str):
+        super().__init__(reason)
+        self.fix = fix
+
+
 # --- worker side ------------------------------------------------------------
 
 

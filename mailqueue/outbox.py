@@ -9,11 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import redis
 from django.db import DatabaseError, transaction
 
+from .client import exchange
 from .conf import get_config
-from .enqueue import EncodedMessage, push
-from .exceptions import BrokerUnavailable
+from .enqueue import EncodedMessage, push, refusal
+from .exceptions import BrokerAccessDenied, BrokerUnavailable
+from .keys import QueueKeys
 from .models import OutboxMessage
 from .signals import MessageRelayed, announce
 
@@ -40,6 +43,16 @@ def keep(batch: Sequence[EncodedMessage], error: BrokerUnavailable) -> None:
         raise BrokerUnavailable(
             f"{error} The outbox database {database!r} refused it too ({db_error}); the message was not accepted."
         ) from db_error
+    if isinstance(error, BrokerAccessDenied):
+        # Not an outage: nothing gets better by waiting, so it is an ERROR that says what to fix.
+        logger.error(
+            "Redis refused mailqueue (%s): %d message(s) kept in the outbox; `manage.py mailqueue relay` pushes "
+            "them once this is fixed: %s",
+            error.__cause__ or error,
+            len(rows),
+            error.fix,
+        )
+        return
     logger.warning(
         "Redis is unavailable (%s): %d message(s) kept in the outbox until `manage.py mailqueue relay` pushes them",
         error,
@@ -50,6 +63,36 @@ def keep(batch: Sequence[EncodedMessage], error: BrokerUnavailable) -> None:
 def waiting() -> int:
     """How many messages wait in the outbox."""
     return OutboxMessage.objects.using(get_config().outbox_database).count()
+
+
+def latest_reason() -> str | None:
+    """Why the newest waiting message went to the outbox (the Redis error), or None when none waits."""
+    return (
+        OutboxMessage.objects.using(get_config().outbox_database)
+        .order_by("-id")
+        .values_list("reason", flat=True)
+        .first()
+    )
+
+
+def already_queued(rows: Sequence[OutboxMessage]) -> set[str]:
+    """Envelope ids of ``rows`` whose message is on its queue already, in one round trip.
+
+    A send that timed out may have reached Redis, which then ran it (a paused
+    Redis does, once it resumes): the message is queued and in the outbox. The
+    relay's guard cannot tell (that push was not guarded), but the message
+    sits in its queue's messages hash under the redis id the row keeps, until a
+    worker acknowledges it. Once acknowledged it is gone from there, and a copy
+    the relay pushes then is stopped by the worker's delivery record instead.
+    """
+    namespace = get_config().namespace
+    commands = [("HEXISTS", QueueKeys.of(namespace, row.queue).messages, row.redis_id) for row in rows]
+    try:
+        # On this thread's connection, as the push that follows: one try, no redis-py retries to wait out.
+        found = exchange(commands, lambda wire: [wire.read() for _ in commands])
+    except redis.RedisError as error:
+        raise refusal(error, len(rows)) from error
+    return {row.envelope_id for row, there in zip(rows, found, strict=True) if there}
 
 
 def relay_batch(limit: int = RELAY_BATCH) -> int:
@@ -74,6 +117,13 @@ def relay_batch(limit: int = RELAY_BATCH) -> int:
             taken.append(row)
         if not taken:
             return 0
+        queued = already_queued(taken)
+        if queued:
+            logger.info(
+                "%d outbox message(s) are already queued (Redis ran the send after its reply was lost): "
+                "not pushed again",
+                len(queued),
+            )
         push(
             [
                 EncodedMessage(
@@ -84,6 +134,7 @@ def relay_batch(limit: int = RELAY_BATCH) -> int:
                     guarded=True,
                 )
                 for row in taken
+                if row.envelope_id not in queued
             ]
         )
         OutboxMessage.objects.using(database).filter(pk__in=[row.pk for row in taken]).delete()

@@ -115,6 +115,9 @@ class MailQueueConfig:
     #: One of BROKER_FAILURE_POLICIES.
     on_broker_failure: str = "outbox"
     outbox_database: str = "default"
+    #: After a send timed out waiting for Redis, how long this process's sends skip Redis (straight to the
+    #: outbox, or BrokerUnavailable with "raise") before one send probes it again (s); 0: never skip.
+    broker_cooldown: float = 10.0
     #: How long an idempotency key or a delivered envelope id is remembered (seconds).
     dedup_window: int = 24 * 3600
     #: Longest a worker thread sleeps for a rate-limit token before re-scheduling the message (s).

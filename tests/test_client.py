@@ -21,6 +21,8 @@ from redis.exceptions import NoScriptError
 
 from mailqueue import client
 from mailqueue.client import LuaScript, PublicWire, Wire, exchange
+from mailqueue.config_reader import find_problems
+from mailqueue.exceptions import MailQueueImproperlyConfigured
 
 INCR = LuaScript("return redis.call('INCR', KEYS[1])")
 ECHO = LuaScript("return ARGV[1]")
@@ -248,3 +250,42 @@ def test_a_forked_child_makes_its_own_connection_and_leaves_the_parent_s_alone(w
     assert os.waitstatus_to_exitcode(status) == 0
     assert INCR([key], []) == 3
     assert held() is parent
+
+
+def resp_version(info: bytes | str) -> str:
+    """The ``resp=`` field of a CLIENT INFO line."""
+    text = info.decode() if isinstance(info, bytes) else info
+    return dict(field.split("=", 1) for field in text.split())["resp"]
+
+
+@pytest.mark.parametrize(
+    ("url_query", "options"),
+    [("", {}), ("?protocol=2", {}), ("", {"protocol": 2}), ("", {"protocol": "2"})],
+    ids=["unset", "in-url", "in-options", "in-options-as-text"],
+)
+def test_every_connection_mailqueue_makes_speaks_resp2(configure, redis_url, url_query, options) -> None:
+    # redis-py 8 would speak RESP3 with protocol unset: mailqueue sets 2, on its script path and on the pool alike.
+    assert redis.Redis.from_url(redis_url).connection_pool.connection_kwargs.get("protocol") is None
+    configure(providers=LOCMEM, BROKER_URL=redis_url + url_query, BROKER_OPTIONS=options)
+    assert resp_version(exchange((("CLIENT", "INFO"),), read_all(1))[0]) == "2"
+    pool_client = client.redis_client()
+    assert resp_version(pool_client.execute_command("CLIENT", "INFO")) == "2"  # monitoring, dead letters, Dramatiq
+    with pool_client.pipeline(transaction=False) as pipe:
+        pipe.execute_command("CLIENT", "INFO")
+        assert resp_version(pipe.execute()[0]) == "2"
+
+
+@pytest.mark.parametrize(
+    ("url_query", "options", "where"),
+    [
+        ("?protocol=3", {}, "The 'protocol' parameter of MAILQUEUE['BROKER_URL']"),
+        ("", {"protocol": 3}, "MAILQUEUE['BROKER_OPTIONS']['protocol']"),
+    ],
+    ids=["in-url", "in-options"],
+)
+def test_resp3_anywhere_is_refused_by_check_e017(configure, redis_url, url_query, options, where) -> None:
+    configure(providers=LOCMEM, BROKER_URL=redis_url + url_query, BROKER_OPTIONS=options)
+    problems = [problem for problem in find_problems() if problem.id == "mailqueue.E017"]
+    assert [problem.msg for problem in problems] == [f"{where} must be 2 (RESP2), not 3."]
+    with pytest.raises(MailQueueImproperlyConfigured, match="mailqueue.E017"):
+        ECHO([], ["x"])  # nothing runs on a configuration with a problem, so no connection ever speaks RESP3

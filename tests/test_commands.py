@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 from io import StringIO
 
 import pytest
@@ -11,7 +14,9 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from mailqueue import deadletters
+from mailqueue.client import redacted_url
 from mailqueue.monitoring import queue_depths
+from tests.worker_processes import settings_env
 
 
 def run(*args: str) -> str:
@@ -104,3 +109,68 @@ def test_requeue_older_than_leaves_recent_letters(two_dead) -> None:
 def test_unknown_queue_is_refused(smtp_setup) -> None:
     with pytest.raises(CommandError, match="unknown queue 'nope'"):
         run("dead", "--queue", "nope")
+
+
+def closed_port_url() -> str:
+    """A Redis URL with a password, on a port nothing listens on."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    return f"redis://mailer:s3cret@127.0.0.1:{port}/0"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_status_with_redis_unreachable_names_the_url_and_the_error_and_counts_the_outbox(configure, smtp_server) -> None:
+    url = closed_port_url()
+    configure(providers={"smtp": smtp_server.mailer()}, BROKER_URL=url, ON_COMMIT=False)
+    send_mail("kept", "b", None, ["a@example.com"])
+    send_mail("kept", "b", None, ["a@example.com"])
+    redacted = url.replace("s3cret", "***")
+
+    out = StringIO()
+    with pytest.raises(CommandError) as raised:
+        call_command("mailqueue", "status", stdout=out)
+    message = str(raised.value)
+    assert message.startswith(f"Redis at {redacted} cannot be read: Error 111 connecting to 127.0.0.1:")
+    assert "Connection refused" in message and "Not an outage" not in message
+    assert raised.value.returncode != 0
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "outbox: 2 message(s) waiting for Redis"
+    assert lines[1].startswith("outbox: latest reason: Redis did not accept 1 message(s) (Error 111 connecting")
+    assert "s3cret" not in out.getvalue() + message
+
+    out = StringIO()
+    with pytest.raises(CommandError):
+        call_command("mailqueue", "status", "--json", stdout=out)
+    data = json.loads(out.getvalue())
+    assert data["redis"]["url"] == redacted
+    assert data["redis"]["error"].startswith("Error 111 connecting to 127.0.0.1:")
+    assert data["redis"]["fix"] is None
+    assert (data["queues"], data["providers"], data["outbox"]) == (None, None, 2)
+    assert "s3cret" not in out.getvalue()
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["table", "json"])
+def test_status_with_redis_unreachable_exits_non_zero_without_a_traceback(configure, smtp_server, as_json) -> None:
+    configure(providers={"smtp": smtp_server.mailer()}, BROKER_URL=closed_port_url())
+    command = [sys.executable, "-m", "django", "mailqueue", "status", *(["--json"] if as_json else [])]
+    done = subprocess.run(command, env=settings_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "s3cret" not in done.stderr + done.stdout
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("CommandError: Redis at redis://mailer:***@127.0.0.1:")
+    assert "Connection refused" in line
+    if as_json:
+        assert json.loads(done.stdout)["redis"]["error"].startswith("Error 111")
+    else:
+        # A process of its own, on the test settings' in-memory database: the outbox table is not there.
+        assert done.stdout.startswith("outbox: unknown (no such table")
+
+
+def test_redacted_url_hides_every_password() -> None:
+    assert redacted_url("redis://u:p%40ss@h:6379/0") == "redis://u:***@h:6379/0"
+    assert redacted_url("rediss://:pw@h/1") == "rediss://:***@h/1"
+    assert redacted_url("redis://h:6379/0?password=pw&db=2") == "redis://h:6379/0?password=***&db=2"
+    assert redacted_url("redis://h:6379/0") == "redis://h:6379/0"
+    assert redacted_url("unix:///run/redis.sock?password=pw") == "unix:///run/redis.sock?password=***"

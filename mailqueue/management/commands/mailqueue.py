@@ -9,12 +9,14 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, close_old_connections
 
 from mailqueue import deadletters, outbox
+from mailqueue.client import access_problem, exchange, redacted_url
 from mailqueue.conf import get_config
-from mailqueue.exceptions import BrokerUnavailable, EnvelopeError
+from mailqueue.exceptions import BrokerAccessDenied, BrokerUnavailable, EnvelopeError
 from mailqueue.monitoring import provider_health, queue_depths
 
 DEPTH_COLUMNS = ("queue", "ready", "in_progress", "delayed", "dead")
@@ -62,23 +64,51 @@ class Command(BaseCommand):
         getattr(self, f"handle_{action}")(**options)
 
     def handle_status(self, *, json: bool = False, **options: Any) -> None:
-        depths = [depth.as_dict() for depth in queue_depths()]
-        health = [provider.as_dict() for provider in provider_health()]
+        """Print queues, providers and the outbox; when Redis cannot be read, say which URL and why, and fail."""
         try:
             waiting: int | str = outbox.waiting()
+            reason = outbox.latest_reason() if waiting else None
         except DatabaseError as error:
-            waiting = f"unknown ({error})"
+            waiting, reason = f"unknown ({error})", None
+        try:
+            # One PING on this thread's connection first: it fails once, where the pool's client would retry.
+            exchange((("PING",),), lambda wire: wire.read())
+            depths: list[dict[str, Any]] | None = [depth.as_dict() for depth in queue_depths()]
+            health: list[dict[str, Any]] | None = [provider.as_dict() for provider in provider_health()]
+            problem = None
+        except redis.RedisError as error:
+            # An operator's first question during an outage: no traceback, the URL (password hidden) and the error.
+            depths = health = None
+            problem = {
+                "url": redacted_url(get_config().broker_url),
+                "error": str(error).rstrip(".") or type(error).__name__,
+                "fix": access_problem(error),
+            }
         if json:
-            self.stdout.write(_dumps({"queues": depths, "providers": health, "outbox": waiting}))
-            return
-        self.stdout.write(
-            _table([list(DEPTH_COLUMNS), *([_cell(row[column]) for column in DEPTH_COLUMNS] for row in depths)])
-        )
-        self.stdout.write("")
-        self.stdout.write(
-            _table([list(HEALTH_COLUMNS), *([_cell(row[column]) for column in HEALTH_COLUMNS] for row in health)])
-        )
-        self.stdout.write(f"\noutbox: {waiting} message(s) waiting for Redis")
+            self.stdout.write(
+                _dumps(
+                    {"queues": depths, "providers": health, "outbox": waiting, "outbox_reason": reason}
+                    | ({"redis": problem} if problem else {})
+                )
+            )
+        else:
+            if depths is not None and health is not None:
+                self.stdout.write(
+                    _table([list(DEPTH_COLUMNS), *([_cell(row[column]) for column in DEPTH_COLUMNS] for row in depths)])
+                )
+                self.stdout.write("")
+                self.stdout.write(
+                    _table(
+                        [list(HEALTH_COLUMNS), *([_cell(row[column]) for column in HEALTH_COLUMNS] for row in health)]
+                    )
+                )
+                self.stdout.write("")
+            self.stdout.write(f"outbox: {waiting} message(s) waiting for Redis")
+            if reason:
+                self.stdout.write(f"outbox: latest reason: {reason}")
+        if problem:
+            fix = f" Not an outage: {problem['fix']}." if problem["fix"] else ""
+            raise CommandError(f"Redis at {problem['url']} cannot be read: {problem['error']}.{fix}")
 
     def handle_relay(self, *, once: bool = False, interval: float = 1.0, **options: Any) -> None:
         relayed = 0
@@ -90,7 +120,11 @@ class Command(BaseCommand):
                     if once:
                         raise CommandError(str(error)) from error
                     what = "Redis" if isinstance(error, BrokerUnavailable) else "The database"
-                    self.stderr.write(f"{what} is unavailable, retrying in {interval:g}s: {error}")
+                    if isinstance(error, BrokerAccessDenied):
+                        what = "Redis refused mailqueue (fix the setting; the relay keeps trying):"
+                    else:
+                        what = f"{what} is unavailable,"
+                    self.stderr.write(f"{what} retrying in {interval:g}s: {error}")
                     close_old_connections()
                     time.sleep(interval)
                     continue
