@@ -27,11 +27,13 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 from mailqueue.client import LuaScript, redis_client
 from mailqueue.conf import MailQueueConfig, ProviderConfig, QueueConfig
 from mailqueue.envelope import random_id
-from mailqueue.keys import STATS_TTL, ProviderKeys, delivered_key, sending_key
+from mailqueue.keys import STATS_TTL, ProviderKeys, delivered_key, heartbeats_key, sending_key
 
-#: KEYS: delivered, circuit, in-flight, sending claim, then one bucket per rate limit.
+#: KEYS: delivered, circuit, in-flight, sending claim, Dramatiq's heartbeats, then one bucket per rate limit.
 #: ARGV: lease token, in-flight lease ms, probe lease ms, max concurrency (0: none),
-#: longest wait for a token in ms, claim token, then (interval ms, burst) per rate limit.
+#: longest wait for a token in ms, claim token, the worker's clock in ms, the heartbeat
+#: timeout in ms, then (interval ms, burst) per rate limit. A claim held by a worker whose
+#: heartbeat is older than the timeout (or gone) is a dead worker's: it is taken over.
 #: Returns {outcome, number, text}: {"delivered", 0, provider}, {"claimed", retry ms, ""},
 #: {"open", retry ms, ""}, {"busy", 0, ""}, {"later", wait ms, ""}, or
 #: {"go", wait in µs, "closed" | "probe"}.
@@ -39,7 +41,13 @@ ADMIT_SCRIPT = """
 local delivered = redis.call("get", KEYS[1])
 if delivered then return {"delivered", 0, delivered} end
 local holder = redis.call("get", KEYS[4])
-if holder and holder ~= ARGV[6] then return {"claimed", math.max(redis.call("pttl", KEYS[4]), 1), ""} end
+if holder and holder ~= ARGV[6] then
+  local owner = string.match(holder, "@(.+)$")
+  local beat = owner and redis.call("zscore", KEYS[5], owner)
+  if not owner or (beat and tonumber(beat) >= tonumber(ARGV[7]) - tonumber(ARGV[8])) then
+    return {"claimed", math.max(redis.call("pttl", KEYS[4]), 1), ""}
+  end
+end
 local clock = redis.call("time")
 local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
 
@@ -67,16 +75,16 @@ end
 -- their own slot and the sustained rate is exact.
 local wait = 0
 local tats = {}
-for i = 5, #KEYS do
-  local interval = tonumber(ARGV[7 + 2 * (i - 5)])
-  local burst = tonumber(ARGV[8 + 2 * (i - 5)])
+for i = 6, #KEYS do
+  local interval = tonumber(ARGV[9 + 2 * (i - 6)])
+  local burst = tonumber(ARGV[10 + 2 * (i - 6)])
   local tat = math.max(tonumber(redis.call("get", KEYS[i])) or now, now)
   wait = math.max(wait, tat - (burst - 1) * interval - now)
   tats[i] = tat + interval
 end
 -- Too long to sleep on: nothing is reserved, the message asks again after the wait.
 if wait > tonumber(ARGV[5]) then return {"later", math.ceil(wait), ""} end
-for i = 5, #KEYS do
+for i = 6, #KEYS do
   redis.call("set", KEYS[i], tostring(tats[i]), "px", math.ceil(tats[i] - now) + 1000)
 end
 redis.call("set", KEYS[4], ARGV[6], "px", ARGV[2])
@@ -194,9 +202,14 @@ SETTLE = LuaScript(SETTLE_SCRIPT)
 RELEASE = LuaScript(RELEASE_SCRIPT)
 
 
-def new_claim() -> str:
-    """A token naming one delivery attempt: it claims the envelope while that attempt sends."""
-    return random_id()
+def new_claim(owner: str | None = None) -> str:
+    """A token naming one delivery attempt: it claims the envelope while that attempt sends.
+
+    ``owner`` is the Dramatiq broker id of the worker making the attempt: once
+    that worker's heartbeat expires, its claim no longer holds other copies back.
+    Without one the claim holds until it expires (the queue's time limit).
+    """
+    return f"{random_id()}@{owner}" if owner else random_id()
 
 
 def admit(
@@ -220,6 +233,7 @@ def admit(
             keys.circuit,
             keys.in_flight,
             sending_key(config.namespace, envelope_id),
+            heartbeats_key(config.namespace),
             *(keys.rate(limit.count, limit.period, limit.burst) for limit in limits),
         ],
         args=[
@@ -229,6 +243,8 @@ def admit(
             provider.max_concurrency or 0,
             math.ceil(config.rate_limit_max_wait * 1000),
             claim or token,
+            current_millis(),
+            config.heartbeat_timeout,
             *rate_args,
         ],
     )
