@@ -41,7 +41,7 @@ class AcceptThenAnswerLater(RecordingSMTPHandler):
     As a real one does: a client that dies while waiting for the answer has sent the message all the same.
     """
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802  (aiosmtpd's hook name)
+    async def handle_DATA(self, server, session, envelope):
         with self.lock:
             self.received.append(
                 ReceivedMail(

@@ -32,8 +32,9 @@ from mailqueue.keys import STATS_TTL, ProviderKeys, delivered_key, heartbeats_ke
 #: KEYS: delivered, circuit, in-flight, sending claim, Dramatiq's heartbeats, then one bucket per rate limit.
 #: ARGV: lease token, in-flight lease ms, probe lease ms, max concurrency (0: none),
 #: longest wait for a token in ms, claim token, the worker's clock in ms, the heartbeat
-#: timeout in ms, then (interval ms, burst) per rate limit. A claim held by a worker whose
-#: heartbeat is older than the timeout (or gone) is a dead worker's: it is taken over.
+#: timeout in ms, a claim of this worker's that sent nothing ("" if none), then (interval ms,
+#: burst) per rate limit. A claim held by a worker whose heartbeat is older than the timeout
+#: (or gone) is a dead worker's: it is taken over, as is the claim that sent nothing.
 #: Returns {outcome, number, text}: {"delivered", 0, provider}, {"claimed", retry ms, ""},
 #: {"open", retry ms, ""}, {"busy", 0, ""}, {"later", wait ms, ""}, or
 #: {"go", wait in µs, "closed" | "probe"}.
@@ -41,7 +42,7 @@ ADMIT_SCRIPT = """
 local delivered = redis.call("get", KEYS[1])
 if delivered then return {"delivered", 0, delivered} end
 local holder = redis.call("get", KEYS[4])
-if holder and holder ~= ARGV[6] then
+if holder and holder ~= ARGV[6] and holder ~= ARGV[9] then
   local owner = string.match(holder, "@(.+)$")
   local beat = owner and redis.call("zscore", KEYS[5], owner)
   if not owner or (beat and tonumber(beat) >= tonumber(ARGV[7]) - tonumber(ARGV[8])) then
@@ -76,8 +77,8 @@ end
 local wait = 0
 local tats = {}
 for i = 6, #KEYS do
-  local interval = tonumber(ARGV[9 + 2 * (i - 6)])
-  local burst = tonumber(ARGV[10 + 2 * (i - 6)])
+  local interval = tonumber(ARGV[10 + 2 * (i - 6)])
+  local burst = tonumber(ARGV[11 + 2 * (i - 6)])
   local tat = math.max(tonumber(redis.call("get", KEYS[i])) or now, now)
   wait = math.max(wait, tat - (burst - 1) * interval - now)
   tats[i] = tat + interval
@@ -156,6 +157,14 @@ return 0
 #: Seconds to keep trying to record a delivery while Redis is away.
 SENT_RECORD_PATIENCE = 60.0
 
+#: Claims of this process whose ``admit`` got no reply (Redis timed out or dropped the connection):
+#: Redis may have run the call later and set the claim, though the attempt sent nothing. By envelope
+#: id, the claim. The next attempt here takes such a claim over, and the keepalive thread drops the
+#: rest once Redis answers again; left alone, each would hold its message back for the time limit.
+_unanswered: dict[str, str] = {}
+#: At most this many are remembered (a long outage under heavy traffic).
+UNANSWERED_LIMIT = 10_000
+
 Outcome = Literal["go", "delivered", "claimed", "open", "busy", "later"]
 Result = Literal["sent", "failed", "rejected", "aborted"]
 
@@ -227,27 +236,36 @@ def admit(
     rate_args: list[float] = []
     for limit in limits:
         rate_args += (limit.interval * 1000, limit.burst)
-    outcome, number, detail = ADMIT(
-        [
-            delivered_key(config.namespace, envelope_id),
-            keys.circuit,
-            keys.in_flight,
-            sending_key(config.namespace, envelope_id),
-            heartbeats_key(config.namespace),
-            *(keys.rate(limit.count, limit.period, limit.burst) for limit in limits),
-        ],
-        args=[
-            token,
-            queue.time_limit,
-            math.ceil(provider.cooldown * 1000),
-            provider.max_concurrency or 0,
-            math.ceil(config.rate_limit_max_wait * 1000),
-            claim or token,
-            current_millis(),
-            config.heartbeat_timeout,
-            *rate_args,
-        ],
-    )
+    unanswered = _unanswered.get(envelope_id, "")
+    try:
+        outcome, number, detail = ADMIT(
+            [
+                delivered_key(config.namespace, envelope_id),
+                keys.circuit,
+                keys.in_flight,
+                sending_key(config.namespace, envelope_id),
+                heartbeats_key(config.namespace),
+                *(keys.rate(limit.count, limit.period, limit.burst) for limit in limits),
+            ],
+            args=[
+                token,
+                queue.time_limit,
+                math.ceil(provider.cooldown * 1000),
+                provider.max_concurrency or 0,
+                math.ceil(config.rate_limit_max_wait * 1000),
+                claim or token,
+                current_millis(),
+                config.heartbeat_timeout,
+                unanswered,
+                *rate_args,
+            ],
+        )
+    except (redis.ConnectionError, redis.TimeoutError):
+        if len(_unanswered) < UNANSWERED_LIMIT:
+            _unanswered[envelope_id] = claim or token
+        raise
+    if unanswered and outcome == b"go":
+        _unanswered.pop(envelope_id, None)  # taken over
     outcome = outcome.decode()
     scale = 1_000_000 if outcome == "go" else 1000
     return Admission(outcome=outcome, wait=int(number) / scale, detail=detail.decode(), token=token)
@@ -304,6 +322,24 @@ def settle(
             with attempt:
                 state, acked = SETTLE(script_keys, script_args)
     return Settled(circuit=state.decode() if isinstance(state, bytes) else str(state), acked=bool(acked))
+
+
+def unanswered_claims() -> int:
+    """How many claims of this process got no reply from Redis (see ``_unanswered``)."""
+    return len(_unanswered)
+
+
+def release_unanswered(namespace: str) -> int:
+    """Drop the claims whose ``admit`` got no reply (see ``_unanswered``); how many were still held.
+
+    Called by the keepalive thread once Redis has answered it twice in a row:
+    a call Redis ran late, it ran when it resumed, before those answers.
+    """
+    dropped = 0
+    for envelope_id, claim in list(_unanswered.items()):
+        dropped += int(RELEASE([sending_key(namespace, envelope_id)], [claim]))
+        _unanswered.pop(envelope_id, None)
+    return dropped
 
 
 def release(envelope_id: str, claim: str, config: MailQueueConfig) -> None:

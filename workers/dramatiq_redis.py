@@ -48,7 +48,7 @@ from mailqueue.exceptions import MailQueueImproperlyConfigured
 from mailqueue.keys import QueueKeys, heartbeats_key, in_progress_key
 from mailqueue.signals import MessageDeadLettered, announce
 
-from .admission import AckTarget
+from .admission import AckTarget, release_unanswered, unanswered_claims
 from .patience import REDIS_OUTAGES, until_redis_accepts
 
 #: The Dramatiq releases (major, minor) whose private broker code this module was written against.
@@ -427,17 +427,19 @@ class Keepalive(Middleware):
             self._thread.join()
 
     def _run(self, broker: RedisBroker) -> None:
-        failing = False
+        failing, answered = False, 0
         while True:
             try:
                 self.beat(broker)
                 if failing:
                     logger.warning("heartbeat and recovery reach Redis again")
-                failing = False
+                failing, answered = False, answered + 1
+                if answered >= 2 and unanswered_claims():
+                    release_unanswered(broker.namespace)
             except REDIS_OUTAGES + (ConnectionClosed,) as error:
                 if not failing:
                     logger.error("heartbeat and recovery could not reach Redis (%s); trying every interval", error)
-                failing = True
+                failing, answered = True, 0
             if self._stop.wait(self.interval / 1000):
                 return
 
