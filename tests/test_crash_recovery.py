@@ -18,10 +18,13 @@ import redis
 from django.core.mail import EmailMessage, send_mass_mail
 from dramatiq import Message
 
+from mailqueue.broker import new_broker
 from mailqueue.conf import get_config
+from mailqueue.deadletters import iter_dead, requeue
 from mailqueue.envelope import Envelope
 from mailqueue.keys import QueueKeys, heartbeats_key, in_progress_key, sending_key
 from mailqueue.monitoring import queue_depths
+from mailqueue.signals import MessageDeadLettered
 from tests.servers import ReceivedMail, RecordingSMTPHandler, SMTPServer
 from tests.worker_processes import WorkerPool
 from workers import admission
@@ -223,3 +226,34 @@ def test_recovery_puts_a_dead_workers_messages_back_at_the_head_of_their_queues(
     redis_client.zadd(heartbeats_key(namespace), {dead: now_ms - config.heartbeat_timeout * 11})
     assert keepalive.beat(Broker) == (1, 0)
     assert redis_client.zscore(heartbeats_key(namespace), dead) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_message_for_an_actor_no_worker_declares_goes_to_mailqueues_dead_letters(
+    smtp_setup, run_worker, redis_client, namespace, recorder
+) -> None:
+    broker = new_broker()
+    foreign = broker.enqueue(Message(queue_name="default", actor_name="billing.charge", args=(42,), kwargs={}, options={}))
+    envelope = Envelope.from_message(EmailMessage("s", "b", None, ["a@example.com"]), queue="default", mailer="d")
+    misrouted = broker.enqueue(
+        Message(
+            queue_name="default", actor_name="mailqueue.deliver.gone", args=(envelope.encode(),), kwargs={}, options={}
+        )
+    )
+    with run_worker() as worker:
+        worker.drain()
+    letters = {letter.id: letter for letter in iter_dead("default")}
+    assert set(letters) == {foreign.message_id, misrouted.message_id}
+    assert letters[foreign.message_id].reason == (
+        "ActorNotFound: no worker here declares actor 'billing.charge' "
+        "(queue 'default' is delivered by 'mailqueue.deliver.default')"
+    )
+    assert letters[foreign.message_id].payload["args"] == [42]
+    assert letters[misrouted.message_id].error_type == "ActorNotFound"
+    assert not redis_client.exists(f"{namespace}:default.XQ")  # not Dramatiq's own, expiring set
+    assert queued() == 0
+    assert {event.envelope_id for event in recorder.of(MessageDeadLettered)} == set(letters)
+    requeue([letters[misrouted.message_id]])  # a mailqueue envelope: once requeued, its queue's actor delivers it
+    with run_worker() as worker:
+        worker.drain()
+    assert [m.parsed["Subject"] for m in smtp_setup.received] == ["s"]
