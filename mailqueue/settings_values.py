@@ -33,7 +33,8 @@ class QueueConfig:
 class RateLimit:
     """``count`` sends per ``period`` seconds, spaced evenly; ``burst`` of them may go at once.
 
-    With ``burst`` B, any window of one period holds at most count + B - 1 sends.
+    With ``burst`` B, any window of one period holds at most count + B sends (count + B - 1 as the
+    script grants them; a send reaches the provider a little after its grant, which can add one).
     """
 
     count: int

@@ -233,7 +233,9 @@ def test_a_message_for_an_actor_no_worker_declares_goes_to_mailqueues_dead_lette
     smtp_setup, run_worker, redis_client, namespace, recorder
 ) -> None:
     broker = new_broker()
-    foreign = broker.enqueue(Message(queue_name="default", actor_name="billing.charge", args=(42,), kwargs={}, options={}))
+    foreign = broker.enqueue(
+        Message(queue_name="default", actor_name="billing.charge", args=(42,), kwargs={}, options={})
+    )
     envelope = Envelope.from_message(EmailMessage("s", "b", None, ["a@example.com"]), queue="default", mailer="d")
     misrouted = broker.enqueue(
         Message(
