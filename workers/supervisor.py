@@ -88,10 +88,6 @@ class Supervisor:
             if slot.process is None and not self.stopping and now >= slot.restart_at:
                 self._start(slot)
 
-    def pids(self) -> list[int]:
-        """The process ids of the running worker processes."""
-        return [slot.process.pid for slot in self.slots if slot.process is not None]
-
     def _start(self, slot: Slot) -> None:
         command = [*self.command, "--parent", str(os.getpid())]
         slot.process = subprocess.Popen(command, start_new_session=True)
