@@ -66,6 +66,7 @@ TOP_LEVEL_KEYS = frozenset(
         "DEDUP_WINDOW",
         "RATE_LIMIT_MAX_WAIT",
         "HEARTBEAT_TIMEOUT",
+        "RECOVERY_INTERVAL",
         "MAINTENANCE_CHANCE",
     }
 )
@@ -159,6 +160,7 @@ class _Reader:
         config = MailQueueConfig(**values)
         self.check_on_commit_database(config, databases)
         self.check_rate_limit_wait(config)
+        self.check_heartbeat(config)
         check_mailers(self.problems, config)
         return config
 
@@ -188,7 +190,7 @@ class _Reader:
                     "accepted while Redis is away would have nowhere to wait.",
                     hint='Name a DATABASES alias, or set ON_BROKER_FAILURE to "raise".',
                 )
-        minimums = {"DEDUP_WINDOW": 1, "HEARTBEAT_TIMEOUT": 1, "MAINTENANCE_CHANCE": 0}
+        minimums = {"DEDUP_WINDOW": 1, "HEARTBEAT_TIMEOUT": 1, "RECOVERY_INTERVAL": 1, "MAINTENANCE_CHANCE": 0}
         options |= self.problems.integers("MAILQUEUE", raw, MailQueueConfig, minimums)
         if "BROKER_COOLDOWN" in raw:
             fallback = default(MailQueueConfig, "broker_cooldown")
@@ -246,6 +248,17 @@ class _Reader:
             "mailqueue reads RESP2 replies itself.",
         )
         return False
+
+    def check_heartbeat(self, config: MailQueueConfig) -> None:
+        """A worker heartbeats once per RECOVERY_INTERVAL: one late beat must not make it look dead."""
+        if config.heartbeat_timeout < 2 * config.recovery_interval:
+            self.problems.add(
+                "mailqueue.E024",
+                f"MAILQUEUE['HEARTBEAT_TIMEOUT'] ({config.heartbeat_timeout} ms) is less than twice "
+                f"RECOVERY_INTERVAL ({config.recovery_interval} ms): a live worker, which heartbeats once per "
+                "RECOVERY_INTERVAL, would be taken for dead after a single late beat.",
+                hint="Keep HEARTBEAT_TIMEOUT at five or more RECOVERY_INTERVALs (the defaults are 10000 and 1000).",
+            )
 
     def check_broker_url(self, url: Any) -> bool:
         try:

@@ -33,7 +33,8 @@ class QueueConfig:
 class RateLimit:
     """``count`` sends per ``period`` seconds, spaced evenly; ``burst`` of them may go at once.
 
-    With ``burst`` B, any window of one period holds at most count + B - 1 sends.
+    With ``burst`` B, any window of one period holds at most count + B sends (count + B - 1 as the
+    script grants them; a send reaches the provider a little after its grant, which can add one).
     """
 
     count: int
@@ -122,8 +123,13 @@ class MailQueueConfig:
     dedup_window: int = 24 * 3600
     #: Longest a worker thread sleeps for a rate-limit token before re-scheduling the message (s).
     rate_limit_max_wait: float = 1.0
-    #: Dramatiq: ms without a heartbeat before a worker's unacknowledged messages are requeued.
-    heartbeat_timeout: int = 60_000
+    #: Dramatiq: ms without a heartbeat before a worker is taken for dead and its unacknowledged
+    #: messages are requeued. Every worker heartbeats from a thread of its own each RECOVERY_INTERVAL,
+    #: so a busy worker (all threads in slow sends) still beats; 10 s leaves ten beats of margin.
+    heartbeat_timeout: int = 10_000
+    #: ms between two runs of a worker's keepalive thread: it heartbeats, then puts back the
+    #: messages of every worker whose heartbeat is older than HEARTBEAT_TIMEOUT.
+    recovery_interval: int = 1_000
     #: Dramatiq: per million broker commands, how many also run that recovery (Dramatiq's own
     #: default is 1,000; at 10,000 a quiet queue gets a dead worker's messages back in minutes).
     maintenance_chance: int = 10_000

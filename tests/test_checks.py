@@ -250,6 +250,18 @@ def test_a_valid_configuration_has_no_errors(settings) -> None:
             "MAILQUEUE['HEARTBEAT_TIMEOUT'] must be an integer >= 1, not True",
         ),
         (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "RECOVERY_INTERVAL": 0},
+            None,
+            "mailqueue.E015",
+            "MAILQUEUE['RECOVERY_INTERVAL'] must be an integer >= 1, not 0",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "HEARTBEAT_TIMEOUT": 3000, "RECOVERY_INTERVAL": 2000},
+            None,
+            "mailqueue.E024",
+            "MAILQUEUE['HEARTBEAT_TIMEOUT'] (3000 ms) is less than twice RECOVERY_INTERVAL (2000 ms)",
+        ),
+        (
             {"QUEUES": {"default": {"providers": ["smtp"]}}, "MAINTENANCE_CHANCE": -1},
             None,
             "mailqueue.E015",

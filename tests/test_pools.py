@@ -19,7 +19,7 @@ from mailqueue.conf import PoolConfig, get_config
 from mailqueue.monitoring import queue_depths
 from project import settings as project_settings
 from tests.servers import SMTPServer
-from workers.pools import BOOTSTRAP_MODULE, dramatiq_argv, main, select_pool
+from workers.pools import PROCESS_MODULE, main, select_pool, worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTBOX = {"outbox": {"BACKEND": "django.core.mail.backends.locmem.EmailBackend"}}
@@ -74,40 +74,36 @@ def test_a_wrong_choice_exits_naming_the_configured_ones(
     assert exit_info.value.code == message
 
 
-# --- dramatiq_argv: the command that runs a pool ----------------------------------------------------------
+# --- worker_argv: the command of each worker process ------------------------------------------------------
 
 
-def test_the_command_runs_dramatiq_on_the_bootstrap_module_with_the_pools_sizes() -> None:
+def test_each_worker_process_runs_the_pools_queues_with_its_threads() -> None:
     pool = PoolConfig(name="rest", queues=("default", "bulk"), processes=3, threads=5)
-    assert dramatiq_argv(pool) == [
+    assert worker_argv(pool) == [
         sys.executable,
-        *("-m", "dramatiq", BOOTSTRAP_MODULE),
+        *("-m", PROCESS_MODULE),
         *("--queues", "default", "bulk"),
-        *("--processes", "3", "--threads", "5"),
+        *("--threads", "5"),
     ]
-    assert BOOTSTRAP_MODULE == "workers.bootstrap"
+    assert PROCESS_MODULE == "workers.process"
 
 
-def test_the_command_line_overrides_the_pools_sizes() -> None:
+def test_the_command_line_overrides_the_pools_threads() -> None:
     pool = PoolConfig(name="bulk", queues=("bulk",), processes=3, threads=5)
-    argv = dramatiq_argv(pool, processes=1, threads=16)
-    assert argv[-4:] == ["--processes", "1", "--threads", "16"]
-    assert dramatiq_argv(pool, threads=2)[-4:] == ["--processes", "3", "--threads", "2"]
+    assert worker_argv(pool, threads=16)[-2:] == ["--threads", "16"]
 
 
 # --- main: the command line, up to the exec -----------------------------------------------------------------
 
 
-def test_main_prints_the_command_on_a_dry_run(pools: None, capsys: Any) -> None:
+def test_main_prints_each_worker_process_command_on_a_dry_run(pools: None, capsys: Any) -> None:
     main(["urgent", "--threads", "9", "--dry-run"])
-    assert capsys.readouterr().out.split() == dramatiq_argv(
-        PoolConfig(name="urgent", queues=("critical",), processes=2, threads=9)
-    )
-    main(["--queues", "default", "bulk", "--processes", "2", "--dry-run"])
-    assert capsys.readouterr().out.split()[-7:] == [
-        *("--queues", "default", "bulk"),
-        *("--processes", "2", "--threads", "8"),
-    ]
+    command = " ".join(worker_argv(PoolConfig(name="urgent", queues=("critical",), threads=9)))
+    assert capsys.readouterr().out.splitlines() == [command, command]  # the pool's 2 processes
+    main(["--queues", "default", "bulk", "--processes", "3", "--dry-run"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert lines[0].split()[-5:] == ["--queues", "default", "bulk", "--threads", "8"]
 
 
 def test_main_refuses_to_guess_the_settings_module(pools: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,7 +141,7 @@ def pool_env(namespace: str, redis_url: str, smtp: SMTPServer) -> dict[str, str]
     }
 
 
-def test_dry_run_prints_the_dramatiq_command(namespace, redis_url, smtp_server) -> None:
+def test_dry_run_prints_the_worker_process_commands(namespace, redis_url, smtp_server) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "workers", "bulk", "--threads", "3", "--dry-run"],
         cwd=ROOT,
@@ -154,16 +150,8 @@ def test_dry_run_prints_the_dramatiq_command(namespace, redis_url, smtp_server) 
         text=True,
         check=True,
     )
-    assert result.stdout.split()[1:] == [
-        "-m",
-        "dramatiq",
-        "workers.bootstrap",
-        "--queues",
-        "bulk",
-        "--processes",
-        "1",
-        "--threads",
-        "3",
+    assert [line.split()[1:] for line in result.stdout.splitlines()] == [
+        ["-m", "workers.process", "--queues", "bulk", "--threads", "3"]
     ]
 
 

@@ -21,7 +21,7 @@ from mailqueue.envelope import Envelope
 from mailqueue.exceptions import EnvelopeError
 
 from .delivery import Delivered, deliver_envelope
-from .dramatiq_redis import WorkerBroker, ack_target
+from .dramatiq_redis import Keepalive, WorkerBroker, ack_target
 from .middleware import CloseDatabaseConnections, CloseProviderConnections
 from .outcomes import Attempt, conclude
 
@@ -65,6 +65,12 @@ def declare(broker: RedisBroker, config: MailQueueConfig) -> dict[str, dramatiq.
     for middleware in (CurrentMessage, CloseProviderConnections, CloseDatabaseConnections):
         if middleware not in present:
             broker.add_middleware(middleware())
+    if Keepalive not in present:
+        # Recovers every configured queue, not only the ones this pool consumes: a dead worker of
+        # another pool gets its messages back as soon as any worker notices.
+        broker.add_middleware(
+            Keepalive(config.queues, interval=config.recovery_interval, timeout=config.heartbeat_timeout)
+        )
     actors = {}
     for queue in config.queues.values():
         name = actor_name(queue.name)

@@ -27,11 +27,14 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 from mailqueue.client import LuaScript, redis_client
 from mailqueue.conf import MailQueueConfig, ProviderConfig, QueueConfig
 from mailqueue.envelope import random_id
-from mailqueue.keys import STATS_TTL, ProviderKeys, delivered_key, sending_key
+from mailqueue.keys import STATS_TTL, ProviderKeys, delivered_key, heartbeats_key, sending_key
 
-#: KEYS: delivered, circuit, in-flight, sending claim, then one bucket per rate limit.
+#: KEYS: delivered, circuit, in-flight, sending claim, Dramatiq's heartbeats, then one bucket per rate limit.
 #: ARGV: lease token, in-flight lease ms, probe lease ms, max concurrency (0: none),
-#: longest wait for a token in ms, claim token, then (interval ms, burst) per rate limit.
+#: longest wait for a token in ms, claim token, the worker's clock in ms, the heartbeat
+#: timeout in ms, a claim of this worker's that sent nothing ("" if none), then (interval ms,
+#: burst) per rate limit. A claim held by a worker whose heartbeat is older than the timeout
+#: (or gone) is a dead worker's: it is taken over, as is the claim that sent nothing.
 #: Returns {outcome, number, text}: {"delivered", 0, provider}, {"claimed", retry ms, ""},
 #: {"open", retry ms, ""}, {"busy", 0, ""}, {"later", wait ms, ""}, or
 #: {"go", wait in µs, "closed" | "probe"}.
@@ -39,7 +42,13 @@ ADMIT_SCRIPT = """
 local delivered = redis.call("get", KEYS[1])
 if delivered then return {"delivered", 0, delivered} end
 local holder = redis.call("get", KEYS[4])
-if holder and holder ~= ARGV[6] then return {"claimed", math.max(redis.call("pttl", KEYS[4]), 1), ""} end
+if holder and holder ~= ARGV[6] and holder ~= ARGV[9] then
+  local owner = string.match(holder, "@(.+)$")
+  local beat = owner and redis.call("zscore", KEYS[5], owner)
+  if not owner or (beat and tonumber(beat) >= tonumber(ARGV[7]) - tonumber(ARGV[8])) then
+    return {"claimed", math.max(redis.call("pttl", KEYS[4]), 1), ""}
+  end
+end
 local clock = redis.call("time")
 local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
 
@@ -67,16 +76,16 @@ end
 -- their own slot and the sustained rate is exact.
 local wait = 0
 local tats = {}
-for i = 5, #KEYS do
-  local interval = tonumber(ARGV[7 + 2 * (i - 5)])
-  local burst = tonumber(ARGV[8 + 2 * (i - 5)])
+for i = 6, #KEYS do
+  local interval = tonumber(ARGV[10 + 2 * (i - 6)])
+  local burst = tonumber(ARGV[11 + 2 * (i - 6)])
   local tat = math.max(tonumber(redis.call("get", KEYS[i])) or now, now)
   wait = math.max(wait, tat - (burst - 1) * interval - now)
   tats[i] = tat + interval
 end
 -- Too long to sleep on: nothing is reserved, the message asks again after the wait.
 if wait > tonumber(ARGV[5]) then return {"later", math.ceil(wait), ""} end
-for i = 5, #KEYS do
+for i = 6, #KEYS do
   redis.call("set", KEYS[i], tostring(tats[i]), "px", math.ceil(tats[i] - now) + 1000)
 end
 redis.call("set", KEYS[4], ARGV[6], "px", ARGV[2])
@@ -148,6 +157,14 @@ return 0
 #: Seconds to keep trying to record a delivery while Redis is away.
 SENT_RECORD_PATIENCE = 60.0
 
+#: Claims of this process whose ``admit`` got no reply (Redis timed out or dropped the connection):
+#: Redis may have run the call later and set the claim, though the attempt sent nothing. By envelope
+#: id, the claim. The next attempt here takes such a claim over, and the keepalive thread drops the
+#: rest once Redis answers again; left alone, each would hold its message back for the time limit.
+_unanswered: dict[str, str] = {}
+#: At most this many are remembered (a long outage under heavy traffic).
+UNANSWERED_LIMIT = 10_000
+
 Outcome = Literal["go", "delivered", "claimed", "open", "busy", "later"]
 Result = Literal["sent", "failed", "rejected", "aborted"]
 
@@ -194,9 +211,14 @@ SETTLE = LuaScript(SETTLE_SCRIPT)
 RELEASE = LuaScript(RELEASE_SCRIPT)
 
 
-def new_claim() -> str:
-    """A token naming one delivery attempt: it claims the envelope while that attempt sends."""
-    return random_id()
+def new_claim(owner: str | None = None) -> str:
+    """A token naming one delivery attempt: it claims the envelope while that attempt sends.
+
+    ``owner`` is the Dramatiq broker id of the worker making the attempt: once
+    that worker's heartbeat expires, its claim no longer holds other copies back.
+    Without one the claim holds until it expires (the queue's time limit).
+    """
+    return f"{random_id()}@{owner}" if owner else random_id()
 
 
 def admit(
@@ -214,24 +236,36 @@ def admit(
     rate_args: list[float] = []
     for limit in limits:
         rate_args += (limit.interval * 1000, limit.burst)
-    outcome, number, detail = ADMIT(
-        [
-            delivered_key(config.namespace, envelope_id),
-            keys.circuit,
-            keys.in_flight,
-            sending_key(config.namespace, envelope_id),
-            *(keys.rate(limit.count, limit.period, limit.burst) for limit in limits),
-        ],
-        args=[
-            token,
-            queue.time_limit,
-            math.ceil(provider.cooldown * 1000),
-            provider.max_concurrency or 0,
-            math.ceil(config.rate_limit_max_wait * 1000),
-            claim or token,
-            *rate_args,
-        ],
-    )
+    unanswered = _unanswered.get(envelope_id, "")
+    try:
+        outcome, number, detail = ADMIT(
+            [
+                delivered_key(config.namespace, envelope_id),
+                keys.circuit,
+                keys.in_flight,
+                sending_key(config.namespace, envelope_id),
+                heartbeats_key(config.namespace),
+                *(keys.rate(limit.count, limit.period, limit.burst) for limit in limits),
+            ],
+            args=[
+                token,
+                queue.time_limit,
+                math.ceil(provider.cooldown * 1000),
+                provider.max_concurrency or 0,
+                math.ceil(config.rate_limit_max_wait * 1000),
+                claim or token,
+                current_millis(),
+                config.heartbeat_timeout,
+                unanswered,
+                *rate_args,
+            ],
+        )
+    except (redis.ConnectionError, redis.TimeoutError):
+        if len(_unanswered) < UNANSWERED_LIMIT:
+            _unanswered[envelope_id] = claim or token
+        raise
+    if unanswered and outcome == b"go":
+        _unanswered.pop(envelope_id, None)  # taken over
     outcome = outcome.decode()
     scale = 1_000_000 if outcome == "go" else 1000
     return Admission(outcome=outcome, wait=int(number) / scale, detail=detail.decode(), token=token)
@@ -288,6 +322,24 @@ def settle(
             with attempt:
                 state, acked = SETTLE(script_keys, script_args)
     return Settled(circuit=state.decode() if isinstance(state, bytes) else str(state), acked=bool(acked))
+
+
+def unanswered_claims() -> int:
+    """How many claims of this process got no reply from Redis (see ``_unanswered``)."""
+    return len(_unanswered)
+
+
+def release_unanswered(namespace: str) -> int:
+    """Drop the claims whose ``admit`` got no reply (see ``_unanswered``); how many were still held.
+
+    Called by the keepalive thread once Redis has answered it twice in a row:
+    a call Redis ran late, it ran when it resumed, before those answers.
+    """
+    dropped = 0
+    for envelope_id, claim in list(_unanswered.items()):
+        dropped += int(RELEASE([sending_key(namespace, envelope_id)], [claim]))
+        _unanswered.pop(envelope_id, None)
+    return dropped
 
 
 def release(envelope_id: str, claim: str, config: MailQueueConfig) -> None:

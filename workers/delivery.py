@@ -174,7 +174,7 @@ def deliver_envelope(
     delivery record also acknowledges the Dramatiq message.
     """
     message = envelope.to_message()
-    claim = new_claim()
+    claim = new_claim(ack.broker_id if ack is not None else None)
     try:
         return _through_chain(envelope, message, queue, config, claim, ack, attempt)
     except MailQueueError:

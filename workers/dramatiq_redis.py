@@ -13,7 +13,15 @@ has one module to read:
   dead-lettered with its decode error instead of stalling the consumer and its
   whole batch; delayed messages a consumer dropped after a Redis error are put
   back; a message acknowledged early (with its delivery record, see
-  ``ack_target``) is not acknowledged twice.
+  ``ack_target``) is not acknowledged twice; an acknowledgement Redis refuses
+  (full, read-only) is retried instead of forgotten; a message Dramatiq
+  rejects (no actor of its name here) goes to mailqueue's dead letters.
+* ``WorkerBroker.do_fetch``: before fetching, what this process fetched but no
+  longer holds (a consumer dropped it after a Redis error, or a fetch whose
+  reply was lost) is put back: a live worker never strands a message.
+* ``Keepalive``: every worker process heartbeats from a thread of its own and
+  puts back dead workers' messages on a timer (Dramatiq does both only as a
+  side effect of its broker commands, and recovery only on a random few).
 
 Importing this module with another Dramatiq version raises, naming the versions it works with.
 """
@@ -21,24 +29,27 @@ Importing this module with another Dramatiq version raises, naming the versions 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import dramatiq
-from dramatiq import Message
+from dramatiq import Broker, Message, Middleware, Worker
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.common import current_millis, q_name
-from dramatiq.errors import DecodeError
+from dramatiq.common import current_millis, dq_name, q_name
+from dramatiq.errors import ActorNotFound, ConnectionClosed, DecodeError
 
+from mailqueue.broker import actor_name
 from mailqueue.client import LuaScript, redis_client
 from mailqueue.deadletters import DeadLetter, record
 from mailqueue.exceptions import MailQueueImproperlyConfigured
 from mailqueue.keys import QueueKeys, heartbeats_key, in_progress_key
 from mailqueue.signals import MessageDeadLettered, announce
 
-from .admission import AckTarget
-from .patience import until_redis_accepts
+from .admission import AckTarget, release_unanswered, unanswered_claims
+from .patience import REDIS_OUTAGES, until_redis_accepts
 
 #: The Dramatiq releases (major, minor) whose private broker code this module was written against.
 SUPPORTED_DRAMATIQ = ((2, 2),)
@@ -86,24 +97,71 @@ def acknowledged_early(target: AckTarget) -> None:
         broker.acknowledged.add(target.redis_id)
 
 
+def _rejected_letter(message: Any, queue: str) -> DeadLetter:
+    """The dead letter of a message Dramatiq rejected; a mailqueue envelope keeps its payload, so it can be requeued."""
+    error = getattr(message, "_exception", None)  # what Dramatiq stuffed into the message when it rejected it
+    if isinstance(error, ActorNotFound) or error is None:
+        reason = f"ActorNotFound: no worker here declares actor {message.actor_name!r}"
+        if message.actor_name != actor_name(queue):
+            reason += f" (queue {queue!r} is delivered by {actor_name(queue)!r})"
+        error_type = "ActorNotFound"
+    else:
+        reason, error_type = f"{type(error).__name__}: {error}", type(error).__name__
+    if message.actor_name.startswith(actor_name("")) and len(message.args) == 1 and not message.kwargs:
+        payload: Any = message.args[0]
+    else:
+        payload = message.asdict()
+    return DeadLetter(
+        id=str(message.message_id),
+        queue=queue,
+        reason=reason,
+        error_type=error_type,
+        failed_at=time.time(),
+        attempts=int(message.options.get("retries", 0)) + 1,
+        payload=payload,
+    )
+
+
 class DeadLetteringConsumer(_RedisConsumer):
-    """A consumer that dead-letters undecodable messages instead of stalling on them."""
+    """A consumer that dead-letters undecodable messages instead of stalling on them (see the module docstring)."""
 
     def __init__(self, broker: WorkerBroker, queue_name: str, prefetch: int, timeout: int) -> None:
         super().__init__(broker, queue_name, prefetch, timeout)  # type: ignore[no-untyped-call]
         self.worker_broker = broker
+        #: Redis ids of the messages of this queue that Dramatiq's threads hold (shared by every consumer
+        #: of the queue this process makes: a consumer made after a Redis error inherits what is in work).
+        self.held = broker.held[queue_name]
         if queue_name.endswith(".DQ"):
-            self._requeue_forgotten_delayed()
+            try:
+                self._requeue_forgotten_delayed()
+            except REDIS_OUTAGES as error:
+                raise ConnectionClosed(error) from None  # type: ignore[no-untyped-call]  # Dramatiq makes a new consumer after its restart delay
 
     def _in_progress(self) -> str:
         return in_progress_key(self.worker_broker.namespace, self.worker_broker.broker_id, self.queue_name)
 
     def _requeue_forgotten_delayed(self) -> None:
-        """Put back delayed messages a previous consumer of this worker fetched and then dropped."""
+        """Put back delayed messages a previous consumer of this worker fetched and then dropped.
+
+        Dramatiq's consumer thread keeps delayed messages in memory until they
+        are due, and drops them all after a Redis error: none of them is held
+        any more when a new consumer of the delay queue is made.
+        """
+        self.held.clear()
         held = self.worker_broker.client.smembers(self._in_progress())
         if held:
             self.worker_broker.do_requeue(self.queue_name, *held)
             logger.warning("requeued %d delayed message(s) dropped after a Redis error", len(held))
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]  # (Dramatiq's returns the consumer itself)
+        # Dramatiq's consumer thread iterates its consumer: each message it is given is held by this
+        # process until it is acknowledged, rejected or requeued; what the queue's in-progress set has
+        # beyond that was dropped (see WorkerBroker.do_fetch).
+        while True:
+            message = next(self)
+            if message is not None:
+                self.held.add(message.options.get("redis_message_id"))
+            yield message
 
     def ack(self, message: Any) -> None:
         acknowledged = self.worker_broker.acknowledged
@@ -111,8 +169,51 @@ class DeadLetteringConsumer(_RedisConsumer):
         if redis_id in acknowledged:
             acknowledged.discard(redis_id)  # acknowledged with its delivery record
             self.queued_message_ids.discard(message.message_id)
+            self.held.discard(redis_id)
             return
-        super().ack(message)  # type: ignore[no-untyped-call]
+        self._settle(super().ack, message)
+
+    def nack(self, message: Any) -> None:
+        """Dead-letter ``message`` in mailqueue's store with the reason, and acknowledge it.
+
+        mailqueue's actors never fail a message (they decide every outcome), so
+        Dramatiq rejects one only when it cannot run it: no actor of its name is
+        declared here. Dramatiq's own dead-letter set would hide it from
+        ``mailqueue dead`` and drop it after a week.
+        """
+        letter = _rejected_letter(message, q_name(self.queue_name))
+        until_redis_accepts(lambda: record(letter), f"the dead letter of rejected message {letter.id}")
+        self._settle(super().ack, message)
+        logger.error("dead-lettered %s on %s: %s", letter.id, letter.queue, letter.reason)
+        announce(
+            MessageDeadLettered(
+                envelope_id=letter.id,
+                queue=letter.queue,
+                reason=letter.reason,
+                error_type=letter.error_type,
+                attempts=letter.attempts,
+                provider=None,
+            )
+        )
+
+    def requeue(self, messages: Iterable[Any]) -> None:
+        messages = list(messages)
+        super().requeue(messages)  # type: ignore[no-untyped-call]
+        for message in messages:
+            self.held.discard(message.options.get("redis_message_id"))
+
+    def _settle(self, step: Callable[[Any], None], message: Any) -> None:
+        """Acknowledge through ``step``; Redis refusing it (full, read-only, timed out) is retried, not forgotten.
+
+        Dramatiq retries an acknowledgement only after a connection error; any
+        other error left the message in this live worker's in-progress set for
+        good. As a ConnectionClosed, Dramatiq retries it every few seconds.
+        """
+        try:
+            step(message)
+        except REDIS_OUTAGES as error:
+            raise ConnectionClosed(error) from None  # type: ignore[no-untyped-call]
+        self.held.discard(message.options.get("redis_message_id"))
 
     def __next__(self) -> Any:
         while True:
@@ -175,6 +276,12 @@ class WorkerBroker(RedisBroker):
         self._dispatch_script = LuaScript(self.scripts["dispatch"].script)  # type: ignore[arg-type]
         #: Redis ids of messages whose delivery record also acknowledged them (see ``acknowledged_early``).
         self.acknowledged: set[str] = set()
+        #: Per queue, the Redis ids of the messages Dramatiq's threads hold (see DeadLetteringConsumer).
+        self.held: defaultdict[str, set[str]] = defaultdict(set)
+        #: Per queue, when (time.monotonic()) ``do_fetch`` next looks for dropped messages.
+        self._next_sweep: dict[str, float] = {}
+        #: Seconds between two of those looks.
+        self.sweep_interval = 1.0
 
     def _dispatch(self, command: str) -> Callable[..., Any]:
         # Dramatiq 2.2's RedisBroker._dispatch, with the script call replaced.
@@ -207,3 +314,150 @@ class WorkerBroker(RedisBroker):
         return until_redis_accepts(
             lambda: super(WorkerBroker, self).enqueue(message, delay=delay), f"the re-enqueue of {message.message_id}"
         )
+
+    def do_fetch(self, queue_name: str, count: int) -> Any:
+        """Dramatiq's fetch, after putting back what this process fetched and no longer holds, once a second.
+
+        Dramatiq's consumer thread makes a new consumer after a Redis error and
+        drops the old one's prefetched messages; and a fetch whose reply was
+        lost (Redis paused past the socket timeout) ran all the same. Either
+        way the messages sit in this live worker's in-progress set, which no
+        recovery looks at. Called only when the consumer's cache is empty, from
+        the one thread that fetches this queue, so whatever is in the set and
+        not held by a thread here is dropped.
+        """
+        now = time.monotonic()
+        if now >= self._next_sweep.get(queue_name, 0.0):
+            self._next_sweep[queue_name] = now + self.sweep_interval
+            self._put_back_dropped(queue_name)
+        return self._dispatch("fetch")(queue_name, count)
+
+    def _put_back_dropped(self, queue_name: str) -> None:
+        held = self.held[queue_name].copy()
+        in_progress = in_progress_key(self.namespace, self.broker_id, queue_name)
+        fetched = BEYOND_HELD([in_progress], [len(held)])
+        dropped = [redis_id for redis_id in fetched if redis_id.decode() not in held]
+        if dropped:
+            self.do_requeue(queue_name, *dropped)
+            logger.warning("requeued %d message(s) of %s this worker had fetched and dropped", len(dropped), queue_name)
+
+
+#: KEYS: a worker's in-progress set for one queue; ARGV: how many of its messages the worker holds.
+#: Returns the set's members when it has more than that (some were dropped), else nothing: the usual
+#: answer costs one SCARD, however many delayed messages the worker keeps.
+BEYOND_HELD = LuaScript(
+    """
+if redis.call("scard", KEYS[1]) > tonumber(ARGV[1]) then return redis.call("smembers", KEYS[1]) end
+return {}
+"""
+)
+
+#: KEYS: Dramatiq's heartbeats. ARGV: namespace, this worker's id, now (ms, on this worker's clock, like
+#: Dramatiq's own heartbeats), heartbeat timeout (ms), how long (ms) a dead worker is remembered, then
+#: every queue name a worker may consume (each queue and its delay queue).
+#: Heartbeats for this worker, then puts every message a dead worker (heartbeat older than the timeout)
+#: had fetched back at the head of its queue: what Dramatiq's maintenance does (dispatch.lua), for all
+#: queues at once and without its KEYS scan. A dead worker is kept in the heartbeats for a while, so a
+#: worker configured with other queues (a deploy in progress) may recover those too.
+#: Returns {dead workers, messages put back}.
+RECOVER = LuaScript(
+    """
+local namespace = ARGV[1]
+local now = tonumber(ARGV[3])
+redis.call("zadd", KEYS[1], now, ARGV[2])
+local dead = redis.call("zrangebyscore", KEYS[1], "-inf", now - tonumber(ARGV[4]), "WITHSCORES")
+local recovered = 0
+for i = 1, #dead, 2 do
+  local worker = dead[i]
+  for q = 6, #ARGV do
+    local queue = namespace .. ":" .. ARGV[q]
+    local acks = namespace .. ":__acks__." .. worker .. "." .. ARGV[q]
+    local ids = redis.call("smembers", acks)
+    for _, id in ipairs(ids) do
+      if redis.call("hexists", queue .. ".msgs", id) == 1 then
+        redis.call("lpush", queue, id)
+        recovered = recovered + 1
+      end
+    end
+    if #ids > 0 then redis.call("del", acks) end
+  end
+  if tonumber(dead[i + 1]) < now - tonumber(ARGV[5]) then redis.call("zrem", KEYS[1], worker) end
+end
+return {#dead / 2, recovered}
+"""
+)
+
+#: A dead worker is remembered (and its queues looked at) for this many heartbeat timeouts.
+REMEMBER_DEAD = 10
+
+
+class Keepalive(Middleware):
+    """A worker process's heartbeat and crash recovery, on a timer of their own.
+
+    Dramatiq heartbeats only as a side effect of broker commands, which stop
+    while every thread is busy in a slow send and the prefetch is full; and it
+    recovers dead workers' messages on a random one in ``MAINTENANCE_CHANCE``
+    commands of the same queue, which on a quiet queue takes minutes. Here a
+    thread heartbeats and recovers every ``interval`` ms: one script call,
+    cheap when no worker is dead (a ZADD and an empty range).
+    """
+
+    def __init__(self, queues: Iterable[str], *, interval: int, timeout: int) -> None:
+        names: list[str] = []
+        for queue in queues:
+            names += (queue, dq_name(queue))
+        self.queue_names = tuple(names)
+        self.interval = interval
+        self.timeout = timeout
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        assert isinstance(broker, RedisBroker)
+        if isinstance(broker, WorkerBroker):
+            broker.sweep_interval = self.interval / 1000
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, args=(broker,), name="mailqueue-keepalive", daemon=True)
+        self._thread.start()
+
+    def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        # After the worker's threads finished their messages: heartbeats go on while they do.
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self, broker: RedisBroker) -> None:
+        failing, answered = False, 0
+        while True:
+            try:
+                self.beat(broker)
+                if failing:
+                    logger.warning("heartbeat and recovery reach Redis again")
+                failing, answered = False, answered + 1
+                if answered >= 2 and unanswered_claims():
+                    release_unanswered(broker.namespace)
+            except REDIS_OUTAGES + (ConnectionClosed,) as error:
+                if not failing:
+                    logger.error("heartbeat and recovery could not reach Redis (%s); trying every interval", error)
+                failing, answered = True, 0
+            if self._stop.wait(self.interval / 1000):
+                return
+
+    def beat(self, broker: RedisBroker) -> tuple[int, int]:
+        """Heartbeat once and recover dead workers' messages: (dead workers seen, messages put back)."""
+        dead, recovered = RECOVER(
+            [heartbeats_key(broker.namespace)],
+            [
+                broker.namespace,
+                broker.broker_id,
+                current_millis(),
+                self.timeout,
+                self.timeout * REMEMBER_DEAD,
+                *self.queue_names,
+            ],
+        )
+        if recovered:
+            logger.warning(
+                "put back %d message(s) fetched by dead worker(s) (no heartbeat for %d ms)", recovered, self.timeout
+            )
+        return int(dead), int(recovered)

@@ -1,13 +1,16 @@
-"""Worker pools: ``python -m workers <pool>`` runs Dramatiq for that pool's queues.
+"""Worker pools: ``python -m workers <pool>`` runs that pool's worker processes, and keeps them running.
 
 A pool is one Procfile line. Its queues, processes and threads come from
 ``MAILQUEUE["POOLS"]`` (by default one pool per queue), and can be overridden
 on the command line, so an operator scales ``bulk`` without touching ``critical``.
+The command is the pool's supervisor (workers/supervisor.py); each worker
+process is ``python -m workers.process`` (one Dramatiq worker).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -16,21 +19,21 @@ import django
 
 from mailqueue.conf import MailQueueConfig, PoolConfig, get_config
 
-#: The module Dramatiq imports in each worker process.
-BOOTSTRAP_MODULE = "workers.bootstrap"
+from .process import LOG_FORMAT
+from .supervisor import Supervisor
+
+#: The module each worker process of a pool runs.
+PROCESS_MODULE = "workers.process"
 
 
-def dramatiq_argv(pool: PoolConfig, *, processes: int | None = None, threads: int | None = None) -> list[str]:
-    """The ``dramatiq`` command line that runs ``pool``."""
+def worker_argv(pool: PoolConfig, *, threads: int | None = None) -> list[str]:
+    """The command line of one of ``pool``'s worker processes."""
     return [
         sys.executable,
         "-m",
-        "dramatiq",
-        BOOTSTRAP_MODULE,
+        PROCESS_MODULE,
         "--queues",
         *pool.queues,
-        "--processes",
-        str(processes or pool.processes),
         "--threads",
         str(threads or pool.threads),
     ]
@@ -52,21 +55,26 @@ def select_pool(config: MailQueueConfig, name: str | None, queues: Sequence[str]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Parse the command line and replace this process with the Dramatiq workers."""
+    """Parse the command line and supervise the pool's worker processes until a stop signal."""
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
     parser.add_argument("pool", nargs="?", help="a name from MAILQUEUE['POOLS'] (default: one pool per queue)")
     parser.add_argument("--queues", nargs="+", help="consume these queues instead of a named pool's")
     parser.add_argument("--processes", type=int, help="worker processes (overrides the pool's)")
     parser.add_argument("--threads", type=int, help="threads per process (overrides the pool's)")
-    parser.add_argument("--dry-run", action="store_true", help="print the dramatiq command instead of running it")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print each worker process's command instead of running them"
+    )
     args = parser.parse_args(argv)
 
     if not os.environ.get("DJANGO_SETTINGS_MODULE"):
         raise SystemExit("set DJANGO_SETTINGS_MODULE to your project's settings (e.g. mysite.settings)")
     django.setup()
     pool = select_pool(get_config(), args.pool, args.queues)
-    command = dramatiq_argv(pool, processes=args.processes, threads=args.threads)
+    command = worker_argv(pool, threads=args.threads)
+    processes = args.processes or pool.processes
     if args.dry_run:
-        print(" ".join(command))  # noqa: T201
+        for _ in range(processes):
+            print(" ".join(command))  # noqa: T201
         return
-    os.execv(command[0], command)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    sys.exit(Supervisor(pool.name, command, processes).run())
