@@ -15,7 +15,7 @@ from mailqueue import signals
 from tests.servers import PostmarkAPI, SMTPServer
 from workers.testing import InProcessWorker
 
-pytest_plugins = ["tests.wire_paths"]
+pytest_plugins = ["tests.wire_paths", "workers.pytest_plugin"]
 
 REDIS_URL = os.environ.get("MAILQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 QUEUED = "mailqueue.backend.EmailBackend"
