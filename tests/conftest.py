@@ -144,3 +144,8 @@ def run_worker() -> Callable[..., InProcessWorker]:
         return InProcessWorker(threads)
 
     return start
+
+
+#: The sample application (tests/sample_app) has settings of its own: tests/test_testing.py runs its tests
+#: in a process of their own, under Django's runner and under pytest, as an application's suite runs.
+collect_ignore = [] if os.environ.get("MAILQUEUE_SAMPLE_APP") else ["sample_app"]

@@ -150,7 +150,7 @@ def _drain(broker: RedisBroker, capture: mailqueue_testing.CapturedMail, outcome
                 if proxy.message_id in outcomes.retrying or due <= time.time():
                     outcomes.retrying.discard(proxy.message_id)
                     # What a worker does with a delayed message that came due: back on its queue, then ack.
-                    broker.enqueue(proxy.message.copy(queue_name=queue))
+                    broker.enqueue(proxy.copy(queue_name=queue))
                     delayed.ack(proxy)
                     moved += 1
                 else:
