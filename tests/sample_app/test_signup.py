@@ -2,6 +2,7 @@
 
 import pytest
 from django.core import mail
+
 from mailqueue.exceptions import PermanentDeliveryError
 
 pytestmark = pytest.mark.django_db
