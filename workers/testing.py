@@ -132,7 +132,11 @@ def _attempt(broker: RedisBroker, proxy: Any, consumer: Any, capture: mailqueue_
 
 
 def _drain(broker: RedisBroker, capture: mailqueue_testing.CapturedMail, outcomes: _Outcomes, timeout: float) -> None:
-    """Attempt every ready message; bring delayed ones forward (retries at once, deferrals when due)."""
+    """Attempt every ready message; bring delayed ones forward (retries at once, deferrals when due).
+
+    Retries end (a delivery or a dead letter after the queue's max_retries); deferrals are
+    only waited for until ``timeout``, so this always returns.
+    """
     queues = list(get_config().queues)
     ready = {queue: broker.consume(queue, prefetch=1, timeout=1) for queue in queues}
     deadline = time.monotonic() + timeout
@@ -140,6 +144,7 @@ def _drain(broker: RedisBroker, capture: mailqueue_testing.CapturedMail, outcome
         for queue in queues:
             while (proxy := next(ready[queue])) is not None:
                 _attempt(broker, proxy, ready[queue], capture)
+        in_time = time.monotonic() < deadline
         moved, next_due = 0, None
         for queue in queues:
             # A consumer per pass: the messages not due yet are requeued and this consumer dropped.
@@ -147,7 +152,7 @@ def _drain(broker: RedisBroker, capture: mailqueue_testing.CapturedMail, outcome
             waiting = []
             while (proxy := next(delayed)) is not None:
                 due = proxy.options.get("eta", 0) / 1000
-                if proxy.message_id in outcomes.retrying or due <= time.time():
+                if proxy.message_id in outcomes.retrying or (in_time and due <= time.time()):
                     outcomes.retrying.discard(proxy.message_id)
                     # What a worker does with a delayed message that came due: back on its queue, then ack.
                     broker.enqueue(proxy.copy(queue_name=queue))
@@ -162,10 +167,10 @@ def _drain(broker: RedisBroker, capture: mailqueue_testing.CapturedMail, outcome
             continue
         if next_due is None:
             return
-        wait = next_due - time.time()
+        wait = max(next_due - time.time(), 0.0)
         if time.monotonic() + wait > deadline:
             return  # deferred past the timeout: left in capture.pending
-        time.sleep(max(wait, 0.0))
+        time.sleep(wait)
 
 
 def deliver_captured(
