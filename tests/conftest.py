@@ -15,7 +15,7 @@ from mailqueue import signals
 from tests.servers import PostmarkAPI, SMTPServer
 from workers.testing import InProcessWorker
 
-pytest_plugins = ["tests.wire_paths"]
+pytest_plugins = ["tests.wire_paths", "workers.pytest_plugin"]
 
 REDIS_URL = os.environ.get("MAILQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 QUEUED = "mailqueue.backend.EmailBackend"
@@ -144,3 +144,8 @@ def run_worker() -> Callable[..., InProcessWorker]:
         return InProcessWorker(threads)
 
     return start
+
+
+#: The sample application (tests/sample_app) has settings of its own: tests/test_testing.py runs its tests
+#: in a process of their own, under Django's runner and under pytest, as an application's suite runs.
+collect_ignore = [] if os.environ.get("MAILQUEUE_SAMPLE_APP") else ["sample_app"]

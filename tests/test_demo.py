@@ -176,3 +176,21 @@ def test_make_run_writes_the_redis_url_where_the_settings_read_it_and_prints_the
     assert "Open http://127.0.0.1:$$WEB_PORT/" in recipe
     procfile = (ROOT / "Procfile").read_text()
     assert "runserver 127.0.0.1:${WEB_PORT:-8000}" in procfile
+
+
+@pytest.mark.django_db
+def test_the_password_reset_with_the_helpers_an_application_uses(client, django_user_model, captured_mail) -> None:
+    # No MAILERS override: the capture puts back the demo's queued mailers, which the test runner swapped for locmem.
+    django_user_model.objects.create_user("ann", "ann@example.com", "pw")
+    client.post(reverse("password_reset"), {"email": "ann@example.com"})
+    captured_mail.assert_queued(to="ann@example.com", queue="critical", mailer="default", count=1)
+    assert client.get(reverse("status-json")).json()["queues"][0] == {
+        "queue": "critical",
+        "ready": 1,
+        "in_progress": 0,
+        "delayed": 0,
+        "dead": 0,
+    }
+    (delivered,) = captured_mail.deliver()
+    assert delivered.provider == mail.outbox[0].sent_using == "smtp"
+    assert "/accounts/reset/" in mail.outbox[0].body
