@@ -29,7 +29,7 @@ from dramatiq.middleware import Interrupt
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from mailqueue.conf import MailQueueConfig, ProviderConfig, QueueConfig
-from mailqueue.envelope import Envelope
+from mailqueue.envelope import Envelope, QueuedMessage
 from mailqueue.exceptions import (
     AllProvidersFailed,
     AllProvidersRefused,
@@ -62,7 +62,7 @@ class Delivered:
     provider: str
     #: The provider's id for it where its backend reports one (anymail's ``anymail_status.message_id``).
     provider_message_id: str | None
-    #: The Message-ID header that was sent.
+    #: The Message-ID header that was sent: None when none was (an ESP's API, and the caller set none).
     message_id: str | None
     #: Time spent handing it to the provider, in-attempt retries included.
     send_seconds: float
@@ -78,6 +78,8 @@ def _provider_message_id(message: EmailMessage) -> str | None:
 
 
 def _message_id_header(message: EmailMessage) -> str | None:
+    if isinstance(message, QueuedMessage):
+        return message.sent_message_id()
     for name, value in message.extra_headers.items():
         if name.lower() == "message-id":
             return str(value)
@@ -99,6 +101,8 @@ def _failure(error: Exception, alias: str, message: EmailMessage, envelope_id: s
 def send_once(alias: str, message: EmailMessage, envelope_id: str) -> None:
     """Hand ``message`` to provider ``alias``; raise a DeliveryError if it did not take it."""
     backend = None
+    if isinstance(message, QueuedMessage):
+        message.fixed_headers_rendered = False  # so Delivered says what this provider was sent
     try:
         backend = connections.get(alias)
         sent = backend.send_messages([message])
