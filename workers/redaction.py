@@ -30,10 +30,17 @@ def redact_addresses(text: str) -> str:
     return ADDRESS.sub(r"***@\1", text)
 
 
-def _argument(value: object) -> str:
+class _Shown(str):
+    """Text that ``%r`` writes as it is."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _argument(value: object) -> _Shown:
     if isinstance(value, Mapping) and "id" in value:
-        return f"<envelope {value['id']}>"
-    return f"<{type(value).__name__}>"
+        return _Shown(f"<envelope {value['id']}>")
+    return _Shown(f"<{type(value).__name__}>")
 
 
 class ActorArguments(logging.Filter):
@@ -49,10 +56,7 @@ class ActorArguments(logging.Filter):
         if isinstance(arguments, tuple) and len(arguments) == 2:
             args, kwargs = arguments
             if isinstance(args, tuple) and isinstance(kwargs, dict):
-                record.args = (
-                    f"({', '.join(map(_argument, args))})",
-                    {name: _argument(value) for name, value in kwargs.items()},
-                )
+                record.args = (tuple(map(_argument, args)), {name: _argument(value) for name, value in kwargs.items()})
         return True
 
 
