@@ -262,7 +262,8 @@ def _through_chain(
                 envelope_id=envelope.id,
                 delay=max(admission.wait, MIN_DEFERRAL),
             )
-        _log_failures(unlogged, envelope.id, f"trying {alias}")
+        if unlogged:
+            _log_failures(unlogged, envelope.id, f"trying {alias}")
         if admission.wait:
             try:
                 time.sleep(admission.wait)
