@@ -4,8 +4,11 @@ It is what travels through Redis. ``Envelope.from_message()`` runs in the
 request and never renders MIME; ``Envelope.to_message()`` runs in a worker and
 rebuilds an EmailMessage that renders to what a synchronous send would have
 sent. ``Date`` and ``Message-ID`` are fixed when the envelope is made, so
-retries and failover resend the very same message. Never pickle: a payload is
-data, and a worker must be able to refuse one it does not understand.
+retries and failover resend the very same message; the ones mailqueue made
+(not the caller) go out only where the message is rendered as MIME, so a
+backend that sends fields (an anymail ESP's API) sends what a direct send
+would. Never pickle: a payload is data, and a worker must be able to refuse
+one it does not understand.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.mime.base import MIMEBase
 from email.utils import format_datetime
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from anymail.message import AnymailMessage
@@ -67,6 +71,11 @@ def random_ids(count: int) -> list[str]:
 
 _B64 = "b64"  # {"b64": "..."}: bytes content
 _MIME = "mime"  # {"mime": "..."}: a whole MIME part, bytes as rendered
+#: Message key listing the headers mailqueue generated, not the caller. Optional, so the format stays version 1:
+#: a worker that predates it sends them as it always did, and an envelope without it has none.
+_GENERATED = "generated"
+#: What may be listed there: the headers Django would otherwise stamp at render time.
+GENERATED_HEADERS = frozenset({"Date", "Message-ID"})
 
 
 class Envelope(NamedTuple):
@@ -88,7 +97,7 @@ class Envelope(NamedTuple):
         """Capture ``message`` now; raise UnserializableMessage if a part cannot travel."""
         return cls(id or random_id(), queue, mailer, time.time(), serialize_message(message))
 
-    def to_message(self) -> EmailMessage:
+    def to_message(self) -> QueuedMessage:
         """Rebuild the message a worker hands to the provider's backend."""
         try:
             return rebuild_message(self.message)
@@ -236,14 +245,22 @@ def serialize_message(message: EmailMessage) -> dict[str, Any]:
     """The JSON-ready fields of ``message``; empty fields are left out."""
     # Date and Message-ID go first: that is where Django renders its own, so the
     # header order matches a synchronous send.
-    given = {_require_text(name, "header name"): _header_text(value) for name, value in message.extra_headers.items()}
-    lowered = {name.lower() for name in given}
-    headers = {}
-    if "date" not in lowered:
-        headers["Date"] = _now_header()
-    if "message-id" not in lowered:
-        headers["Message-ID"] = message_id(str(DNS_NAME))
-    headers.update(given)
+    if not message.extra_headers:
+        # Most messages: no headers of their own, both generated.
+        headers = {"Date": _now_header(), "Message-ID": message_id(str(DNS_NAME))}
+        generated = ["Date", "Message-ID"]
+    else:
+        given = {
+            _require_text(name, "header name"): _header_text(value) for name, value in message.extra_headers.items()
+        }
+        lowered = {name.lower() for name in given}
+        headers = {}
+        if "date" not in lowered:
+            headers["Date"] = _now_header()
+        if "message-id" not in lowered:
+            headers["Message-ID"] = message_id(str(DNS_NAME))
+        generated = list(headers)
+        headers.update(given)
 
     fields: dict[str, Any] = {
         "subject": _require_text(message.subject, "subject"),
@@ -251,6 +268,8 @@ def serialize_message(message: EmailMessage) -> dict[str, Any]:
         "from_email": _require_text(message.from_email, "from_email"),
         "headers": headers,
     }
+    if generated:
+        fields[_GENERATED] = generated
     for name in ("to", "cc", "bcc", "reply_to"):
         values = getattr(message, name)
         if values:
@@ -287,10 +306,69 @@ def _rebuild_attachment(item: Mapping[str, Any]) -> Any:
     return EmailAttachment(filename, _decode_content(item["content"]), item["mimetype"])
 
 
-def rebuild_message(fields: Mapping[str, Any]) -> EmailMessage:
+class QueuedMessage(EmailMultiAlternatives):
+    """A message rebuilt from an envelope: the Date and Message-ID mailqueue generated live only in its MIME.
+
+    They are not in ``extra_headers``, which is what a backend that sends
+    fields reads (anymail's ESP backends put it in their API's headers), so
+    such a backend sends what a direct send of the caller's message would:
+    nothing added, and each message of a batch send gets its own Message-ID
+    from the ESP. Every rendering as MIME (``message()``, whoever calls it: the
+    SMTP backend, anymail's Amazon SES, a console or file backend) carries the
+    fixed ones, where Django would have stamped its own, so every attempt on
+    such a backend sends the very same message.
+    """
+
+    #: The generated headers, by name (empty for an envelope that has none, or predates the marker).
+    fixed_headers: Mapping[str, str] = MappingProxyType({})
+    #: Set once a rendering carried ``fixed_headers`` (``rendered_headers()`` was asked); the worker clears it.
+    fixed_headers_rendered: bool = False
+
+    def rendered_headers(self) -> Mapping[str, Any]:
+        """``extra_headers`` as a MIME rendering writes them: the fixed headers first, where Django stamps its own."""
+        if not self.fixed_headers:
+            return self.extra_headers
+        self.fixed_headers_rendered = True
+        return {**self.fixed_headers, **self.extra_headers}
+
+    def message(self, *, policy: email.policy.Policy | None = email.policy.default) -> email.message.EmailMessage:
+        if not self.fixed_headers:
+            return super().message(policy=policy)
+        headers = self.extra_headers
+        self.extra_headers = dict(self.rendered_headers())
+        try:
+            return super().message(policy=policy)
+        finally:
+            self.extra_headers = headers
+
+    def sent_message_id(self) -> str | None:
+        """The Message-ID that went out: the caller's, or the fixed one if a MIME rendering carried it."""
+        for name, value in self.extra_headers.items():
+            if name.lower() == "message-id":
+                return str(value)
+        return self.fixed_headers.get("Message-ID") if self.fixed_headers_rendered else None
+
+
+class QueuedAnymailMessage(QueuedMessage, AnymailMessage):  # type: ignore[misc]  # anymail has no type hints
+    """An AnymailMessage rebuilt from an envelope (see QueuedMessage)."""
+
+
+def _fixed_headers(headers: dict[str, Any], generated: Any) -> dict[str, str]:
+    """Take the generated headers out of ``headers``; a name that cannot be one is a malformed envelope."""
+    fixed = {}
+    for name in generated:
+        if name not in GENERATED_HEADERS:
+            raise ValueError(f"{name!r} is not a header mailqueue generates")
+        fixed[name] = headers.pop(name)
+    return fixed
+
+
+def rebuild_message(fields: Mapping[str, Any]) -> QueuedMessage:
     """The inverse of ``serialize_message``."""
     anymail = fields.get("anymail")
-    cls = AnymailMessage if anymail is not None else EmailMultiAlternatives
+    cls = QueuedAnymailMessage if anymail is not None else QueuedMessage
+    headers = dict(fields["headers"])
+    fixed = _fixed_headers(headers, fields.get(_GENERATED, ()))
     # A bytes body is rendered by Django like text (it is decoded with surrogateescape).
     message = cls(
         subject=fields["subject"],
@@ -300,8 +378,10 @@ def rebuild_message(fields: Mapping[str, Any]) -> EmailMessage:
         cc=fields.get("cc"),
         bcc=fields.get("bcc"),
         reply_to=fields.get("reply_to"),
-        headers=dict(fields["headers"]),
+        headers=headers,
     )
+    if fixed:
+        message.fixed_headers = fixed
     message.alternatives = [
         EmailAlternative(_decode_content(item["content"]), item["mimetype"]) for item in fields.get("alternatives", ())
     ]

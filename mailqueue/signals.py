@@ -39,7 +39,7 @@ class MessageSent:
     #: The provider's own id where its backend reports one (anymail's ``anymail_status.message_id``;
     #: several ids, one per recipient, are joined with ", "), else None.
     provider_message_id: str | None
-    #: The Message-ID header that was sent.
+    #: The Message-ID header that was sent; None when none was (an ESP's API, and the caller set none).
     message_id: str | None
     #: 1 for the first attempt; deferrals (rate limits, open circuits) do not count.
     attempt: int

@@ -173,6 +173,13 @@ class PostmarkAPI:
                 api.requests.append(RecordedRequest(self.path, dict(self.headers), body, self.client_address))
                 if api.responses:
                     status, reply = api.responses.popleft()
+                elif isinstance(body, dict) and "Messages" in body:
+                    # A batch send (/email/batch, /email/batchWithTemplates): one answer per message, as Postmark does.
+                    status = 200
+                    reply = [
+                        {"ErrorCode": 0, "Message": "OK", "MessageID": f"pm-{len(api.requests)}-{n}", "To": one["To"]}
+                        for n, one in enumerate(body["Messages"], start=1)
+                    ]
                 else:
                     status = 200
                     reply = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -13,12 +14,15 @@ from django.core.mail import EmailMessage, EmailMultiAlternatives, mailers, send
 from mailqueue import deadletters
 from mailqueue.broker import actor_name
 from mailqueue.client import redis_client
+from mailqueue.conf import get_config
 from mailqueue.enqueue import encode, push
 from mailqueue.envelope import Envelope
 from mailqueue.keys import QueueKeys
 from mailqueue.monitoring import queue_depths
+from mailqueue.signals import AttemptFailed
 from tests.mime import structure
 from tests.servers import SMTPServer, free_port
+from workers.admission import admit, settle
 
 
 def unreachable_smtp() -> dict:
@@ -96,7 +100,7 @@ def test_anymail_esp_receives_the_message_over_one_keep_alive_connection(configu
     assert first["TrackOpens"] is True
     headers = {h["Name"]: h["Value"] for h in first["Headers"]}
     assert headers["X-Kind"] == "welcome"
-    assert "Message-ID" in headers and "Date" in headers  # fixed at send time, sent as-is
+    assert "Message-ID" not in headers and "Date" not in headers  # as a direct send: the ESP stamps its own
     assert requests[0].headers["X-Postmark-Server-Token"] == "test-token"
     assert len(postmark_api.connections) == 1
 
@@ -336,3 +340,177 @@ def test_a_message_that_cannot_be_rendered_is_dead_lettered_at_once(smtp_setup, 
     assert letter.reason.startswith("message cannot be rendered: ValueError")
     assert letter.attempts == 1
     assert smtp_setup.received == []
+
+
+# --- logs: ids, providers and reasons, never the message ---------------------------------------------------------
+
+SECRET_SUBJECT = "Secret subject 7f3a"
+SECRET_BODY = "Secret body 9c1e"
+SECRET_ADDRESS = "hidden.rcpt@example.org"
+SECRET_ATTACHMENT = b"attachment content 5d2b"
+#: What no log record may contain: the message's subject, body, recipient (address, local part, display name),
+#: attachment name and content (raw and as the envelope carries it, base64).
+SECRETS = (
+    SECRET_SUBJECT,
+    SECRET_BODY,
+    SECRET_ADDRESS,
+    "hidden.rcpt",
+    "Hidden Name",
+    "report-5d2b.pdf",
+    SECRET_ATTACHMENT.decode(),
+    base64.b64encode(SECRET_ATTACHMENT).decode(),
+)
+
+
+def secret_message() -> EmailMultiAlternatives:
+    message = EmailMultiAlternatives(SECRET_SUBJECT, SECRET_BODY, None, [f"Hidden Name <{SECRET_ADDRESS}>"])
+    message.attach_alternative(f"<p>{SECRET_BODY}</p>", "text/html")
+    message.attach("report-5d2b.pdf", SECRET_ATTACHMENT, "application/pdf")
+    return message
+
+
+def record_text(record: logging.LogRecord) -> str:
+    """Everything a log handler could write for ``record``: the message, the traceback, the stack."""
+    text = record.getMessage()
+    if record.exc_info:
+        text += "\n" + logging.Formatter().formatException(record.exc_info)
+    return text + "\n" + (record.exc_text or "") + (record.stack_info or "")
+
+
+def assert_no_leak(caplog: pytest.LogCaptureFixture) -> None:
+    assert caplog.records, "nothing was logged: the test did not look at anything"
+    for record in caplog.records:
+        text = record_text(record)
+        leaked = [secret for secret in SECRETS if secret in text]
+        assert not leaked, f"{record.name} logged {leaked}: {text!r}"
+
+
+def lines_about(caplog: pytest.LogCaptureFixture, envelope_id: str) -> list[logging.LogRecord]:
+    """The WARNING-or-worse records that name ``envelope_id``."""
+    return [r for r in caplog.records if r.levelno >= logging.WARNING and envelope_id in r.getMessage()]
+
+
+class RefuseOnce(dict):
+    """RCPT replies that are given once, then the recipient is accepted."""
+
+    def get(self, key, default=None):
+        return self.pop(key, default)
+
+
+def test_a_transient_failure_logs_one_line_with_id_provider_and_error_never_the_message(
+    configure, smtp_server, run_worker, caplog, recorder
+) -> None:
+    configure(providers={"smtp": smtp_server.mailer()}, PROVIDERS={"smtp": {"attempts": 1}})
+    smtp_server.handler.rcpt_replies = RefuseOnce({SECRET_ADDRESS: f"451 4.2.1 <{SECRET_ADDRESS}>: mailbox busy"})
+    caplog.set_level(logging.DEBUG)  # Dramatiq names every message it receives at DEBUG
+    message = secret_message()
+    message.send()
+    with run_worker() as worker:
+        worker.drain()
+    assert [m.parsed["Subject"] for m in smtp_server.wait_for(1)] == [SECRET_SUBJECT]
+    (line,) = lines_about(caplog, message.mailqueue_id)
+    text = line.getMessage()
+    assert line.levelno == logging.WARNING
+    assert "smtp: SMTPRecipientsRefused" in text and "451 4.2.1" in text and "***@example.org" in text
+    assert_no_leak(caplog)
+    # The signal (in-process, for the application) keeps the refused address: it says who was refused.
+    (failed,) = recorder.of(AttemptFailed)
+    assert SECRET_ADDRESS in failed.error
+
+
+def test_a_permanent_failure_is_logged_without_the_message_and_its_dead_letter_keeps_the_address(
+    smtp_setup, run_worker, caplog
+) -> None:
+    smtp_setup.handler.rcpt_replies[SECRET_ADDRESS] = f"550 5.1.1 <{SECRET_ADDRESS}>: no such user"
+    caplog.set_level(logging.DEBUG)
+    message = secret_message()
+    message.send()
+    with run_worker() as worker:
+        worker.drain()
+    (letter,) = deadletters.iter_dead("default")
+    assert SECRET_ADDRESS in letter.reason  # what an operator acts on, beside the payload that holds it anyway
+    (line,) = lines_about(caplog, message.mailqueue_id)
+    assert line.levelno == logging.ERROR and "dead-lettered" in line.getMessage()
+    assert "550 5.1.1 <***@example.org>" in line.getMessage()
+    assert_no_leak(caplog)
+
+
+def test_a_time_limit_is_logged_without_the_message(configure, smtp_server, run_worker, caplog) -> None:
+    configure(
+        providers={"smtp": smtp_server.mailer()},
+        queues={
+            "critical": {"providers": ["smtp"]},
+            "default": {"providers": ["smtp"], "max_retries": 0, "time_limit": 200},
+            "bulk": {"providers": ["smtp"]},
+        },
+    )
+    smtp_server.handler.stall_seconds = 2
+    smtp_server.handler.replies.append("451 too late anyway")
+    caplog.set_level(logging.DEBUG)
+    message = secret_message()
+    message.send()
+    with run_worker() as worker:
+        worker.drain()
+    (letter,) = deadletters.iter_dead("default")
+    assert letter.error_type == "TimeLimitExceeded"
+    assert any("Time limit exceeded" in r.getMessage() for r in caplog.records)  # Dramatiq's own line
+    assert_no_leak(caplog)
+
+
+def test_an_error_escaping_the_actor_is_logged_by_dramatiq_without_the_message(
+    smtp_setup, run_worker, caplog, redis_client, namespace
+) -> None:
+    smtp_setup.handler.rcpt_replies[SECRET_ADDRESS] = "550 5.1.1 no such user"
+    dead = QueueKeys.of(namespace, "default").dead
+    redis_client.set(dead, "not a sorted set")  # recording the dead letter fails with WRONGTYPE: not an outage
+    caplog.set_level(logging.DEBUG)
+    message = secret_message()
+    message.send()
+    with run_worker() as worker:
+        deadline = time.monotonic() + 10
+        while not any("unhandled exception" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "the error never escaped the actor"
+            time.sleep(0.02)
+        redis_client.delete(dead)  # Dramatiq's Retries attempts it again: now the dead letter is recorded
+        worker.drain()
+    (letter,) = deadletters.iter_dead("default")
+    assert letter.attempts == 2
+    escaped = next(r for r in caplog.records if "unhandled exception" in r.getMessage())
+    assert escaped.exc_info is not None and "WRONGTYPE" in record_text(escaped)
+    assert message.mailqueue_id in escaped.getMessage()  # named by its id
+    assert_no_leak(caplog)
+
+
+def test_failing_over_names_the_provider_that_is_tried_next(configure, smtp_server, run_worker, caplog) -> None:
+    configure(providers={"down": unreachable_smtp(), "smtp": smtp_server.mailer()})
+    caplog.set_level(logging.INFO)
+    message = secret_message()
+    message.send()
+    with run_worker() as worker:
+        worker.drain()
+    assert [m.parsed["Subject"] for m in smtp_server.wait_for(1)] == [SECRET_SUBJECT]
+    (line,) = lines_about(caplog, message.mailqueue_id)
+    assert line.getMessage().startswith(f"provider down failed for {message.mailqueue_id}, trying smtp: ")
+    assert_no_leak(caplog)
+
+
+def test_no_next_provider_is_announced_when_none_will_be_tried(configure, smtp_server, run_worker, caplog) -> None:
+    # The second provider's circuit is open: it is skipped, so nothing may say it is being tried.
+    queues = {name: {"providers": ["down", "smtp"], "max_retries": 0} for name in ("critical", "default", "bulk")}
+    providers = {"down": {"attempts": 1}, "smtp": {"failure_threshold": 1, "cooldown": 30}}
+    configure(providers={"down": unreachable_smtp(), "smtp": smtp_server.mailer()}, queues=queues, PROVIDERS=providers)
+    config = get_config()
+    smtp, default = config.provider("smtp"), config.queues["default"]
+    settle(admit("earlier", smtp, default, config), "earlier", smtp, "failed", config)
+    caplog.set_level(logging.INFO)
+    message = secret_message()
+    message.send()
+    with run_worker() as worker:
+        worker.drain()
+    (letter,) = deadletters.iter_dead("default")
+    assert letter.error_type == "AllProvidersFailed"
+    assert "trying" not in caplog.text
+    (line,) = lines_about(caplog, message.mailqueue_id)
+    assert "dead-lettered" in line.getMessage() and "down: " in line.getMessage()
+    assert f"provider smtp is skipped for {message.mailqueue_id}: its circuit is open" in caplog.text
+    assert_no_leak(caplog)

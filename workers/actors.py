@@ -24,6 +24,7 @@ from .delivery import Delivered, deliver_envelope
 from .dramatiq_redis import Keepalive, WorkerBroker, ack_target
 from .middleware import CloseDatabaseConnections, CloseProviderConnections
 from .outcomes import Attempt, conclude
+from .redaction import actor_arguments
 
 
 def run_attempt(payload: Any, queue: QueueConfig, config: MailQueueConfig, *, problem: str | None = None) -> None:
@@ -37,7 +38,8 @@ def run_attempt(payload: Any, queue: QueueConfig, config: MailQueueConfig, *, pr
     outcome: Delivered | BaseException
     try:
         if problem is not None:
-            raise EnvelopeError(f"{problem}, got {payload!r:.200}", payload)
+            # The reason names the problem, never the payload's content: it is logged (the letter keeps the payload).
+            raise EnvelopeError(problem, payload)
         envelope = Envelope.decode(payload)
         outcome = deliver_envelope(
             envelope, queue, config, attempt=attempt.number, ack=ack_target(current) if current else None
@@ -53,7 +55,8 @@ def _queue_actor_function(queue: QueueConfig, config: MailQueueConfig) -> Callab
             run_attempt(args[0], queue, config)
         else:
             # Not sent by mailqueue: dead-letter it with what it carried rather than fail (and retry) forever.
-            run_attempt({"args": list(args), "kwargs": kwargs}, queue, config, problem="expected one envelope argument")
+            problem = f"expected one envelope argument, got {len(args)} and {len(kwargs)} keyword argument(s)"
+            run_attempt({"args": list(args), "kwargs": kwargs}, queue, config, problem=problem)
 
     deliver_from_queue.__name__ = deliver_from_queue.__qualname__ = f"deliver_from_{queue.name}"
     return deliver_from_queue
@@ -89,6 +92,7 @@ def declare(broker: RedisBroker, config: MailQueueConfig) -> dict[str, dramatiq.
             max_backoff=queue.max_backoff,
             time_limit=queue.time_limit,
         )(_queue_actor_function(queue, config))
+        actors[queue.name].logger.addFilter(actor_arguments)
     return actors
 
 

@@ -29,7 +29,7 @@ from dramatiq.middleware import Interrupt
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from mailqueue.conf import MailQueueConfig, ProviderConfig, QueueConfig
-from mailqueue.envelope import Envelope
+from mailqueue.envelope import Envelope, QueuedMessage
 from mailqueue.exceptions import (
     AllProvidersFailed,
     AllProvidersRefused,
@@ -46,6 +46,7 @@ from .admission import AckTarget, Admission, Result, admit, new_claim, release, 
 from .classify import MESSAGE_ERRORS, classify, message_fault
 from .connections import connections
 from .dramatiq_redis import acknowledged_early
+from .redaction import redact_addresses
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class Delivered:
     provider: str
     #: The provider's id for it where its backend reports one (anymail's ``anymail_status.message_id``).
     provider_message_id: str | None
-    #: The Message-ID header that was sent.
+    #: The Message-ID header that was sent: None when none was (an ESP's API, and the caller set none).
     message_id: str | None
     #: Time spent handing it to the provider, in-attempt retries included.
     send_seconds: float
@@ -78,6 +79,8 @@ def _provider_message_id(message: EmailMessage) -> str | None:
 
 
 def _message_id_header(message: EmailMessage) -> str | None:
+    if isinstance(message, QueuedMessage):
+        return message.sent_message_id()
     for name, value in message.extra_headers.items():
         if name.lower() == "message-id":
             return str(value)
@@ -99,6 +102,8 @@ def _failure(error: Exception, alias: str, message: EmailMessage, envelope_id: s
 def send_once(alias: str, message: EmailMessage, envelope_id: str) -> None:
     """Hand ``message`` to provider ``alias``; raise a DeliveryError if it did not take it."""
     backend = None
+    if isinstance(message, QueuedMessage):
+        message.fixed_headers_rendered = False  # so Delivered says what this provider was sent
     try:
         backend = connections.get(alias)
         sent = backend.send_messages([message])
@@ -206,6 +211,19 @@ def _announce_failure(error: DeliveryError, envelope: Envelope, attempt: int) ->
     )
 
 
+def _log_failures(failures: list[DeliveryError], envelope_id: str, next_step: str) -> None:
+    """One line per provider that failed, once what follows is known (never "trying" a provider that is not tried).
+
+    A failure after which no provider is tried is not logged here: the
+    attempt's outcome line (retry or dead letter, workers/outcomes.py) names
+    every provider's failure. Addresses in the errors are redacted.
+    """
+    for failure in failures:
+        reason = redact_addresses(str(failure))
+        logger.warning("provider %s failed for %s, %s: %s", failure.provider, envelope_id, next_step, reason)
+    failures.clear()
+
+
 def _through_chain(
     envelope: Envelope,
     message: EmailMessage,
@@ -216,14 +234,18 @@ def _through_chain(
     attempt: int,
 ) -> Delivered:
     failures: list[DeliveryError] = []
+    #: Failures not logged yet: see _log_failures.
+    unlogged: list[DeliveryError] = []
     skipped: list[float] = []
-    for position, alias in enumerate(queue.providers, start=1):
+    for alias in queue.providers:
         provider = config.provider(alias)
         admission = _admission(envelope.id, provider, queue, config, claim)
         if admission.outcome == "delivered":
+            _log_failures(unlogged, envelope.id, f"and it was already delivered via {admission.detail}")
             logger.warning("%s was already delivered via %s: not sending it again", envelope.id, admission.detail)
             return Delivered(admission.detail, None, _message_id_header(message), 0.0, earlier=True)
         if admission.outcome == "claimed":
+            _log_failures(unlogged, envelope.id, "deferred: another worker is sending it")
             raise DeliveryDeferred(
                 f"another worker is sending {envelope.id} right now", envelope_id=envelope.id, delay=admission.wait
             )
@@ -234,11 +256,14 @@ def _through_chain(
         if admission.outcome in ("busy", "later"):
             # The provider is healthy, only at its limit: wait for it rather than fail over.
             limit = "concurrency" if admission.outcome == "busy" else "rate"
+            _log_failures(unlogged, envelope.id, f"deferred: provider {alias} is at its {limit} limit")
             raise DeliveryDeferred(
                 f"provider {alias} is at its {limit} limit",
                 envelope_id=envelope.id,
                 delay=max(admission.wait, MIN_DEFERRAL),
             )
+        if unlogged:
+            _log_failures(unlogged, envelope.id, f"trying {alias}")
         if admission.wait:
             try:
                 time.sleep(admission.wait)
@@ -254,13 +279,17 @@ def _through_chain(
             result: Result = "rejected" if isinstance(error, ProviderRefused) else "failed"
             _settle_quietly(admission, envelope.id, provider, result, config)
             _announce_failure(error, envelope, attempt)
-            next_step = "trying the next one" if position < len(queue.providers) else "no provider left"
             if isinstance(error.cause, ImproperlyConfigured):
+                # Said at once and loudly: it fails every message until someone fixes the settings.
                 logger.error(
-                    "provider %s is misconfigured, %s: %s", alias, next_step, error.cause, exc_info=error.cause
+                    "provider %s is misconfigured (sending %s): %s",
+                    alias,
+                    envelope.id,
+                    redact_addresses(str(error.cause)),
+                    exc_info=error.cause,
                 )
             else:
-                logger.warning("provider %s failed for %s, %s: %s", alias, envelope.id, next_step, error)
+                unlogged.append(error)
             failures.append(error)
             continue
         except PermanentDeliveryError as error:

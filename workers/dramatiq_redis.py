@@ -13,7 +13,8 @@ has one module to read:
   dead-lettered with its decode error instead of stalling the consumer and its
   whole batch; delayed messages a consumer dropped after a Redis error are put
   back; a message acknowledged early (with its delivery record, see
-  ``ack_target``) is not acknowledged twice; an acknowledgement Redis refuses
+  ``ack_target``) is not acknowledged twice; every message it hands out is a
+  ``QuietMessageProxy``, which Dramatiq's logs name by id, not by content; an acknowledgement Redis refuses
   (full, read-only) is retried instead of forgotten; a message Dramatiq
   rejects (no actor of its name here) goes to mailqueue's dead letters.
 * ``WorkerBroker.do_fetch``: before fetching, what this process fetched but no
@@ -36,7 +37,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import dramatiq
-from dramatiq import Broker, Message, Middleware, Worker
+from dramatiq import Broker, Message, MessageProxy, Middleware, Worker
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import current_millis, dq_name, q_name
 from dramatiq.errors import ActorNotFound, ConnectionClosed, DecodeError
@@ -120,6 +121,23 @@ def _rejected_letter(message: Any, queue: str) -> DeadLetter:
         attempts=int(message.options.get("retries", 0)) + 1,
         payload=payload,
     )
+
+
+class QuietMessageProxy(MessageProxy):
+    """A fetched message that Dramatiq's worker logs by actor and id, never by its arguments.
+
+    Dramatiq 2.2's worker writes a message with ``%s`` when an error escapes
+    the actor, when a middleware skips it, when its ack waits for Redis, and
+    at DEBUG for every message; ``Message.__str__`` spells out every
+    argument, and here the argument is the envelope: subject, body,
+    recipients, attachments.
+    """
+
+    def __str__(self) -> str:
+        return f"{self.actor_name}(<{self.message_id}>)"
+
+    def __repr__(self) -> str:
+        return f"<QuietMessageProxy {self.message_id} for {self.actor_name}>"
 
 
 class DeadLetteringConsumer(_RedisConsumer):
@@ -218,9 +236,12 @@ class DeadLetteringConsumer(_RedisConsumer):
     def __next__(self) -> Any:
         while True:
             try:
-                return super().__next__()  # type: ignore[no-untyped-call]
+                fetched = super().__next__()  # type: ignore[no-untyped-call]
             except DecodeError as error:
                 self._dead_letter(error)
+                continue
+            # Dramatiq 2.2 wraps the decoded message in a MessageProxy (``_message``); rewrap it quietly.
+            return None if fetched is None else QuietMessageProxy(fetched._message)
 
     def _redis_id_of(self, data: bytes) -> str | None:
         """The id under which ``data`` sits among this consumer's fetched messages."""

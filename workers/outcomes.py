@@ -47,6 +47,7 @@ from mailqueue.signals import MessageDeadLettered, MessageDeferred, MessageSent,
 from .admission import delivered_via
 from .delivery import Delivered
 from .patience import until_redis_accepts
+from .redaction import redact_addresses
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +175,13 @@ def _defer(attempt: Attempt, deferred: DeliveryDeferred) -> None:
     _put_back(attempt, deferred, delay, {DEFERRALS: deferrals})
 
     def tell() -> None:
-        logger.info("deferred %s by %.2f s (%d time(s)): %s", deferred.envelope_id, delay, deferrals, deferred)
+        logger.info(
+            "deferred %s by %.2f s (%d time(s)): %s",
+            deferred.envelope_id,
+            delay,
+            deferrals,
+            redact_addresses(str(deferred)),
+        )
         announce(
             MessageDeferred(
                 envelope_id=deferred.envelope_id,
@@ -213,7 +220,7 @@ def _retry(attempt: Attempt, error: BaseException) -> None:
             envelope_id,
             queue.name,
             delay_ms / 1000,
-            reason,
+            redact_addresses(reason),
         )
         announce(
             MessageDeferred(
@@ -245,8 +252,13 @@ def _dead_letter(attempt: Attempt, payload: Any, error: BaseException) -> None:
     _carry_out(lambda: until_redis_accepts(lambda: record(letter), what), what)
 
     def tell() -> None:
+        # The letter keeps the whole reason (which recipient refused is what an operator acts on); the log does not.
         logger.error(
-            "dead-lettered %s on %s after %d attempt(s): %s", envelope_id, letter.queue, letter.attempts, letter.reason
+            "dead-lettered %s on %s after %d attempt(s): %s",
+            envelope_id,
+            letter.queue,
+            letter.attempts,
+            redact_addresses(letter.reason),
         )
         announce(
             MessageDeadLettered(

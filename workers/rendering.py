@@ -24,6 +24,7 @@ from functools import lru_cache
 from django.core.mail import EmailAlternative, EmailMessage, EmailMultiAlternatives
 
 from mailqueue.conf import django_setting
+from mailqueue.envelope import QueuedMessage
 
 #: SMTP's policy (``email.policy.SMTP``): lines the renderer would fold or re-encode beyond this.
 MAX_LINE_LENGTH = 78
@@ -55,6 +56,8 @@ _RENDERING_STEPS = (
     "_idna_encode_address_header_domains",
 )
 _DJANGO_RENDERING = {name: getattr(EmailMessage, name) for name in _RENDERING_STEPS}
+#: A queued message's ``message()`` is Django's, with its fixed Date and Message-ID among the extra headers.
+_FIXED_HEADERS_MESSAGE = QueuedMessage.message
 _DJANGO_BODIES = tuple(getattr(cls, "_add_bodies", None) for cls in (EmailMessage, EmailMultiAlternatives))
 #: The one of them that renders ``alternatives``.
 _ALTERNATIVES_BODIES = _DJANGO_BODIES[1]
@@ -83,8 +86,10 @@ _STRUCTURED = frozenset(
 
 def _renders_like_django(message: EmailMessage) -> bool:
     cls = type(message)
-    if any(getattr(cls, name, None) is not method for name, method in _DJANGO_RENDERING.items()):
-        return False
+    for name, method in _DJANGO_RENDERING.items():
+        step = getattr(cls, name, None)
+        if step is not method and not (name == "message" and step is _FIXED_HEADERS_MESSAGE):
+            return False
     return getattr(cls, "_add_bodies", None) in _DJANGO_BODIES
 
 
@@ -267,7 +272,8 @@ def _extra_headers(message: EmailMessage) -> list[str] | None:
     """extra_headers as Django adds them, after Subject, From, To, Cc and Reply-To."""
     lines = []
     names = set()
-    for name, value in message.extra_headers.items():
+    headers = message.rendered_headers() if isinstance(message, QueuedMessage) else message.extra_headers
+    for name, value in headers.items():
         if not isinstance(name, str) or FIELD_NAME.fullmatch(name) is None:
             return None
         lowered = name.lower()
