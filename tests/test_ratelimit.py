@@ -99,6 +99,10 @@ def test_a_slow_providers_queue_does_not_hold_up_another_queues_provider(
     assert len(smtp_server.received) < 20  # bulk is still trickling out at 2/s
 
 
+#: Seconds a worker's sleep until its granted slot may overrun on this loaded 2-core machine.
+SLEEP_JITTER = 0.03
+
+
 @pytest.mark.django_db(transaction=True)
 def test_four_worker_processes_share_one_limit(configure, smtp_server, tmp_path, redis_url, namespace) -> None:
     rate, burst, count = 50, 10, 1000
@@ -125,6 +129,10 @@ def test_four_worker_processes_share_one_limit(configure, smtp_server, tmp_path,
     assert len(times) == count
     observed = (count - burst) / (times[-1] - times[burst - 1])
     assert observed == pytest.approx(rate, rel=0.05), f"observed {observed:.2f}/s"
-    # A burst plus one second's rate is what the limit allows in any second.
-    busiest = max(sum(1 for t in times[i:] if t < start + 1.0) for i, start in enumerate(times))
+    # A burst plus one second's rate is what the limit allows in any second. The times are taken when each
+    # send reached the provider, after the worker slept until its granted slot: a sleep that overran by a few
+    # milliseconds on a loaded machine moves a send later than its grant, and one window looks a send fuller
+    # than the grants were. SLEEP_JITTER allows for that measurement error, not for a looser limit.
+    window = 1.0 - SLEEP_JITTER
+    busiest = max(sum(1 for t in times[i:] if t < start + window) for i, start in enumerate(times))
     assert busiest <= rate + burst, f"{busiest} sends in one second"
