@@ -24,6 +24,7 @@ from .delivery import Delivered, deliver_envelope
 from .dramatiq_redis import WorkerBroker, ack_target
 from .middleware import CloseDatabaseConnections, CloseProviderConnections
 from .outcomes import Attempt, conclude
+from .wakeup import WakeLocalConsumers
 
 
 def run_attempt(payload: Any, queue: QueueConfig, config: MailQueueConfig, *, problem: str | None = None) -> None:
@@ -62,7 +63,7 @@ def _queue_actor_function(queue: QueueConfig, config: MailQueueConfig) -> Callab
 def declare(broker: RedisBroker, config: MailQueueConfig) -> dict[str, dramatiq.Actor[Any, Any]]:
     """Add mailqueue's middleware and one delivery actor per queue to ``broker``."""
     present = {type(middleware) for middleware in broker.middleware}
-    for middleware in (CurrentMessage, CloseProviderConnections, CloseDatabaseConnections):
+    for middleware in (CurrentMessage, CloseProviderConnections, CloseDatabaseConnections, WakeLocalConsumers):
         if middleware not in present:
             broker.add_middleware(middleware())
     actors = {}

@@ -21,15 +21,19 @@ Importing this module with another Dramatiq version raises, naming the versions 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
+from functools import cached_property
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq import Message
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.common import current_millis, q_name
-from dramatiq.errors import DecodeError
+from dramatiq.common import compute_backoff, current_millis, q_name
+from dramatiq.errors import ConnectionClosed, DecodeError
 
 from mailqueue.client import LuaScript, redis_client
 from mailqueue.deadletters import DeadLetter, record
@@ -39,6 +43,7 @@ from mailqueue.signals import MessageDeadLettered, announce
 
 from .admission import AckTarget
 from .patience import until_redis_accepts
+from .wakeup import Wakeups, wakeups_for
 
 #: The Dramatiq releases (major, minor) whose private broker code this module was written against.
 SUPPORTED_DRAMATIQ = ((2, 2),)
@@ -117,9 +122,63 @@ class DeadLetteringConsumer(_RedisConsumer):
     def __next__(self) -> Any:
         while True:
             try:
-                return super().__next__()  # type: ignore[no-untyped-call]
+                return self._next_or_wait()
             except DecodeError as error:
                 self._dead_letter(error)
+
+    @cached_property
+    def _wakeups(self) -> Wakeups:
+        return wakeups_for(self.worker_broker)
+
+    @cached_property
+    def _wakeup(self) -> threading.Event:
+        return self._wakeups.event(self.queue_name)
+
+    def _next_or_wait(self) -> Any:
+        """Dramatiq 2.2's ``_RedisConsumer.__next__``, waiting for a wake-up where it slept its poll backoff.
+
+        The event is cleared before the fetch, so a wake-up published after it
+        (the message was queued too late for this fetch) ends the wait at once.
+        """
+        try:
+            while True:
+                try:
+                    data = self.message_cache.pop(0)
+                    if data is None:
+                        logger.warning("found 'None' in the message cache of queue %r (Dramatiq #266)", self.queue_name)
+                        continue
+                    self.misses = 0
+                    message = Message.decode(data)
+                    self.queued_message_ids.add(message.message_id)
+                    return MessageProxy(message)
+                except IndexError:
+                    messages = []
+                    room = self.prefetch - self.outstanding_message_count
+                    if room > 0:
+                        self._wakeup.clear()
+                        self.message_cache = messages = self.worker_broker.do_fetch(self.queue_name, room)
+                    if not messages:
+                        self._idle_wait(full=room <= 0)
+                        return None
+        except redis.ConnectionError as error:
+            raise ConnectionClosed(error) from None  # type: ignore[no-untyped-call]
+
+    def _idle_wait(self, *, full: bool) -> None:
+        """Wait before the next fetch: for a wake-up, or for as long as Dramatiq's backoff would sleep.
+
+        With its prefetch ``full`` the consumer waits for acks, not for new
+        messages: Dramatiq's short backoff, as before. Subscribed to its queue's
+        wake channel it waits up to the worker timeout (the fallback poll: pub/sub
+        drops what is published while a subscriber is away); otherwise (a delay
+        queue, or no subscription yet) for Dramatiq's backoff, which a local
+        re-enqueue still cuts short.
+        """
+        self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
+        if full:
+            time.sleep(backoff_ms / 1000)
+            return
+        wait_ms = self.timeout if self._wakeups.listening(self.queue_name) else backoff_ms
+        self._wakeup.wait(wait_ms / 1000)
 
     def _redis_id_of(self, data: bytes) -> str | None:
         """The id under which ``data`` sits among this consumer's fetched messages."""
