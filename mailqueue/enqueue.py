@@ -65,9 +65,10 @@ def encode(envelope: Envelope, *, guarded: bool = False, redis_id: str | None = 
 #: seconds, the message count per queue, the wake channel per queue, then
 #: (redis id, data, guard key or "") triples in the same order. A message with a
 #: guard key is queued only if that key was not set within the window. A queue
-#: that got messages has its channel published on (an empty message; a
-#: subscriber-less PUBLISH costs Redis next to nothing). Returns how many
-#: messages were queued.
+#: that was empty before this push has its wake channel published on (an empty
+#: message): only then can its consumers be waiting. Onto a backlog, nothing is
+#: published: every consumer is busy, or was woken by the push that ended the
+#: queue's last empty spell (docs/design.md). Returns how many messages were queued.
 ENQUEUE_SCRIPT = """
 local queues = #KEYS / 2
 local arg = 2 * queues + 2
@@ -85,12 +86,13 @@ for queue = 1, queues do
     arg = arg + 3
   end
   -- One HSET and one RPUSH per chunk, not per message: Lua's stack bounds unpack().
+  local length = 0
   for first = 1, #ids, 1000 do
     local last = math.min(first + 999, #ids)
     redis.call("hset", messages, unpack(fields, 2 * first - 1, 2 * last))
-    redis.call("rpush", ready, unpack(ids, first, last))
+    length = redis.call("rpush", ready, unpack(ids, first, last))
   end
-  if #ids > 0 then
+  if #ids > 0 and length == #ids then
     redis.call("publish", ARGV[queues + queue + 1], "")
   end
   queued = queued + #ids

@@ -20,8 +20,10 @@ import pytest
 import redis
 from django.core.mail import EmailMessage, mailers, send_mail, send_mass_mail
 
+from mailqueue import outbox
 from mailqueue.enqueue import encode, push
 from mailqueue.envelope import Envelope
+from mailqueue.exceptions import BrokerUnavailable
 from mailqueue.keys import wake_channel
 from tests.redis_server import RedisServer
 from tests.servers import SMTPServer
@@ -126,34 +128,50 @@ def test_a_critical_message_behind_a_bulk_drain_of_another_pool_goes_at_once(
     assert statistics.median(latencies) < P50_BOUND_MS, latencies
 
 
-def _published(client: redis.Redis, channel: str, action: Any) -> list[Any]:
-    """What ``action()`` published on ``channel``, read by a real subscriber."""
+def _published(client: redis.Redis, namespace: str, action: Any) -> list[str]:
+    """The wake channels ``action()`` published on, read by a real subscriber, one entry per PUBLISH."""
     pubsub = client.pubsub()
-    pubsub.subscribe(channel)
-    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    pubsub.psubscribe(wake_channel(namespace, "*"))
+    assert pubsub.get_message(timeout=5)["type"] == "psubscribe"
     action()
-    messages = []
+    channels = []
     while (message := pubsub.get_message(timeout=0.2)) is not None:
-        messages.append(message)
+        channels.append(message["channel"].decode().rsplit(":", 1)[1])
     pubsub.close()
-    return messages
+    return channels
 
 
-def test_every_enqueue_path_publishes_one_wake_up_per_queue_in_its_script_call(smtp_setup, redis_client, namespace):
-    channel = wake_channel(namespace, "critical")
-    assert len(_published(redis_client, channel, lambda: _send("one", "transactional"))) == 1
+def test_a_push_onto_an_empty_queue_publishes_one_wake_up_in_its_script_call(smtp_setup, redis_client, namespace):
+    def drained() -> None:
+        """As consumers leave it: the next push finds the queue empty."""
+        redis_client.delete(*(f"{namespace}:{queue}" for queue in ("critical", "default")))
+
+    assert _published(redis_client, namespace, lambda: _send("one", "transactional")) == ["critical"]
+    # Onto a backlog nothing is published: the consumers are busy, or were woken when it began.
+    assert _published(redis_client, namespace, lambda: _send("two", "transactional")) == []
+    drained()
     batch = [EmailMessage(f"b{i}", "b", "f@example.com", [f"t{i}@example.com"]) for i in range(50)]
+    for message in batch[:3]:
+        message.queue = "default"  # type: ignore[attr-defined]
+    assert sorted(_published(redis_client, namespace, lambda: mailers["transactional"].send_messages(batch))) == [
+        "critical",
+        "default",
+    ]
+    drained()
+    # A guarded push (an idempotency key, the outbox relay) that queues nothing publishes nothing.
+    guarded = encode(Envelope.from_message(batch[0], queue="critical", mailer="transactional"), guarded=True)
+    assert _published(redis_client, namespace, lambda: push([guarded])) == ["critical"]
+    drained()
+    assert _published(redis_client, namespace, lambda: push([guarded])) == []
 
-    def mixed_batch() -> None:
-        mailers["transactional"].send_messages(batch)
-        mailers["default"].send_messages(batch[:3])
 
-    assert len(_published(redis_client, channel, mixed_batch)) == 1
-    # The outbox relay's push (guarded by envelope id) wakes too; a push that queues nothing does not.
-    envelope = Envelope.from_message(batch[0], queue="critical", mailer="transactional")
-    relayed = encode(envelope, guarded=True)
-    assert len(_published(redis_client, channel, lambda: push([relayed]))) == 1
-    assert _published(redis_client, channel, lambda: push([relayed])) == []
+@pytest.mark.django_db(transaction=True)
+def test_the_outbox_relay_wakes_the_queue_it_pushes_to(smtp_setup, redis_client, namespace) -> None:
+    message = EmailMessage("kept", "b", "f@example.com", ["t@example.com"])
+    outbox.keep(
+        [encode(Envelope.from_message(message, queue="critical", mailer="transactional"))], BrokerUnavailable("away")
+    )
+    assert _published(redis_client, namespace, outbox.relay_batch) == ["critical"]
 
 
 def test_a_local_re_enqueue_wakes_this_processs_consumer_without_redis(smtp_setup) -> None:
