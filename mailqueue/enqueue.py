@@ -68,7 +68,9 @@ def encode(envelope: Envelope, *, guarded: bool = False, redis_id: str | None = 
 #: that was empty before this push has its wake channel published on (an empty
 #: message): only then can its consumers be waiting. Onto a backlog, nothing is
 #: published: every consumer is busy, or was woken by the push that ended the
-#: queue's last empty spell (docs/design.md). Returns how many messages were queued.
+#: queue's last empty spell (docs/design.md). A PUBLISH that Redis refuses is
+#: ignored: the workers' fallback poll finds the messages. Returns how many
+#: messages were queued.
 ENQUEUE_SCRIPT = """
 local queues = #KEYS / 2
 local arg = 2 * queues + 2
@@ -93,7 +95,8 @@ for queue = 1, queues do
     length = redis.call("rpush", ready, unpack(ids, first, last))
   end
   if #ids > 0 and length == #ids then
-    redis.call("publish", ARGV[queues + queue + 1], "")
+    -- pcall: a refused PUBLISH (an ACL without the channel) must not fail a push already written.
+    redis.pcall("publish", ARGV[queues + queue + 1], "")
   end
   queued = queued + #ids
 end

@@ -235,3 +235,32 @@ def test_an_idle_worker_costs_a_few_commands_a_second_and_survives_a_lost_subscr
         if worker is not None:
             worker.stop()
         server.stop()
+
+
+def test_a_refused_publish_neither_fails_nor_duplicates_the_push(configure, settings, smtp_server, tmp_path) -> None:
+    server = RedisServer(tmp_path).start()
+    try:
+        admin = redis.Redis.from_url(server.url)
+        # Redis 7 gives a new user no channels: this one may use the keys, not publish the wake-up.
+        admin.acl_setuser("web", enabled=True, passwords=["+secret"], keys=["*"], commands=["+@all"])
+        configure(providers={"smtp": smtp_server.mailer()})
+        settings.MAILQUEUE = {**settings.MAILQUEUE, "BROKER_URL": f"redis://web:secret@127.0.0.1:{server.port}/0"}
+        namespace = settings.MAILQUEUE["NAMESPACE"]
+        pubsub = admin.pubsub()
+        pubsub.subscribe(wake_channel(namespace, "critical"))
+        assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+        assert send_mail("s", "b", "f@example.com", ["t@example.com"], using="transactional") == 1
+        assert admin.llen(f"{namespace}:critical") == 1
+        assert pubsub.get_message(timeout=0.5) is None  # refused, and ignored
+        pubsub.close()
+        admin.close()
+        # A worker with the same user: its subscription is refused, said once at ERROR, and it polls instead.
+        worker = WorkerProcess(["critical"], threads=2, log=tmp_path / "worker.log").start()
+        try:
+            assert len(smtp_server.wait_for(1, timeout=60)) == 1
+        finally:
+            worker.stop()
+        log = (tmp_path / "worker.log").read_text()
+        assert log.count("Redis refused the wake-up subscription") == 1, log
+    finally:
+        server.stop()

@@ -54,6 +54,8 @@ class Wakeups:
         self._listening: set[str] = set()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Failed connections or subscriptions since one was last confirmed: the reconnection backoff's exponent.
+        self._failures = 0
 
     def event(self, queue_name: str) -> threading.Event:
         """The event that wakes ``queue_name``'s consumer; subscribes to its channel (not for a delay queue)."""
@@ -93,7 +95,6 @@ class Wakeups:
             thread.join(READ_TIMEOUT * 4)
 
     def _run(self) -> None:
-        delay = RECONNECT_FIRST
         while not self._stopping.is_set():
             pubsub = self.client.pubsub()  # type: ignore[no-untyped-call]
             try:
@@ -101,15 +102,28 @@ class Wakeups:
             except (redis.RedisError, OSError) as error:
                 # Consumers poll on Dramatiq's backoff meanwhile: nothing waits on a wake-up that cannot come.
                 self._listening.clear()
-                logger.warning("wake-up subscription lost (%s): consumers poll; reconnecting in %.1f s", error, delay)
-                self._stopping.wait(delay)
-                delay = min(delay * 2, RECONNECT_MAX)
-            else:
-                delay = RECONNECT_FIRST
+                self._failed(error)
+                self._stopping.wait(min(RECONNECT_FIRST * 2 ** (self._failures - 1), RECONNECT_MAX))
             finally:
                 self._listening.clear()
                 with contextlib.suppress(redis.RedisError, OSError):  # the connection is gone either way
                     pubsub.close()
+
+    def _failed(self, error: Exception) -> None:
+        """Log the first failure since the last confirmed subscription; the retries after it at DEBUG."""
+        self._failures += 1
+        if self._failures > 1:
+            logger.debug("wake-up subscription still failing: %s", error)
+        elif isinstance(error, redis.ResponseError):
+            # Refused, not lost (an ACL without the channels, a command renamed away): an operator must act.
+            logger.error(
+                "Redis refused the wake-up subscription (%s): workers poll their queues instead, mail waits up "
+                "to a worker timeout; grant the channels (ACL: &%s:wake:*)",
+                error,
+                self.namespace,
+            )
+        else:
+            logger.warning("wake-up subscription lost (%s): workers poll until it is back", error)
 
     def _listen(self, pubsub: Any) -> None:
         requested: set[str] = set()
@@ -134,6 +148,7 @@ class Wakeups:
         if message.get("type") == "subscribe":
             # Also after redis-py reconnected by itself: what was published while away is fetched now.
             self._listening.add(queue)
+            self._failures = 0
         self.wake(queue)
 
 
