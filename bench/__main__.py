@@ -44,7 +44,7 @@ class Sizes:
 #: About 3 minutes: 50 s of sends every 250 ms (mailqueue, then Django), ten 3-s silences, one of a minute, and
 #: 10 s of critical sends while a bulk pool drains 20,000 messages.
 FULL_IDLE = IdleSizes(count=200, interval=0.25, spells=10, quiet=3.0, long_quiet=60.0, backlog=20_000, busy_count=40)
-SMOKE_IDLE = IdleSizes(count=8, interval=0.25, spells=1, quiet=1.5, long_quiet=0.0, backlog=200, busy_count=4)
+SMOKE_IDLE = IdleSizes(count=4, interval=0.25, spells=1, quiet=1.2, long_quiet=0.0, backlog=200, busy_count=2)
 FULL = Sizes(latency=2_000, batch=10_000, small=2_000, large=200, soak=100_000, redis_requests=100_000, idle=FULL_IDLE)
 SMOKE = Sizes(latency=50, batch=100, small=40, large=4, soak=0, redis_requests=2_000, idle=SMOKE_IDLE)
 
