@@ -14,6 +14,9 @@ has one module to read:
   whole batch; delayed messages a consumer dropped after a Redis error are put
   back; a message acknowledged early (with its delivery record, see
   ``ack_target``) is not acknowledged twice.
+* ``DeadLetteringConsumer._next_or_wait``: Dramatiq's ``__next__``, with the
+  poll backoff it slept when idle replaced by a wait for the queue's wake-up
+  (workers/wakeup.py).
 
 Importing this module with another Dramatiq version raises, naming the versions it works with.
 """
