@@ -85,14 +85,14 @@ class Wakeups:
             event.set()
 
     def stop(self) -> None:
-        """Stop the subscriber thread (within READ_TIMEOUT) and wake every consumer to poll on its own."""
+        """Wake every consumer to poll on its own; the subscriber thread closes its connection within READ_TIMEOUT.
+
+        Not joined: a worker's shutdown need not wait for a daemon thread that holds nothing but that connection.
+        """
         self._stopping.set()
         self._listening.clear()
         for event in list(self._events.values()):
             event.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(READ_TIMEOUT * 4)
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -112,6 +112,8 @@ class Wakeups:
     def _failed(self, error: Exception) -> None:
         """Log the first failure since the last confirmed subscription; the retries after it at DEBUG."""
         self._failures += 1
+        if self._stopping.is_set():
+            return  # the worker is shutting down: a connection closed under it is no news
         if self._failures > 1:
             logger.debug("wake-up subscription still failing: %s", error)
         elif isinstance(error, redis.ResponseError):
