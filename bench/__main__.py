@@ -16,7 +16,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from . import report
-from .harness import BenchError, Services, drain, driver, postgres_available, redis_benchmark, reset
+from .harness import (
+    BenchError,
+    IdleSizes,
+    Services,
+    drain,
+    driver,
+    idle_latency,
+    postgres_available,
+    redis_benchmark,
+    reset,
+)
 from .systems import DJANGO_SMTP, ENVS_DIR, LOCMEM, MAILQUEUE, PEERS, System
 
 
@@ -28,10 +38,15 @@ class Sizes:
     large: int
     soak: int
     redis_requests: int
+    idle: IdleSizes
 
 
-FULL = Sizes(latency=2_000, batch=10_000, small=2_000, large=200, soak=100_000, redis_requests=100_000)
-SMOKE = Sizes(latency=50, batch=100, small=40, large=4, soak=0, redis_requests=2_000)
+#: About 3 minutes: 50 s of sends every 250 ms (mailqueue, then Django), ten 3-s silences, one of a minute, and
+#: 10 s of critical sends while a bulk pool drains 20,000 messages.
+FULL_IDLE = IdleSizes(count=200, interval=0.25, spells=10, quiet=3.0, long_quiet=60.0, backlog=20_000, busy_count=40)
+SMOKE_IDLE = IdleSizes(count=4, interval=0.25, spells=1, quiet=1.2, long_quiet=0.0, backlog=200, busy_count=2)
+FULL = Sizes(latency=2_000, batch=10_000, small=2_000, large=200, soak=100_000, redis_requests=100_000, idle=FULL_IDLE)
+SMOKE = Sizes(latency=50, batch=100, small=40, large=4, soak=0, redis_requests=2_000, idle=SMOKE_IDLE)
 
 
 def progress(text: str) -> None:
@@ -132,6 +147,16 @@ def measure_soak(services: Services, sizes: Sizes, args: argparse.Namespace, res
     )
 
 
+def measure_idle(services: Services, sizes: Sizes, results: dict[str, Any]) -> None:
+    idle = sizes.idle
+    progress(
+        f"idle latency: one send every {idle.interval * 1000:.0f} ms x {idle.count}, {idle.spells} after "
+        f"{idle.quiet:g} s of silence, one after {idle.long_quiet:g} s; Django's synchronous send the same; "
+        f"{idle.busy_count} critical sends behind a {idle.backlog}-message bulk drain"
+    )
+    attempt(results, "idle", lambda: idle_latency(services, MAILQUEUE, DJANGO_SMTP, idle))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, no peers: only checks the harness works")
@@ -149,6 +174,10 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every message count (not the soak)")
     parser.add_argument("--soak", type=int, help="messages in the worker-RSS drain (0: skip)")
     parser.add_argument("--only", nargs="+", metavar="SYSTEM", help="measure only these systems (and the floors)")
+    parser.add_argument(
+        "--idle", action=argparse.BooleanOptionalAction, default=True, help="the idle-latency row (default: on)"
+    )
+    parser.add_argument("--only-idle", action="store_true", help="measure only the idle-latency row")
     args = parser.parse_args()
 
     base = SMOKE if args.smoke else FULL
@@ -159,8 +188,9 @@ def main() -> None:
         large=max(int(base.large * args.scale), 2),
         soak=base.soak if args.soak is None else args.soak,
         redis_requests=base.redis_requests,
+        idle=base.idle,
     )
-    with_peers = not args.smoke if args.peers is None else args.peers
+    with_peers = (not args.smoke if args.peers is None else args.peers) and not args.only_idle
     if args.processes is None:
         args.processes = [1] if args.smoke else [1, 2]
     ENVS_DIR.mkdir(exist_ok=True)
@@ -187,7 +217,11 @@ def main() -> None:
     postgres = args.postgres_url if with_peers and postgres_available(args.postgres_url) else None
     results: dict[str, Any] = {name: {"failed": report.Failed(reason)} for name, reason in unavailable.items()}
     grace = 0.3 if args.smoke else 1.0
+    if args.only_idle:
+        systems = []
     with Services.run(redis_url=args.redis_url, postgres_url=postgres, log=log, grace=grace) as services:
+        if args.idle or args.only_idle:
+            measure_idle(services, sizes, results)
         for system in systems:
             if system.uses_database:
                 if not postgres and system.name == "django-mailer":
@@ -202,7 +236,8 @@ def main() -> None:
             measure_system(services, system, sizes, args, results.setdefault(system.name, {}))
         if MAILQUEUE in systems:
             measure_esp(services, sizes, args, results)
-        measure_floors(services, sizes, results)
+        if not args.only_idle:
+            measure_floors(services, sizes, results)
         if sizes.soak and MAILQUEUE in systems:
             measure_soak(services, sizes, args, results)
         database_kind = services.database_kind

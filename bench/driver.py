@@ -15,6 +15,7 @@ import random
 import smtplib
 import statistics
 import time
+import urllib.request
 import warnings
 from collections.abc import Callable
 from email.policy import SMTP as SMTP_POLICY
@@ -61,9 +62,9 @@ def message(run: str, index: int, size: str) -> EmailMessage:
     return email
 
 
-def default_backend() -> BaseEmailBackend:
+def default_backend(alias: str | None = None) -> BaseEmailBackend:
     if mailers is not None and hasattr(settings, "MAILERS"):
-        return mailers["default"]
+        return mailers[alias or "default"]
     return get_connection()
 
 
@@ -94,7 +95,7 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
 
 def fill(args: argparse.Namespace) -> dict[str, Any]:
     """send_messages() of ``count`` messages through the default mailer, in chunks: queues them (or sends them)."""
-    backend = default_backend()
+    backend = default_backend(args.mailer)
     if args.warmup_batch:
         # Not timed, like the latency warm-up: connections, caches, imports, the first Redis script load.
         backend.send_messages([message(f"{args.run}-warmup", index, args.size) for index in range(args.warmup_batch)])
@@ -108,6 +109,77 @@ def fill(args: argparse.Namespace) -> dict[str, Any]:
     if hasattr(backend, "close"):
         backend.close()
     return {"seconds": elapsed, "rate": args.count / elapsed if elapsed else 0.0, "count": args.count}
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "p50_ms": statistics.median(ordered),
+        "p99_ms": ordered[max(-(-len(ordered) * 99 // 100) - 1, 0)],
+        "max_ms": ordered[-1],
+        "count": len(ordered),
+    }
+
+
+def _arrivals() -> dict[str, float]:
+    """When the sink accepted each Message-ID (its time.monotonic(): one clock for every process here)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{settings.HTTP_PORT}/_arrivals", timeout=10) as response:
+        return dict(json.load(response))
+
+
+def _await_arrival(ids: list[str], timeout: float = 30.0) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        arrived = _arrivals()
+        if all(message_id in arrived for message_id in ids) or time.monotonic() > deadline:
+            return arrived
+        time.sleep(0.05)
+
+
+def idle(args: argparse.Namespace) -> dict[str, Any]:
+    """Idle end-to-end latency: from just before ``send()`` to the sink accepting the message, in ms.
+
+    Phases: ``steady``, one send every ``--interval`` s; ``quiet``, ``--spells`` sends each after ``--quiet`` s
+    of silence; ``minute``, one send after ``--long-quiet`` s of silence. Each message is waited for before the
+    next silence starts, so a silence is one for the workers too. ``--warmup`` sends come first, untimed.
+    """
+    sent: dict[str, float] = {}
+    phases: dict[str, list[str]] = {"steady": [], "quiet": [], "minute": []}
+    counter = iter(range(1_000_000))
+
+    def send(phase: str | None) -> str:
+        index = next(counter)
+        began = time.monotonic()
+        message(args.run, index, "small").send(using=args.mailer)
+        message_id = f"<{args.run}.{index}@bench.invalid>"
+        sent[message_id] = began
+        if phase is not None:
+            phases[phase].append(message_id)
+        return message_id
+
+    _await_arrival([send(None) for _ in range(args.warmup)])
+    due = time.monotonic()
+    for _ in range(args.count):
+        time.sleep(max(due - time.monotonic(), 0.0))
+        due = max(due + args.interval, time.monotonic())
+        send("steady")
+    _await_arrival(phases["steady"])
+    for _ in range(args.spells):
+        time.sleep(args.quiet)
+        _await_arrival([send("quiet")])
+    if args.long_quiet:
+        time.sleep(args.long_quiet)
+        _await_arrival([send("minute")])
+    arrived = _arrivals()
+    result: dict[str, Any] = {"mailer": args.mailer or "default", "interval": args.interval, "quiet_s": args.quiet}
+    for phase, ids in phases.items():
+        missing = [message_id for message_id in ids if message_id not in arrived]
+        if missing:
+            raise SystemExit(f"idle: {len(missing)} of {len(ids)} {phase} message(s) never reached the sink")
+        if ids:
+            result[phase] = _percentiles([(arrived[message_id] - sent[message_id]) * 1000 for message_id in ids])
+    result["long_quiet_s"] = args.long_quiet
+    return result
 
 
 def smtplib_floor(args: argparse.Namespace) -> dict[str, Any]:
@@ -197,6 +269,7 @@ def migrate(args: argparse.Namespace) -> dict[str, Any]:
 OPS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "latency": latency,
     "fill": fill,
+    "idle": idle,
     "smtplib": smtplib_floor,
     "rendering": rendering,
     "clear": clear,
@@ -215,6 +288,11 @@ def main() -> None:
     parser.add_argument("--warmup-batch", type=int, default=0, help="fill: send this many first, untimed")
     parser.add_argument("--size", choices=("small", "large"), default="small")
     parser.add_argument("--run", default="bench")
+    parser.add_argument("--mailer", help="fill, idle: the MAILERS alias to send through (default: the default)")
+    parser.add_argument("--interval", type=float, default=0.25, help="idle: seconds between steady sends")
+    parser.add_argument("--spells", type=int, default=0, help="idle: sends after a quiet spell each")
+    parser.add_argument("--quiet", type=float, default=2.0, help="idle: seconds of each quiet spell")
+    parser.add_argument("--long-quiet", type=float, default=0.0, help="idle: one more send after this long")
     args = parser.parse_args()
     result = OPS[args.op](args)
     print(json.dumps({"system": settings.SYSTEM, "django": django.get_version(), **result}), flush=True)  # noqa: T201

@@ -545,3 +545,73 @@ def redis_benchmark(services: Services, *, requests: int) -> dict[str, float]:
             if cells[0] in ("LPUSH", "RPOP"):
                 figures[f"{cells[0].lower()}_c{clients}"] = float(cells[1])
     return figures
+
+
+@dataclass(frozen=True, kw_only=True)
+class IdleSizes:
+    """The idle-latency measurement: sends every ``interval`` s, quiet spells, and the critical-behind-bulk run."""
+
+    count: int
+    interval: float
+    spells: int
+    quiet: float
+    long_quiet: float
+    #: Messages queued on ``bulk`` before its pool starts; ``busy_count`` critical sends go while it drains.
+    backlog: int
+    busy_count: int
+
+
+def _idle_args(sizes: IdleSizes, run: str, *, busy: bool = False, synchronous: bool = False) -> list[str]:
+    common = ["--run", run, "--interval", str(sizes.interval), "--warmup", "3"]
+    if busy:
+        return [*common, "--count", str(sizes.busy_count), "--mailer", "transactional"]
+    if synchronous:
+        return [*common, "--count", str(sizes.count)]  # nothing sleeps between its sends: silences change nothing
+    return [*common, "--count", str(sizes.count), "--spells", str(sizes.spells), "--quiet", str(sizes.quiet),
+            "--long-quiet", str(sizes.long_quiet)]  # fmt: skip
+
+
+def _pool(system: System, pool: str) -> list[str]:
+    # What a Procfile line runs: the pool with its default processes and threads.
+    return [str(system.python()), "-m", "workers", pool]
+
+
+def idle_latency(services: Services, mailqueue: System, django_smtp: System, sizes: IdleSizes) -> dict[str, Any]:
+    """Send -> provider accepted, for a queued message on an idle pool and for Django's synchronous send.
+
+    Then the same for a ``critical`` message while another pool drains a ``bulk`` backlog; ``backlog_left``
+    says how much bulk mail was still queued when the last critical message arrived (0: the drain had ended).
+    """
+    results: dict[str, Any] = {}
+    reset(services, mailqueue)
+    services.sink("_reset", "POST")
+    tree = _start(services, mailqueue, [_pool(mailqueue, "default")], "smtp")
+    try:
+        results["mailqueue"] = driver(services, mailqueue, "idle", *_idle_args(sizes, f"{services.run_id}-idle-mq"))
+    finally:
+        tree.stop()
+    services.sink("_reset", "POST")
+    django_args = _idle_args(sizes, f"{services.run_id}-idle-dj", synchronous=True)
+    results["django"] = driver(services, django_smtp, "idle", *django_args)
+    if sizes.backlog:
+        reset(services, mailqueue)
+        services.sink("_reset", "POST")
+        run = f"{services.run_id}-idle-bulk"
+        driver(services, mailqueue, "fill", "--count", str(sizes.backlog), "--size", "small", "--run", run,
+               "--mailer", "bulk")  # fmt: skip
+        tree = _start(services, mailqueue, [_pool(mailqueue, "bulk"), _pool(mailqueue, "critical")], "smtp")
+        try:
+            deadline = time.monotonic() + 60
+            while services.sink("_stats")["received"] < min(100, sizes.backlog // 10):  # the drain is under way
+                if time.monotonic() > deadline:
+                    raise BenchError("the bulk pool delivered nothing within 60 s")
+                time.sleep(0.05)
+            busy = driver(services, mailqueue, "idle", *_idle_args(sizes, f"{services.run_id}-idle-crit", busy=True))
+            received = services.sink("_stats")["received"]
+        finally:
+            tree.stop()
+        busy["backlog"] = sizes.backlog
+        busy["backlog_left"] = max(sizes.backlog - (received - sizes.busy_count - 3), 0)
+        results["busy"] = busy
+        reset(services, mailqueue)
+    return results

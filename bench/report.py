@@ -93,6 +93,10 @@ def render(
         f"drains N={sizes.small} small / N={sizes.large} with a 100 KB attachment."
     )
     yield ""
+    if set(results) == {"idle"}:  # --only-idle
+        yield from _idle(results, notes)
+        yield from _notes(notes)
+        return
     yield (
         "| System | Django | send_mail median µs | p99 µs | batch msg/s | SMTP drain msg/s, 1 proc | 2 procs "
         "| 100 KB, 1 proc | 100 KB, 2 procs | worker CPU µs/msg | Redis bytes/msg |"
@@ -127,8 +131,13 @@ def render(
     yield "The 2-process figure for the synchronous backend is two processes each sending half over its own connection."
     yield ""
     yield from _cpu_accounting(results)
+    yield from _idle(results, notes)
     yield from _floors(results, notes)
     yield from _targets(results, notes)
+    yield from _notes(notes)
+
+
+def _notes(notes: Notes) -> Iterator[str]:
     if notes.reasons:
         yield ""
         yield "Not measured:"
@@ -162,6 +171,41 @@ def _cpu_accounting(results: dict[str, Any]) -> Iterator[str]:
         f"The machine has {os.cpu_count()} cores for the workers, the sink and Redis together: a drain whose machine "
         "busy share nears 100% is bounded by CPU, and more worker processes cannot make it faster."
     )
+    yield ""
+
+
+def _idle_cells(phase: Any) -> str:
+    if not isinstance(phase, dict):
+        return "— | — | — | —"
+    figures = (f"{phase[key]:.1f}" for key in ("p50_ms", "p99_ms", "max_ms"))
+    return " | ".join((*figures, str(phase["count"])))
+
+
+def _idle(results: dict[str, Any], notes: Notes) -> Iterator[str]:
+    """Send -> provider accepted on an idle pool, beside Django's synchronous send in the same run."""
+    idle = results.get("idle")
+    if idle is None:
+        return
+    if isinstance(idle, Failed):
+        yield f"Idle latency: {notes.mark(idle)}"
+        yield ""
+        return
+    ours, django = idle.get("mailqueue", {}), idle.get("django", {})
+    interval = ours.get("interval", 0.25)
+    yield "| Idle latency: `send()` to the SMTP sink accepting it, ms | p50 | p99 | max | sends |"
+    yield "|---|--:|--:|--:|--:|"
+    steady = _idle_cells(ours.get("steady"))
+    yield f"| **mailqueue**, one send every {interval * 1000:.0f} ms, one idle pool | {steady} |"
+    yield f"| Django SMTP backend (synchronous), the same sends | {_idle_cells(django.get('steady'))} |"
+    if "quiet" in ours:
+        yield f"| **mailqueue**, each send after {ours['quiet_s']:g} s of silence | {_idle_cells(ours['quiet'])} |"
+    if "minute" in ours:
+        yield f"| **mailqueue**, one send after {ours['long_quiet_s']:g} s of silence | {_idle_cells(ours['minute'])} |"
+    busy = idle.get("busy")
+    if isinstance(busy, dict):
+        left = f"{busy['backlog_left']:,} of {busy['backlog']:,} bulk messages still queued at the last one"
+        cells = _idle_cells(busy.get("steady"))
+        yield f"| **mailqueue**, `critical` while another pool drains `bulk` ({left}) | {cells} |"
     yield ""
 
 
@@ -307,6 +351,18 @@ def _targets(results: dict[str, Any], notes: Notes) -> Iterator[str]:
         growth = samples[-1] / samples[0] if samples else None
         yield row("Worker RSS, end of soak vs 10% in", f"{_number(growth, 2)}×", "≤ 1.10× (flat)",
                   None if growth is None else growth <= 1.1)  # fmt: skip
+    idle = results.get("idle")
+    if isinstance(idle, dict):
+        for label, phase in (
+            ("one send every 250 ms", _get(idle, "mailqueue", "steady")),
+            ("after a quiet spell", _get(idle, "mailqueue", "quiet")),
+            ("after a long silence", _get(idle, "mailqueue", "minute")),
+            ("`critical` behind a `bulk` drain", _get(idle, "busy", "steady")),
+        ):
+            if isinstance(phase, dict):
+                figure = f"p50 {phase['p50_ms']:.1f} ms, p99 {phase['p99_ms']:.1f} ms"
+                met = phase["p50_ms"] <= 5 and phase["p99_ms"] <= 20
+                yield row(f"Idle send -> provider, {label}", figure, "p50 ≤ 5 ms, p99 ≤ 20 ms", met)
     for key, label in (("rendering", "small"), ("rendering_large", "100 KB")):
         stretch = _get(results, "floors", key)
         name = f"Stretch: byte-identical MIME faster than Django's rendering, {label}"

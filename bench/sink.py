@@ -3,7 +3,8 @@
 One process, one asyncio loop: an aiosmtpd server and a minimal keep-alive HTTP server. Each message is
 counted by its Message-ID, so the harness can check that a drain delivered exactly N distinct messages
 (no loss, no duplicates), and the times of the first and last arrival give the drain rate without the
-workers' start-up. ``GET /_stats`` and ``POST /_reset`` on the HTTP port are the harness's controls.
+workers' start-up. ``GET /_stats``, ``GET /_arrivals`` (when each Message-ID arrived) and ``POST /_reset`` on
+the HTTP port are the harness's controls.
 It runs in a process of its own so that its CPU time never shares a GIL with the senders'.
 """
 
@@ -36,6 +37,8 @@ class Tally:
         self.bytes = 0
         self.first = 0.0
         self.last = 0.0
+        #: When each Message-ID first arrived (time.monotonic(), the same clock in every process): the idle bench.
+        self.arrivals: dict[str, float] = {}
 
     def add(self, message_id: str | None, size: int) -> None:
         now = time.monotonic()
@@ -48,6 +51,7 @@ class Tally:
             self.without_id += 1
         else:
             self.ids[message_id] += 1
+            self.arrivals.setdefault(message_id, now)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -104,6 +108,8 @@ async def _serve_http(tally: Tally, reader: asyncio.StreamReader, writer: asynci
             raw = await reader.readexactly(length) if length else b""
             if path.startswith("/_stats"):
                 writer.write(_response(200, tally.stats()))
+            elif path.startswith("/_arrivals"):
+                writer.write(_response(200, tally.arrivals))
             elif path.startswith("/_reset") and method == "POST":
                 tally.reset()
                 writer.write(_response(200, {"reset": True}))

@@ -3,7 +3,9 @@
 It writes exactly what Dramatiq's own ``RedisBroker.enqueue`` writes (the
 encoded message into ``<ns>:<queue>.msgs`` and its id onto the ``<ns>:<queue>``
 list), but for a whole batch in one Lua script call: one command, one reply,
-and Redis runs it atomically, so no worker ever sees half a batch.
+and Redis runs it atomically, so no worker ever sees half a batch. The same
+call publishes on each queue's wake channel, so an idle worker fetches at once
+instead of at its next poll (workers/wakeup.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from .client import LuaScript, access_problem
 from .conf import get_config
 from .envelope import Envelope, random_id
 from .exceptions import BrokerAccessDenied, BrokerUnavailable
-from .keys import QueueKeys, enqueued_key
+from .keys import QueueKeys, enqueued_key, wake_channel
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +62,18 @@ def encode(envelope: Envelope, *, guarded: bool = False, redis_id: str | None = 
 
 
 #: KEYS: (messages hash, ready list) per queue; ARGV: the dedup window in
-#: seconds, the message count per queue, then (redis id, data, guard key or "")
-#: triples in the same order. A message with a guard key is queued only if that
-#: key was not set within the window. Returns how many messages were queued.
+#: seconds, the message count per queue, the wake channel per queue, then
+#: (redis id, data, guard key or "") triples in the same order. A message with a
+#: guard key is queued only if that key was not set within the window. A queue
+#: that was empty before this push has its wake channel published on (an empty
+#: message): only then can its consumers be waiting. Onto a backlog, nothing is
+#: published: every consumer is busy, or was woken by the push that ended the
+#: queue's last empty spell (docs/design.md). A PUBLISH that Redis refuses is
+#: ignored: the workers' fallback poll finds the messages. Returns how many
+#: messages were queued.
 ENQUEUE_SCRIPT = """
 local queues = #KEYS / 2
-local arg = queues + 2
+local arg = 2 * queues + 2
 local queued = 0
 for queue = 1, queues do
   local messages, ready = KEYS[2 * queue - 1], KEYS[2 * queue]
@@ -80,10 +88,15 @@ for queue = 1, queues do
     arg = arg + 3
   end
   -- One HSET and one RPUSH per chunk, not per message: Lua's stack bounds unpack().
+  local length = 0
   for first = 1, #ids, 1000 do
     local last = math.min(first + 999, #ids)
     redis.call("hset", messages, unpack(fields, 2 * first - 1, 2 * last))
-    redis.call("rpush", ready, unpack(ids, first, last))
+    length = redis.call("rpush", ready, unpack(ids, first, last))
+  end
+  if #ids > 0 and length == #ids then
+    -- pcall: a refused PUBLISH (an ACL without the channel) must not fail a push already written.
+    redis.pcall("publish", ARGV[queues + queue + 1], "")
   end
   queued = queued + #ids
 end
@@ -121,15 +134,17 @@ def push(batch: Sequence[EncodedMessage]) -> int:
         by_queue[item.queue].append(item)
     keys: list[str] = []
     counts: list[int] = []
+    channels: list[str] = []
     triples: list[str | bytes] = []
     for queue, items in by_queue.items():
         queue_keys = QueueKeys.of(namespace, queue)
         keys += (queue_keys.messages, queue_keys.ready)
         counts.append(len(items))
+        channels.append(wake_channel(namespace, queue))
         for item in items:
             triples += (item.redis_id, item.data, enqueued_key(namespace, item.envelope_id) if item.guarded else "")
     try:
-        queued = int(ENQUEUE(keys, [config.dedup_window, *counts, *triples]))
+        queued = int(ENQUEUE(keys, [config.dedup_window, *counts, *channels, *triples]))
     except redis.RedisError as error:
         raise refusal(error, len(batch)) from error
     if queued != len(batch):

@@ -95,3 +95,8 @@ def in_progress_key(namespace: str, broker_id: str, queue: str) -> str:
 def heartbeats_key(namespace: str) -> str:
     """Dramatiq's sorted set of worker ids by last heartbeat (ms): a stale one's messages are requeued."""
     return f"{namespace}:__heartbeats__"
+
+
+def wake_channel(namespace: str, queue: str) -> str:
+    """The pub/sub channel the enqueue publishes on after queueing onto ``queue``: idle consumers wake at once."""
+    return f"{namespace}:wake:{queue}"

@@ -25,6 +25,7 @@ from .dramatiq_redis import Keepalive, WorkerBroker, ack_target
 from .middleware import CloseDatabaseConnections, CloseProviderConnections
 from .outcomes import Attempt, conclude
 from .redaction import actor_arguments
+from .wakeup import WakeLocalConsumers
 
 
 def run_attempt(payload: Any, queue: QueueConfig, config: MailQueueConfig, *, problem: str | None = None) -> None:
@@ -65,7 +66,7 @@ def _queue_actor_function(queue: QueueConfig, config: MailQueueConfig) -> Callab
 def declare(broker: RedisBroker, config: MailQueueConfig) -> dict[str, dramatiq.Actor[Any, Any]]:
     """Add mailqueue's middleware and one delivery actor per queue to ``broker``."""
     present = {type(middleware) for middleware in broker.middleware}
-    for middleware in (CurrentMessage, CloseProviderConnections, CloseDatabaseConnections):
+    for middleware in (CurrentMessage, CloseProviderConnections, CloseDatabaseConnections, WakeLocalConsumers):
         if middleware not in present:
             broker.add_middleware(middleware())
     if Keepalive not in present:

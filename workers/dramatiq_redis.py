@@ -23,6 +23,9 @@ has one module to read:
 * ``Keepalive``: every worker process heartbeats from a thread of its own and
   puts back dead workers' messages on a timer (Dramatiq does both only as a
   side effect of its broker commands, and recovery only on a random few).
+* ``DeadLetteringConsumer._next_or_wait``: Dramatiq's ``__next__``, with the
+  poll backoff it slept when idle replaced by a wait for the queue's wake-up
+  (workers/wakeup.py).
 
 Importing this module with another Dramatiq version raises, naming the versions it works with.
 """
@@ -34,12 +37,14 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from functools import cached_property
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq import Broker, Message, MessageProxy, Middleware, Worker
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.common import current_millis, dq_name, q_name
+from dramatiq.common import compute_backoff, current_millis, dq_name, q_name
 from dramatiq.errors import ActorNotFound, ConnectionClosed, DecodeError
 
 from mailqueue.broker import actor_name
@@ -51,6 +56,7 @@ from mailqueue.signals import MessageDeadLettered, announce
 
 from .admission import AckTarget, release_unanswered, unanswered_claims
 from .patience import REDIS_OUTAGES, until_redis_accepts
+from .wakeup import Wakeups, wakeups_for
 
 #: The Dramatiq releases (major, minor) whose private broker code this module was written against.
 SUPPORTED_DRAMATIQ = ((2, 2),)
@@ -236,12 +242,63 @@ class DeadLetteringConsumer(_RedisConsumer):
     def __next__(self) -> Any:
         while True:
             try:
-                fetched = super().__next__()  # type: ignore[no-untyped-call]
+                return self._next_or_wait()
             except DecodeError as error:
                 self._dead_letter(error)
-                continue
-            # Dramatiq 2.2 wraps the decoded message in a MessageProxy (``_message``); rewrap it quietly.
-            return None if fetched is None else QuietMessageProxy(fetched._message)
+
+    @cached_property
+    def _wakeups(self) -> Wakeups:
+        return wakeups_for(self.worker_broker)
+
+    @cached_property
+    def _wakeup(self) -> threading.Event:
+        return self._wakeups.event(self.queue_name)
+
+    def _next_or_wait(self) -> Any:
+        """Dramatiq 2.2's ``_RedisConsumer.__next__``, waiting for a wake-up where it slept its poll backoff.
+
+        The event is cleared before the fetch, so a wake-up published after it
+        (the message was queued too late for this fetch) ends the wait at once.
+        """
+        try:
+            while True:
+                try:
+                    data = self.message_cache.pop(0)
+                    if data is None:
+                        logger.warning("found 'None' in the message cache of queue %r (Dramatiq #266)", self.queue_name)
+                        continue
+                    self.misses = 0
+                    message = Message.decode(data)
+                    self.queued_message_ids.add(message.message_id)
+                    return QuietMessageProxy(message)
+                except IndexError:
+                    messages = []
+                    room = self.prefetch - self.outstanding_message_count
+                    if room > 0:
+                        self._wakeup.clear()
+                        self.message_cache = messages = self.worker_broker.do_fetch(self.queue_name, room)
+                    if not messages:
+                        self._idle_wait(full=room <= 0)
+                        return None
+        except redis.ConnectionError as error:
+            raise ConnectionClosed(error) from None  # type: ignore[no-untyped-call]
+
+    def _idle_wait(self, *, full: bool) -> None:
+        """Wait before the next fetch: for a wake-up, or for as long as Dramatiq's backoff would sleep.
+
+        With its prefetch ``full`` the consumer waits for acks, not for new
+        messages: Dramatiq's short backoff, as before. Subscribed to its queue's
+        wake channel it waits up to the worker timeout (the fallback poll: pub/sub
+        drops what is published while a subscriber is away); otherwise (a delay
+        queue, or no subscription yet) for Dramatiq's backoff, which a local
+        re-enqueue still cuts short.
+        """
+        self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
+        if full:
+            time.sleep(backoff_ms / 1000)
+            return
+        wait_ms = self.timeout if self._wakeups.listening(self.queue_name) else backoff_ms
+        self._wakeup.wait(wait_ms / 1000)
 
     def _redis_id_of(self, data: bytes) -> str | None:
         """The id under which ``data`` sits among this consumer's fetched messages."""
