@@ -63,6 +63,8 @@ _HEADER_CLASSES: Mapping[str, type] = cast(HeaderRegistry, _SMTP.header_factory)
 _STRUCTURED = frozenset(_HEADER_CLASSES)
 #: Headers holding addresses: rendering IDNA-encodes their domains.
 _ADDRESS_HEADERS = frozenset(name for name, cls in _HEADER_CLASSES.items() if issubclass(cls, AddressHeader))
+#: How often each header with a grammar may appear (the policy's header_max_count, without building a class per call).
+_MAX_COUNT: Mapping[str, int | None] = {name: getattr(cls, "max_count", None) for name, cls in _HEADER_CLASSES.items()}
 #: Headers whose value may be a datetime (Django renders it with the Date header's class).
 _DATE_HEADERS = frozenset(name for name, cls in _HEADER_CLASSES.items() if issubclass(cls, DateHeader))
 #: Headers Django sets on every message whatever ``headers=`` holds (Date and Message-ID only when absent).
@@ -71,6 +73,15 @@ _ALWAYS_SET = frozenset({"subject", "mime-version", "content-type", "content-tra
 _REPLACED = frozenset({"from", "to", "cc", "reply-to"})
 #: "Name: value" that the email package writes back as it came, on one line: no need to ask it.
 _PLAIN_UNSTRUCTURED = re.compile(r"[ -~]*")
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+#: A Message-ID (``<dot-atom@dot-atom>``) and a Date (RFC 5322, as email.utils writes it) that render as given.
+_PLAIN_STRUCTURED = {
+    "message-id": re.compile(rf"<{_ATEXT}(?:\.{_ATEXT})*@{_ATEXT}(?:\.{_ATEXT})*>"),
+    "date": re.compile(
+        r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-3]?[0-9] (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+        r"[0-9]{4} [0-2][0-9]:[0-5][0-9]:[0-6][0-9] [+-][0-9]{4}"
+    ),
+}
 _PLAIN_SUBTYPES = frozenset({"plain", "html"})
 _PLAIN_MIMETYPE = re.compile(r"[a-z]+/[a-z0-9]+(?:[.+-][a-z0-9]+)*")
 _PLAIN_FILENAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
@@ -214,11 +225,17 @@ def validate_addresses(values: Iterable[Any], field: str) -> list[str]:
     return [validate_address(value, field) for value in values]
 
 
+@lru_cache(maxsize=256)
+def _header_class(lowered: str) -> Any:
+    # The policy's header_factory(name, value) builds this class anew on every call (a tenth of a millisecond).
+    return cast(HeaderRegistry, _SMTP.header_factory)[lowered]
+
+
 @lru_cache(maxsize=1024)
 def _fold_problem(name: str, text: str) -> str | None:
     """Why the email package cannot write header ``name: text`` as Django's SMTP backend does, or None."""
     try:
-        _SMTP.fold_binary(name, _SMTP.header_factory(name, text))
+        _SMTP.fold_binary(name, _header_class(name.lower())(name, text))
     except _RENDERING_ERRORS as error:
         return f"{type(error).__name__}: {error}"
     return None
@@ -229,7 +246,7 @@ def _header_text(name: str, lowered: str, value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, datetime) and lowered in _DATE_HEADERS:
-        return str(_SMTP.header_factory(name, value))
+        return str(_header_class(lowered)(name, value))
     if value is None or isinstance(value, (bytes, Promise)):
         return _as_rendered_text(value)
     kind = "a datetime outside a Date header" if isinstance(value, datetime) else f"a {type(value).__name__}"
@@ -253,8 +270,13 @@ def validate_header(name: Any, value: Any) -> None:
         reason = _parse_address_list(text, lowered == "from")
         if reason is not None:
             raise InvalidAddress(f"Header {name!r} value {text!r} is invalid: it {reason}.")
-    plain = len(name) + 2 + len(text) <= MAX_PLAIN_HEADER and _PLAIN_UNSTRUCTURED.fullmatch(text)
-    if lowered in _STRUCTURED or not plain:
+    short = len(name) + 2 + len(text) <= MAX_PLAIN_HEADER
+    if lowered in _STRUCTURED:
+        pattern = _PLAIN_STRUCTURED.get(lowered)
+        plain = short and pattern is not None and pattern.fullmatch(text)
+    else:
+        plain = short and _PLAIN_UNSTRUCTURED.fullmatch(text)
+    if not plain:
         problem = _fold_problem(name, text)
         if problem is not None:
             raise InvalidHeader(f"Header {name!r} value {text!r} cannot be rendered ({problem}).")
@@ -264,16 +286,16 @@ def validate_header(name: Any, value: Any) -> None:
 MAX_PLAIN_HEADER = 78
 
 
-def _validate_header_counts(headers: Mapping[Any, Any]) -> None:
+def _validate_header_counts(headers: list[str]) -> None:
     """A header that may appear once must not be given twice (in two spellings), nor beside Django's own."""
-    counts = Counter(name.lower() for name in headers if isinstance(name, str))
+    counts = Counter(name.lower() for name in headers)
     for lowered, count in counts.items():
         if lowered in _REPLACED:
             continue  # Django uses headers["To"] (exact spelling) in place of its own and skips the rest
-        limit = _SMTP.header_max_count(lowered)
+        limit = _MAX_COUNT.get(lowered)
         total = count + (lowered in _ALWAYS_SET)
         if limit is not None and total > limit:
-            given = [name for name in headers if isinstance(name, str) and name.lower() == lowered]
+            given = [name for name in headers if name.lower() == lowered]
             also = ", beside the one Django sets itself" if lowered in _ALWAYS_SET else ""
             raise InvalidHeader(
                 f"Header {given[0]!r} may appear only once in a message, but headers= gives {given!r}{also}."
@@ -466,15 +488,14 @@ def validate_message(message: EmailMessage) -> None:
             texts = validate_addresses(values, field)
             if field != "bcc" and _RENDERED_FIELDS[field] not in headers and not all(map(str.isascii, texts)):
                 _validate_rendered_domains(texts, field)
+    limited = []  # names of headers that may appear only once: usually none
     for name, value in headers.items():
         validate_header(name, value)
-    if len(headers) > 1 or not _ALWAYS_SET.isdisjoint(map(str.lower, filter(_is_text, headers))):
-        _validate_header_counts(headers)
+        if name.lower() in _MAX_COUNT:
+            limited.append(name)
+    if len(limited) > 1 or (limited and limited[0].lower() in _ALWAYS_SET):
+        _validate_header_counts(limited)
     _validate_content_subtype(message.content_subtype, charset)
     if message.attachments or getattr(message, "alternatives", None):
         _validate_attachments(message, charset)
     _validate_anymail(message)
-
-
-def _is_text(value: object) -> bool:
-    return isinstance(value, str)
