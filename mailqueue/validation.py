@@ -84,7 +84,8 @@ _PLAIN_STRUCTURED = {
 }
 _PLAIN_SUBTYPES = frozenset({"plain", "html"})
 _PLAIN_MIMETYPE = re.compile(r"[a-z]+/[a-z0-9]+(?:[.+-][a-z0-9]+)*")
-_PLAIN_FILENAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+#: Filenames of letters, digits, spaces and common punctuation (any script): written as Django writes them.
+_PLAIN_FILENAME = re.compile(r"[\w .,()\[\]+-]{1,200}")
 #: What the email package raises when it cannot build or write a header or part.
 _RENDERING_ERRORS = (ValueError, TypeError, LookupError, AttributeError, email.errors.MessageError)
 
