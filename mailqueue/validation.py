@@ -130,9 +130,8 @@ def _parse_mailbox(value: str, bare_local: bool = False) -> str | None:
     except (ValueError, IndexError, TypeError) as error:
         return f"cannot be parsed ({error})"
     defects = _defects(parsed)
-    if _BARE_LOCAL in defects:
-        if not bare_local:
-            return "needs both a local part and a domain (only from_email may be a bare local mailbox)"
+    bare = _BARE_LOCAL in defects
+    if bare:
         defects.remove(_BARE_LOCAL)
     if defects:
         hint = " (quote a display name that has dots or commas)" if "phrase" in defects[0] else ""
@@ -140,6 +139,8 @@ def _parse_mailbox(value: str, bare_local: bool = False) -> str | None:
     mailboxes = parsed.all_mailboxes
     if len(mailboxes) != 1:
         return f"holds {len(mailboxes)} addresses; give one address per list item"
+    if bare and not bare_local:
+        return "needs both a local part and a domain (only from_email may be a bare local mailbox)"
     mailbox = mailboxes[0]
     local_part, domain = getattr(mailbox, "local_part", None), getattr(mailbox, "domain", None)
     if not local_part or not (domain or bare_local):
