@@ -43,6 +43,14 @@ class HeaderInjection(InvalidMessage):
     """A header name or value would let the sender forge extra headers."""
 
 
+class InvalidHeader(InvalidMessage):
+    """A header (given in ``headers=``, or made from ``content_subtype`` or a mimetype) that cannot be rendered.
+
+    A second value for a header that appears once, a value the email package
+    cannot fold or encode, a value of a type Django does not render.
+    """
+
+
 class UnserializableMessage(InvalidMessage):
     """A part of the message cannot travel through Redis (e.g. a file object)."""
 
@@ -89,7 +97,11 @@ class EnvelopeError(MailQueueError):
 class DeliveryError(MailQueueError):
     """A provider failed to take a message.
 
-    Carries the envelope id, the provider alias and the underlying cause.
+    Carries the envelope id, the provider alias and the underlying cause, and
+    whether the message itself is at fault (``message_fault``: it cannot be
+    rendered, encoded or addressed, or the provider's own checks refused it
+    before any sending): such a failure says nothing about the provider, and
+    is never counted against its circuit or its failure counters.
     """
 
     def __init__(
@@ -99,11 +111,13 @@ class DeliveryError(MailQueueError):
         envelope_id: str | None = None,
         provider: str | None = None,
         cause: BaseException | None = None,
+        message_fault: bool = False,
     ):
         super().__init__(reason)
         self.envelope_id = envelope_id
         self.provider = provider
         self.cause = cause
+        self.message_fault = message_fault
 
 
 class TransientDeliveryError(DeliveryError):

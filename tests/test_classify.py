@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import re
 import smtplib
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +28,7 @@ from django.core.mail import EmailMessage, mailers
 
 from mailqueue.exceptions import DeliveryError, PermanentDeliveryError, ProviderRefused, TransientDeliveryError
 from tests.servers import PostmarkAPI, SMTPServer, free_port
-from workers.classify import TRANSIENT_HTTP_STATUSES, classify, describe, kind_of
+from workers.classify import TRANSIENT_HTTP_STATUSES, classify, describe, is_message_fault, kind_of, message_fault
 
 DJANGO_SMTP = "django.core.mail.backends.smtp.EmailBackend"
 INACTIVE = (
@@ -131,12 +132,47 @@ def test_other_smtp_replies_are_transient_even_with_a_5xx() -> None:
 # --- anymail: API errors by HTTP status -----------------------------------------------------------------------
 
 
+SIGNATURE = "The 'From' address you supplied (shop@example.com) is not a Sender Signature on your account."
+
+
 @pytest.mark.parametrize("status", [400, 413, 415, 422])
 def test_an_api_4xx_about_the_request_is_refused_by_this_provider(postmark: PostmarkAPI, status: int) -> None:
-    postmark.responses.append((status, {"ErrorCode": 300, "Message": "Invalid 'From' address: 'shop@example.com'."}))
+    # Postmark's 400 "Sender signature not found": about the account, another provider may send it.
+    postmark.responses.append((status, {"ErrorCode": 400, "Message": SIGNATURE}))
     error = postmark_error()
     assert isinstance(error, AnymailAPIError)
     assert error.status_code == status
+    assert kind_of(error) is ProviderRefused
+    assert not is_message_fault(error)
+
+
+@pytest.mark.parametrize(
+    "code, text",
+    [
+        (300, "Invalid 'From' address: 'shop@example.com'."),
+        (300, "Provide either email TextBody or HtmlBody or both."),
+        (411, "Forbidden attachment type: 'evil.exe'."),
+    ],
+)
+def test_an_esp_validating_this_message_and_refusing_it_is_a_permanent_message_fault(
+    postmark: PostmarkAPI, code: int, text: str
+) -> None:
+    postmark.responses.append((422, {"ErrorCode": code, "Message": text}))
+    error = postmark_error()
+    assert isinstance(error, AnymailAPIError)
+    assert kind_of(error) is PermanentDeliveryError
+    wrapped = classify(error, provider="postmark", envelope_id="env-1")
+    assert wrapped.message_fault
+    assert text in str(wrapped)  # Postmark's own words name the field
+
+
+def test_an_esp_error_code_counts_only_for_its_own_esp(postmark: PostmarkAPI) -> None:
+    # ErrorCode 300 in the answer of an ESP that is not Postmark means nothing to us: a refusal.
+    postmark.responses.append((422, {"ErrorCode": 300, "Message": "x"}))
+    error = postmark_error()
+    assert isinstance(error, AnymailAPIError)
+    error.esp_name = "SomeOtherESP"
+    assert not is_message_fault(error)
     assert kind_of(error) is ProviderRefused
 
 
@@ -196,11 +232,55 @@ def test_a_message_anymail_cannot_serialize_is_permanent(postmark: PostmarkAPI, 
     assert kind_of(error) is PermanentDeliveryError
 
 
-def test_a_feature_the_provider_lacks_is_refused_by_this_provider(postmark: PostmarkAPI) -> None:
-    # Postmark cannot schedule; a provider further down the chain may.
+def test_a_feature_the_provider_lacks_is_refused_by_this_provider_as_a_message_fault(postmark: PostmarkAPI) -> None:
+    # Postmark cannot schedule; a provider further down the chain may. Postmark itself is not at fault.
     error = postmark_error(send_at=datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC))
     assert isinstance(error, AnymailUnsupportedFeature)
     assert kind_of(error) is ProviderRefused
+    assert classify(error, provider="postmark", envelope_id="env-1").message_fault
+    assert postmark.requests == []
+
+
+def test_anymails_own_refusals_of_the_message_are_message_faults(postmark: PostmarkAPI) -> None:
+    for error in (postmark_error(to=["not an address"]), postmark_error(metadata={"order": object()})):
+        assert isinstance(error, (AnymailInvalidAddress, AnymailSerializationError))
+        assert classify(error, provider="postmark", envelope_id="env-1").message_fault
+
+
+def test_a_provider_fault_is_not_a_message_fault(postmark: PostmarkAPI) -> None:
+    postmark.responses.append((503, {"ErrorCode": 0, "Message": "down"}))
+    postmark.responses.append((422, {"ErrorCode": 406, "Message": INACTIVE.format("ann@example.com")}))
+    for error in (postmark_error(), postmark_error(), TimeoutError("timed out")):
+        assert not classify(error, provider="postmark", envelope_id="env-1").message_fault
+
+
+# --- message faults the backend raises while rendering or addressing ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        # The examples of issue 10, as they reach a worker that did not check them (an older envelope).
+        (lambda m: setattr(m, "bcc", ["x@" + "ä" * 70 + ".com"]), "bcc address"),
+        (lambda m: m.extra_headers.update({"Message-ID": "<ä@example.com>"}), "Header 'Message-ID'"),
+        (lambda m: m.extra_headers.update({"X" * 79: ""}), "Header 'X{79}'"),
+        (lambda m: setattr(m, "to", ["x:; <y@z.com>"]), "to address"),
+    ],
+)
+def test_message_fault_names_the_field_django_cannot_send(smtp: SMTPServer, change, field: str) -> None:
+    message = EmailMessage("Hi", "Body", "shop@example.com", ["ann@example.com"])
+    change(message)
+    error = raised(lambda: mailers["smtp"].send_messages([message]))
+    assert not isinstance(error, (OSError, AnymailAPIError))  # Django fails before talking to the server
+    reason = message_fault(message, mailers["smtp"])
+    assert reason is not None
+    assert re.search(field, reason), reason
+    assert smtp.received == []
+
+
+def test_message_fault_is_none_for_a_message_that_can_be_sent(smtp: SMTPServer) -> None:
+    message = EmailMessage("Hi", "Body", "Zoë <shop@exämple.de>", ["ann@example.com"])
+    assert message_fault(message, mailers["smtp"]) is None
 
 
 # --- everything else ------------------------------------------------------------------------------------------

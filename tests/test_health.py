@@ -7,7 +7,9 @@ import time
 import pytest
 from django.core.mail import send_mass_mail
 
+from mailqueue.client import redis_client
 from mailqueue.conf import get_config
+from mailqueue.keys import ProviderKeys
 from mailqueue.monitoring import provider_health, queue_depths
 from workers.admission import admit, settle
 
@@ -63,7 +65,44 @@ def test_a_refusal_is_an_answer_not_a_failure(circuit) -> None:
     settle(admit("f3", provider, queue, config), "f3", provider, "failed", config)
     assert state() == "closed"
     health = provider_health()[0]
-    assert (health.failures, health.sent_5m, health.failed_5m) == (1, 0, 4)
+    # failed_* counts the provider's own faults; a refusal is counted apart.
+    assert (health.failures, health.sent_5m, health.failed_5m) == (1, 0, 3)
+    assert minute_counters(provider, config) == {"failed": 3, "rejected": 1}
+
+
+def minute_counters(provider, config) -> dict[str, int]:
+    """This minute's settle counters of ``provider``, straight from Redis."""
+    key = ProviderKeys.of(config.namespace, provider.alias).stats(int(time.time() // 60))
+    return {name.decode(): int(count) for name, count in redis_client().hgetall(key).items()}
+
+
+def test_a_message_fault_is_neither_a_failure_nor_an_answer(circuit) -> None:
+    provider, queue, config = circuit
+    for n in range(2):
+        settle(admit(f"f{n}", provider, queue, config), f"f{n}", provider, "failed", config)
+    for n in range(5):  # five messages that cannot be rendered: more than the threshold of 3
+        settle(admit(f"m{n}", provider, queue, config), f"m{n}", provider, "faulted", config)
+    health = provider_health()[0]
+    assert (health.state, health.failures, health.failed_5m) == ("closed", 2, 2)  # not reset, not counted
+    assert minute_counters(provider, config) == {"failed": 2, "faulted": 5}
+    settle(admit("f2", provider, queue, config), "f2", provider, "failed", config)
+    assert state() == "open"  # the provider's own third failure in a row opens it
+
+
+def test_a_probe_that_is_a_message_fault_hands_the_probe_to_the_next_message(circuit) -> None:
+    provider, queue, config = circuit
+    for n in range(3):
+        settle(admit(f"f{n}", provider, queue, config), f"f{n}", provider, "failed", config)
+    time.sleep(0.35)
+    probe = admit("m1", provider, queue, config)
+    assert (probe.outcome, probe.detail) == ("go", "probe")
+    assert admit("m2", provider, queue, config).outcome == "open"
+    assert settle(probe, "m1", provider, "faulted", config).circuit == "half-open"
+    # Nothing was learned about the provider: the next message probes it at once, not after another cooldown.
+    next_probe = admit("m2", provider, queue, config)
+    assert (next_probe.outcome, next_probe.detail) == ("go", "probe")
+    settle(next_probe, "m2", provider, "sent", config)
+    assert state() == "closed"
 
 
 @pytest.mark.django_db(transaction=True)

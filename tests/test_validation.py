@@ -6,13 +6,15 @@ Django's SMTP backend, an accepted message renders.
 
 from __future__ import annotations
 
+import email.policy
 from datetime import UTC, datetime
 
 import pytest
+from anymail.message import AnymailMessage
 from django.core.mail import EmailMessage, EmailMultiAlternatives, mailers
 from django.utils.translation import gettext_lazy
 
-from mailqueue.exceptions import HeaderInjection, InvalidAddress, InvalidMessage
+from mailqueue.exceptions import HeaderInjection, InvalidAddress, InvalidHeader, InvalidMessage
 from mailqueue.validation import validate_address, validate_addresses, validate_header, validate_message
 
 ACCEPTED_ADDRESSES = [
@@ -85,9 +87,135 @@ def test_address_headers_are_checked_as_address_lists() -> None:
 
 
 def test_header_values_are_checked_as_rendered_text() -> None:
-    validate_header("X-When", datetime(2026, 12, 1, tzinfo=UTC))
+    validate_header("Date", datetime(2026, 12, 1, tzinfo=UTC))
+    validate_header("X-Note", gettext_lazy("lazy text"))
     with pytest.raises(InvalidMessage, match="cannot be encoded"):
         validate_header("X-Note", "lone \ud800 surrogate")
+
+
+@pytest.mark.parametrize("value", [42, 1.5, True, datetime(2026, 12, 1, tzinfo=UTC)])
+def test_a_header_value_django_cannot_render_is_refused_naming_the_header(value: object) -> None:
+    # Django renders a header from text, or a Date from a datetime; anything else fails in its rendering.
+    with pytest.raises(InvalidHeader, match="Header 'X-When' value .* Django cannot render"):
+        validate_header("X-When", value)
+    assert isinstance(django_fails(message(headers={"X-When": value})), TypeError)
+
+
+def django_fails(bad: EmailMessage) -> Exception | None:
+    """What Django raises when it renders ``bad`` as its SMTP backend does (None: it renders)."""
+    try:
+        bad.message(policy=email.policy.SMTP).as_bytes()
+    except Exception as error:  # noqa: BLE001  (any error: the point is that Django fails)
+        return error
+    return None
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "fragment"),
+    [
+        # The examples of issue 10: each was accepted, then failed in the worker.
+        (lambda: message(bcc=["x@" + "ä" * 70 + ".com"]), InvalidAddress, "bcc address .* cannot be IDNA-encoded"),
+        (lambda: message(to=["x@exa\x9bmple.com"]), InvalidAddress, "to address .* cannot be IDNA-encoded"),
+        (lambda: message(cc=["x@exa\u202emple.com"]), InvalidAddress, "cc address .* cannot be IDNA-encoded"),
+        (lambda: message(headers={"Message-ID": "<ä@example.com>"}), InvalidHeader, "Header 'Message-ID'"),
+        (lambda: message(headers={"X" * 79: ""}), InvalidHeader, "Header 'X{79}' value '' cannot be rendered"),
+        (lambda: message(headers={"X" * 80: ""}), InvalidHeader, "Header 'X{80}' value '' cannot be rendered"),
+        (lambda: message(headers={"Sender": "s@" + "ä" * 70 + ".com"}), InvalidAddress, "Header 'Sender'"),
+        # One non-ASCII domain in To makes rendering IDNA-encode every domain of it, and a 70-character label fails.
+        (
+            lambda: message(to=["a@" + "a" * 70 + ".com", "b@exämple.de"]),
+            InvalidAddress,
+            "to addresses cannot be rendered as one To header",
+        ),
+    ],
+)
+def test_what_failed_in_the_worker_is_refused_at_send_time_naming_the_field(
+    build, error: type[Exception], fragment: str
+) -> None:
+    bad = build()
+    with pytest.raises(error, match=fragment):
+        validate_message(bad)
+    assert issubclass(error, ValueError)
+
+
+@pytest.mark.parametrize("name", ["Content-Type", "Subject", "MIME-Version", "Content-Transfer-Encoding"])
+def test_a_second_value_for_a_header_django_sets_itself_is_refused(name: str) -> None:
+    bad = message(headers={name: "x"})
+    with pytest.raises(InvalidHeader, match=f"Header '{name}' may appear only once.*beside the one Django sets"):
+        validate_message(bad)
+    assert isinstance(django_fails(bad), ValueError)
+
+
+@pytest.mark.parametrize("name", ["Date", "Message-ID", "Sender", "Content-Disposition", "In-Reply-To"])
+def test_a_header_that_appears_once_may_be_given_once_but_not_in_two_spellings(name: str) -> None:
+    value = {"Date": "Tue, 24 Nov 2026 01:22:29 +0000", "Sender": "s@example.com"}.get(name, "<a@example.com>")
+    validate_message(message(headers={name: value}))
+    twice = message(headers={name: value, name.lower(): value})
+    if name == "In-Reply-To":  # no limit in the email package: Django writes both
+        validate_message(twice)
+        assert django_fails(twice) is None
+        return
+    with pytest.raises(InvalidHeader, match="may appear only once"):
+        validate_message(twice)
+    assert isinstance(django_fails(twice), ValueError)
+
+
+def test_a_group_is_not_one_mailbox() -> None:
+    # Today an AttributeError from inside the check; Django's SMTP backend refuses it as an invalid address.
+    with pytest.raises(InvalidAddress, match="to address 'x:; <y@z.com>' is invalid"):
+        validate_message(message(to=["x:; <y@z.com>"]))
+
+
+def test_a_bare_local_mailbox_is_accepted_as_from_email_as_django_accepts_it(settings) -> None:
+    settings.MAILERS = {
+        "smtp": {"BACKEND": "django.core.mail.backends.smtp.EmailBackend", "OPTIONS": {"host": "localhost"}}
+    }
+    for sender in ("webmaster", "Webmaster <webmaster>"):
+        validate_message(message(from_email=sender))
+        assert mailers["smtp"].prep_address(sender) == "webmaster"
+    validate_header("From", "Webmaster <webmaster>")
+    # Not as a recipient: mailqueue's providers are mostly ESPs, which cannot deliver to a bare name.
+    with pytest.raises(InvalidAddress, match="to address 'webmaster' .*only from_email may be a bare local"):
+        validate_message(message(to=["webmaster"]))
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (lambda m: setattr(m, "content_subtype", "html\nX-Injected: 1"), "content_subtype .* line break"),
+        (lambda m: setattr(m, "content_subtype", "h\udcfftml"), "content_subtype .* lone surrogate"),
+        (lambda m: m.attach("a.bin", b"x", "application/x\udcff"), r"attachments\[0\] mimetype .* lone surrogate"),
+        (lambda m: m.attach_alternative("x", "text/h\udcfftml"), r"alternatives\[0\] mimetype .* lone surrogate"),
+        (lambda m: m.attach("a.bin", "\udcff", "application/octet-stream"), r"attachments\[0\] content cannot"),
+    ],
+)
+def test_content_types_with_line_breaks_or_lone_surrogates_are_refused(change, fragment: str) -> None:
+    bad = message()
+    change(bad)
+    with pytest.raises(InvalidMessage, match=fragment):
+        validate_message(bad)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "where"),
+    [
+        ("tags", ["ok", "bad \udcff"], r"tags\[1\]"),
+        ("metadata", {"order\udcff": "42"}, "metadata key 'order.udcff'"),
+        ("metadata", {"order": {"nested": ["\ud800"]}}, r"metadata\['order'\]\['nested'\]\[0\]"),
+        ("merge_global_data", {"name": "\udcff"}, r"merge_global_data\['name'\]"),
+        ("template_id", "t\udcff", "template_id"),
+    ],
+)
+def test_lone_surrogates_in_anymail_attributes_are_refused_naming_the_attribute(name: str, value, where: str) -> None:
+    # They cannot travel as JSON: the worker could not even decode the message.
+    bad = AnymailMessage("s", "b", "from@example.com", ["a@example.com"])
+    setattr(bad, name, value)
+    with pytest.raises(InvalidMessage, match=f"{where} contains a lone surrogate"):
+        validate_message(bad)
+    plain = message()
+    setattr(plain, name, value)  # anymail reads these attributes from any message
+    with pytest.raises(InvalidMessage, match="lone surrogate"):
+        validate_message(plain)
 
 
 def message(**overrides: object) -> EmailMultiAlternatives:
@@ -116,7 +244,7 @@ def test_a_valid_message_passes_and_renders() -> None:
         (lambda: message(subject="\ud800"), InvalidMessage, "Subject cannot be encoded"),
         (lambda: message(body="\udcff"), InvalidMessage, "Body cannot be encoded"),
         (reply_to_as_a_string, InvalidAddress, "reply_to must be a list"),
-        (lambda: message(from_email="nobody"), InvalidAddress, "from_email address"),
+        (lambda: message(from_email="nobody@"), InvalidAddress, "from_email address"),
         (lambda: message(bcc=["a@example.com", "b@"]), InvalidAddress, "bcc address"),
     ],
 )

@@ -103,14 +103,25 @@ return {"go", math.floor(wait * 1000), role}
 #: acknowledgement the Redis message id, the worker's broker id and its clock in ms.
 #: "failed" is a transient provider failure (it counts towards opening the circuit);
 #: "rejected" means the provider answered but refused this message (it is up);
+#: "faulted" means the message itself is at fault (it cannot be rendered, addressed,
+#: or the provider's checks refused its content): no evidence about the provider, so
+#: the circuit is left as it is, except that a probe that was one hands the probe on;
 #: "aborted" only releases the in-flight slot. "sent" also drops the sending claim,
-#: which the delivery record replaces. Returns {the circuit's state, 1 if the Dramatiq
-#: message was acknowledged here else 0}.
+#: which the delivery record replaces. Each outcome but "aborted" is counted in this
+#: minute's counters under its own name ("sent", "failed", "rejected", "faulted").
+#: Returns {the circuit's state, 1 if the Dramatiq message was acknowledged here else 0}.
 SETTLE_SCRIPT = """
 local outcome = ARGV[1]
 local acked = 0
 redis.call("zrem", KEYS[3], ARGV[3])
 if outcome == "aborted" then return {redis.call("hget", KEYS[2], "state") or "closed", acked} end
+if outcome == "faulted" then
+  redis.call("hincrby", KEYS[4], "faulted", 1)
+  redis.call("expire", KEYS[4], ARGV[7])
+  local state = redis.call("hget", KEYS[2], "state") or "closed"
+  if state == "half-open" then redis.call("hset", KEYS[2], "probe_until", "0") end
+  return {state, acked}
+end
 local clock = redis.call("time")
 local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
 if outcome == "sent" then
@@ -125,7 +136,7 @@ if outcome == "sent" then
     end
   end
 end
-redis.call("hincrby", KEYS[4], outcome == "sent" and "sent" or "failed", 1)
+redis.call("hincrby", KEYS[4], outcome, 1)
 redis.call("expire", KEYS[4], ARGV[7])
 
 local state = redis.call("hget", KEYS[2], "state") or "closed"
@@ -166,7 +177,7 @@ _unanswered: dict[str, str] = {}
 UNANSWERED_LIMIT = 10_000
 
 Outcome = Literal["go", "delivered", "claimed", "open", "busy", "later"]
-Result = Literal["sent", "failed", "rejected", "aborted"]
+Result = Literal["sent", "failed", "rejected", "faulted", "aborted"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,7 @@
-"""Sorting provider failures by what can still help.
+"""Sorting provider failures by what can still help, and by whose fault they are.
 
-- **Permanent**: the message itself is the problem and no provider will take
-  it: every recipient refused with a 5xx, or anymail judged an address invalid
-  or the message unserializable. Dead-lettered at once.
+- **Permanent**: no provider will take the message: every recipient refused
+  with a 5xx, or the message itself is at fault. Dead-lettered at once.
 - **Refused by this provider**: the provider's account or policy is the
   problem (sender not allowed, content refused with a 5xx, an HTTP 4xx API
   error about the request, a feature it lacks). Not retried on that provider;
@@ -13,14 +12,22 @@
   account, API URL: about the provider, so failing over helps). A provider's
   configuration error is transient too, and logged loudly (see delivery.py).
 
-A provider backend may also fail on the message itself (Django's SMTP backend
-refusing an address it cannot prepare, a message that cannot be rendered).
-``message_fault`` tells those apart by type, by doing the same step again
-outside the provider: such a failure is permanent, whatever error class it had.
+**Message faults** (``DeliveryError.message_fault``) are failures of the
+message, not of the provider, and never count against the provider's circuit
+or failure counters: a message that cannot be rendered, encoded or addressed
+(whatever error class the backend raised: ``message_fault`` confirms it by
+doing the same step again outside the provider, and names the field), anymail
+refusing an address or a value before sending, an ESP's validation of this
+one message (Postmark's ErrorCode 300 and 411), and a feature the provider
+lacks (``AnymailUnsupportedFeature``). All are permanent, except the missing
+feature: another provider of the chain may have it, so it is a refusal by this
+provider, and the message is dead-lettered only when no provider takes it.
 """
 
 from __future__ import annotations
 
+import email.errors
+import email.policy
 import smtplib
 from typing import Any
 
@@ -33,20 +40,55 @@ from anymail.exceptions import (
 )
 from django.core.mail import EmailMessage
 
-from mailqueue.exceptions import DeliveryError, PermanentDeliveryError, ProviderRefused, TransientDeliveryError
+from mailqueue.exceptions import (
+    DeliveryError,
+    InvalidMessage,
+    PermanentDeliveryError,
+    ProviderRefused,
+    TransientDeliveryError,
+)
+from mailqueue.validation import validate_message
 
 #: HTTP 4xx statuses that are about the provider, not the request: try again
 #: later (408, 409, 425, 429) or fail over (401, 403, 404).
 TRANSIENT_HTTP_STATUSES = frozenset({401, 403, 404, 408, 409, 425, 429})
 
 _PERMANENT_ANYMAIL = (AnymailRecipientsRefused, AnymailInvalidAddress, AnymailSerializationError)
+#: What anymail raises about the message while building the request, before anything is sent.
+_ANYMAIL_MESSAGE_FAULTS = (AnymailInvalidAddress, AnymailSerializationError, AnymailUnsupportedFeature)
+
+#: Per ESP (anymail's ``esp_name``), the API error codes that refuse this one message after validating it:
+#: Postmark's 300 "Invalid email request" (a bad From or Reply-To, no body, over 50 recipients, bad
+#: metadata...) and 411 "Forbidden attachment type". (Its 406, every recipient inactive, is anymail's
+#: AnymailRecipientsRefused.) Other codes (sender signature, account) are about the account: refusals.
+ESP_MESSAGE_ERROR_CODES: dict[str, frozenset[int]] = {"Postmark": frozenset({300, 411})}
 
 #: What rendering a message or preparing its addresses raises when the message itself is at fault.
-MESSAGE_ERRORS = (ValueError, TypeError, LookupError)
+MESSAGE_ERRORS = (ValueError, TypeError, LookupError, AttributeError, email.errors.MessageError)
 
 
 def _is_5xx(code: int) -> bool:
     return 500 <= code < 600
+
+
+def _esp_error_code(error: AnymailAPIError) -> int | None:
+    """The ESP's own error code in the JSON body of its answer (Postmark's "ErrorCode"), if any."""
+    response = getattr(error, "response", None)
+    try:
+        code = response.json().get("ErrorCode") if response is not None else None
+    except (ValueError, AttributeError):  # not JSON, or JSON that is not an object
+        return None
+    return code if isinstance(code, int) else None
+
+
+def is_message_fault(error: BaseException) -> bool:
+    """Whether ``error`` is the provider's verdict on this message's content, not a failure of the provider."""
+    if isinstance(error, _ANYMAIL_MESSAGE_FAULTS):
+        return True
+    if isinstance(error, AnymailAPIError) and error.status_code is not None and 400 <= error.status_code < 500:
+        codes = ESP_MESSAGE_ERROR_CODES.get(getattr(error, "esp_name", None) or "")
+        return codes is not None and _esp_error_code(error) in codes
+    return False
 
 
 def kind_of(error: BaseException) -> type[DeliveryError]:
@@ -55,6 +97,8 @@ def kind_of(error: BaseException) -> type[DeliveryError]:
         return PermanentDeliveryError
     if isinstance(error, AnymailUnsupportedFeature):
         return ProviderRefused
+    if is_message_fault(error):
+        return PermanentDeliveryError
     if isinstance(error, AnymailAPIError):
         status = error.status_code
         if status is not None and 400 <= status < 500 and status not in TRANSIENT_HTTP_STATUSES:
@@ -84,24 +128,49 @@ def describe(error: BaseException) -> str:
 
 def classify(error: BaseException, *, provider: str, envelope_id: str) -> DeliveryError:
     """Wrap a provider's exception in the DeliveryError subclass that says what to do next."""
-    return kind_of(error)(describe(error), envelope_id=envelope_id, provider=provider, cause=error)
+    return kind_of(error)(
+        describe(error),
+        envelope_id=envelope_id,
+        provider=provider,
+        cause=error,
+        message_fault=is_message_fault(error),
+    )
+
+
+def invalid_field(message: EmailMessage) -> str | None:
+    """What send_mail()'s checks say is wrong with ``message`` (naming the field), or None if they pass.
+
+    An envelope queued by an older version, or written to Redis by other code, has not been through them.
+    """
+    try:
+        validate_message(message)
+    except InvalidMessage as error:
+        return f"{type(error).__name__}: {error}"
+    return None
 
 
 def message_fault(message: EmailMessage, backend: Any = None) -> str | None:
     """Why the message itself cannot be sent (rendering it, or ``backend`` preparing its addresses); else None.
 
-    Run after a send failed with one of MESSAGE_ERRORS: if rendering and
-    address preparation succeed here, the failure came from the provider.
+    Run after a send failed with one of MESSAGE_ERRORS: if the message passes
+    send_mail()'s checks, renders (as Django's SMTP backend renders it) and
+    its addresses can be prepared here, the failure came from the provider.
+    The reason names the field where it can.
     """
+    invalid = invalid_field(message)
+    if invalid is not None:
+        return f"the message is invalid: {invalid}"
     try:
-        message.message()
+        message.message(policy=email.policy.SMTP).as_bytes()
     except MESSAGE_ERRORS as error:
-        return f"message cannot be rendered: {type(error).__name__}: {error}"
+        return f"the message cannot be rendered: {type(error).__name__}: {error}"
     prepare = getattr(backend, "prep_address", None)
     if prepare is not None:
-        for address in (message.from_email, *message.recipients()):
+        fields = [("from_email", message.from_email)]
+        fields += [(field, address) for field in ("to", "cc", "bcc") for address in getattr(message, field) or ()]
+        for field, address in fields:
             try:
                 prepare(address)
             except MESSAGE_ERRORS as error:
-                return f"message has an address the provider cannot use: {type(error).__name__}: {error}"
+                return f"{field} address {address!r} cannot be used by the provider: {type(error).__name__}: {error}"
     return None

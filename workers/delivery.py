@@ -6,7 +6,8 @@ slot); send over this thread's open connection; a transient failure is
 retried a few times with tenacity (reconnecting each time); a refusal by that
 provider, or transient failures beyond its tries, move on to the next
 provider; a permanent failure stops everything. Every outcome is recorded for
-the provider's circuit and counters, and each provider's failure is announced
+the provider's circuit and counters (a message fault only frees its slot: it
+says nothing about the provider), and each provider's failure is announced
 (``attempt_failed``).
 
 A provider at its limit defers the message (no failover, no retry used up);
@@ -43,7 +44,7 @@ from mailqueue.exceptions import (
 from mailqueue.signals import AttemptFailed, announce
 
 from .admission import AckTarget, Admission, Result, admit, new_claim, release, settle
-from .classify import MESSAGE_ERRORS, classify, message_fault
+from .classify import MESSAGE_ERRORS, classify, invalid_field, message_fault
 from .connections import connections
 from .dramatiq_redis import acknowledged_early
 from .redaction import redact_addresses
@@ -88,14 +89,23 @@ def _message_id_header(message: EmailMessage) -> str | None:
 
 
 def _failure(error: Exception, alias: str, message: EmailMessage, envelope_id: str, backend: object) -> DeliveryError:
-    """Classify ``error``; a failure the message itself causes (rendering, addresses) is permanent."""
+    """Classify ``error``; a failure the message itself causes (rendering, addresses) is a permanent message fault."""
     if isinstance(error, DeliveryError):
         return error
     failure = classify(error, provider=alias, envelope_id=envelope_id)
-    if isinstance(failure, TransientDeliveryError) and isinstance(error, MESSAGE_ERRORS):
+    if failure.message_fault:
+        # anymail's checks or the ESP's validation refused it: name the field where send_mail()'s checks can.
+        invalid = invalid_field(message)
+        if invalid is not None:
+            return type(failure)(
+                f"{failure} ({invalid})", envelope_id=envelope_id, provider=alias, cause=error, message_fault=True
+            )
+    elif isinstance(failure, TransientDeliveryError) and isinstance(error, MESSAGE_ERRORS):
         fault = message_fault(message, backend)
         if fault is not None:
-            return PermanentDeliveryError(fault, envelope_id=envelope_id, provider=alias, cause=error)
+            return PermanentDeliveryError(
+                fault, envelope_id=envelope_id, provider=alias, cause=error, message_fault=True
+            )
     return failure
 
 
@@ -277,6 +287,7 @@ def _through_chain(
             send_with_retries(provider, message, envelope.id)
         except (TransientDeliveryError, ProviderRefused) as error:
             result: Result = "rejected" if isinstance(error, ProviderRefused) else "failed"
+            result = "faulted" if error.message_fault else result
             _settle_quietly(admission, envelope.id, provider, result, config)
             _announce_failure(error, envelope, attempt)
             if isinstance(error.cause, ImproperlyConfigured):
@@ -293,7 +304,8 @@ def _through_chain(
             failures.append(error)
             continue
         except PermanentDeliveryError as error:
-            _settle_quietly(admission, envelope.id, provider, "rejected", config)
+            # A message fault frees the provider's slot and leaves its circuit and failure counters alone.
+            _settle_quietly(admission, envelope.id, provider, "faulted" if error.message_fault else "rejected", config)
             _announce_failure(error, envelope, attempt)
             raise
         except BaseException:
