@@ -219,8 +219,9 @@ def test_an_idle_worker_costs_a_few_commands_a_second_and_survives_a_lost_subscr
         time.sleep(1.5)  # the backoff after the warm-up has run out
         seconds = 4.0
         sent, in_scripts = monitor(server.port, seconds)
-        # One fetch a second on the queue and one on its delay queue (the fallback poll), a PING each 30 s.
-        assert sent / seconds <= 3, f"{sent / seconds:.1f} commands/s from an idle worker"
+        # About one fetch a second on the queue and one on its delay queue (the fallback poll), the keepalive's
+        # heartbeat-and-recovery script once a second (workers/dramatiq_redis.py), a PING each 30 s.
+        assert sent / seconds <= 6, f"{sent / seconds:.1f} commands/s from an idle worker"
         assert in_scripts / seconds <= 12, f"{in_scripts / seconds:.1f} commands/s in its scripts"
         # Redis drops the subscriber: what is published meanwhile is lost to it; the fallback poll fetches it.
         killer = redis.Redis.from_url(server.url)
