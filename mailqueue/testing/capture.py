@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
 from typing import Any, TypeVar
@@ -32,8 +32,10 @@ class CapturedMail:
     does), and the ``captured_mail`` pytest fixture.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, mailers: Mapping[str, Any] | None = None) -> None:
         self.server = inmemory.new_server()
+        #: MAILERS as settings.py writes them, when given; else what the test runner replaced is read.
+        self._original_mailers = mailers
         #: Filled as messages reach a queue (read on every access), oldest first.
         self._queued: dict[str, QueuedMail] = {}
         self.delivered: list[DeliveredMail] = []
@@ -63,7 +65,7 @@ class CapturedMail:
 
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with CapturedMail() as captured:
+            with CapturedMail(mailers=self._original_mailers) as captured:
                 return function(*args, captured, **kwargs)
 
         return wrapper  # type: ignore[return-value]
@@ -71,7 +73,7 @@ class CapturedMail:
     def start(self) -> None:
         """Begin capturing: mailqueue's backend on the queued aliases, queues in the in-memory Redis."""
         if self._settings is None:
-            self._settings = CaptureSettings.read(self.server)
+            self._settings = CaptureSettings.read(self.server, self._original_mailers)
         self._activate(self._settings.mailers)
         self._pending_pushes.skip_waiting()
 
@@ -259,6 +261,11 @@ class CapturedMail:
         return self.delivered[before:]
 
 
-def capture_mail() -> CapturedMail:
-    """Capture what the application queues: ``with capture_mail() as captured:`` or ``@capture_mail()``."""
-    return CapturedMail()
+def capture_mail(*, mailers: Mapping[str, Any] | None = None) -> CapturedMail:
+    """Capture what the application queues: ``with capture_mail() as captured:`` or ``@capture_mail()``.
+
+    ``mailers``: ``MAILERS`` as your settings write them, when the capture cannot
+    find them (settings made with ``settings.configure()``); by default it reads
+    what the test runner replaced.
+    """
+    return CapturedMail(mailers=mailers)
