@@ -6,20 +6,24 @@ own, as an application's suite would; the rest checks each promise of docs/testi
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import smtplib
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import django
 import pytest
+from django.conf import settings
 from django.core import mail
 from django.core.mail import EmailMessage, send_mail
 from django.db import transaction
 
 from mailqueue.exceptions import InvalidAddress, UnknownQueue
-from mailqueue.testing import capture_mail
+from mailqueue.testing import capture_mail, django_internals
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "tests" / "sample_app"
@@ -94,7 +98,7 @@ import sys
 import django
 django.setup()
 from django.core.mail import send_mail
-from mailqueue.testing import capture_mail
+from mailqueue.testing import capture_mail, django_internals
 with capture_mail() as captured:
     send_mail("Hi", "body", None, ["ann@example.com"], using="bulk")
 assert not [name for name in sys.modules if name == "workers" or name.startswith("workers.")]
@@ -108,6 +112,74 @@ except Exception as error:
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("MailQueueImproperlyConfigured")
     assert "import workers.testing" in done.stdout
+
+
+# --- the MAILERS the test runner replaced: Django 6.1's record, else the settings module ---------------
+
+QUEUED = "mailqueue.backend.EmailBackend"
+LOCMEM = "django.core.mail.backends.locmem.EmailBackend"
+
+
+@pytest.fixture
+def module_routes_notifications_to_bulk(monkeypatch):
+    """The settings module's MAILERS differ from what Django recorded: which one a capture read shows in the queue.
+
+    Django's record (setup_test_environment, run by pytest-django) has project.settings' "notifications" ->
+    "default"; the module now says "bulk". The runner's locmem swap is still in place (no configure()).
+    """
+    assert settings.MAILERS["notifications"] == {"BACKEND": LOCMEM}
+    module = importlib.import_module(settings.SETTINGS_MODULE)
+    mailers = {**module.MAILERS, "notifications": {"BACKEND": QUEUED, "OPTIONS": {"queue": "bulk"}}}
+    monkeypatch.setattr(module, "MAILERS", mailers)
+    # The fallback is announced once per process: start this test as a fresh process would.
+    monkeypatch.setattr(django_internals, "_fallback_announced", False)
+
+
+def _runtime_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(warning.message) for warning in caught if issubclass(warning.category, RuntimeWarning)]
+
+
+def test_on_django_6_1_the_capture_puts_back_what_the_runner_recorded(module_routes_notifications_to_bulk) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with capture_mail() as captured:
+            send_mail("Hi", "body", None, ["ann@example.com"], using="notifications")
+    captured.assert_queued(mailer="notifications", queue="default", count=1)
+    assert _runtime_warnings(caught) == []
+
+
+@pytest.mark.parametrize("django_differs", ["another version", "6.1 moved its record"])
+def test_otherwise_the_settings_modules_mailers_are_put_back_and_it_says_so_once(
+    module_routes_notifications_to_bulk, monkeypatch, django_differs
+) -> None:
+    if django_differs == "another version":
+        monkeypatch.setattr(django, "VERSION", (6, 2, 0, "final", 0))
+        reason = "Django 6.2 is installed"
+    else:
+        monkeypatch.delattr(django.test.utils._TestState.saved_data, "mailers")
+        reason = "this Django keeps no MAILERS there"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            with capture_mail() as captured:
+                send_mail("Hi", "body", None, ["ann@example.com"], using="notifications")
+            captured.assert_queued(mailer="notifications", queue="bulk", count=1)
+    (said,) = _runtime_warnings(caught)
+    assert reason in said and "settings.SETTINGS_MODULE" in said and "capture_mail(mailers=...)" in said
+
+
+def test_mailers_given_to_the_capture_are_what_it_puts_back(module_routes_notifications_to_bulk) -> None:
+    given = {"notifications": {"BACKEND": QUEUED, "OPTIONS": {"queue": "critical"}}}
+    with capture_mail(mailers=given) as captured:
+        send_mail("Hi", "body", None, ["ann@example.com"], using="notifications")
+    captured.assert_queued(mailer="notifications", queue="critical", count=1)
+
+    @capture_mail(mailers=given)
+    def decorated(captured):
+        send_mail("Hi", "body", None, ["ann@example.com"], using="notifications")
+        return captured.queued
+
+    assert [queued.queue for queued in decorated()] == ["critical"]
 
 
 # --- capture: the production path, on an in-memory Redis ---------------------------------------------

@@ -121,13 +121,12 @@ def _attempt(broker: RedisBroker, proxy: Any, consumer: Any, capture: mailqueue_
     """
     actor = broker.get_actor(proxy.actor_name)
     current = CurrentMessage()
-    capture.current_envelope = proxy.message_id
-    current.before_process_message(broker, proxy)  # type: ignore[no-untyped-call]
-    try:
-        actor.fn(*proxy.args, **proxy.kwargs)
-    finally:
-        current.after_process_message(broker, proxy)  # type: ignore[no-untyped-call]
-        capture.current_envelope = None
+    with capture.attempting(proxy.message_id):
+        current.before_process_message(broker, proxy)  # type: ignore[no-untyped-call]
+        try:
+            actor.fn(*proxy.args, **proxy.kwargs)
+        finally:
+            current.after_process_message(broker, proxy)  # type: ignore[no-untyped-call]
     consumer.ack(proxy)
 
 
