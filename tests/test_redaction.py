@@ -22,6 +22,9 @@ from workers.redaction import actor_arguments, redact_addresses
             "Found inactive addresses: ***@example.com, ***@b.example.",
         ),
         ('rejected "john doe"@example.com', "rejected ***@example.com"),
+        ("bcc address 'Bob Hidden <bob@example.com>' is invalid", "bcc address '<***@example.com>' is invalid"),
+        ('to: ann@example.com, "Smith, Bob" <bob@example.com>', "to: ***@example.com, <***@example.com>"),
+        ("Bob Hidden <bob@example.com>", "<***@example.com>"),
         (
             "ConnectionRefusedError: [Errno 111] Connection refused",
             "ConnectionRefusedError: [Errno 111] Connection refused",

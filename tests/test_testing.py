@@ -12,6 +12,8 @@ import re
 import smtplib
 import subprocess
 import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -276,6 +278,22 @@ def test_deliver_uses_locmem_stand_ins_named_by_sent_using(captured) -> None:
     )
     assert [(message.subject, message.sent_using) for message in mail.outbox] == [("Hi", "smtp")]
     assert captured.pending == []
+
+
+def test_deliver_leaves_no_thread_behind(captured) -> None:
+    def wakeup_threads() -> int:
+        # Each subscriber thread stops within its read timeout once told to.
+        deadline = time.monotonic() + 3
+        while True:
+            alive = sum(1 for thread in threading.enumerate() if thread.name.startswith("mailqueue-wakeups"))
+            if alive == 0 or time.monotonic() > deadline:
+                return alive
+            time.sleep(0.05)
+
+    for n in range(3):
+        send_mail(f"Hi {n}", "body", None, ["ann@example.com"], using="transactional")
+        captured.deliver()
+    assert wakeup_threads() == 0
 
 
 def test_retries_run_at_once_then_the_message_is_dead_lettered(captured) -> None:

@@ -167,10 +167,15 @@ def message_fault(message: EmailMessage, backend: Any = None) -> str | None:
     prepare = getattr(backend, "prep_address", None)
     if prepare is not None:
         fields = [("from_email", message.from_email)]
-        fields += [(field, address) for field in ("to", "cc", "bcc") for address in getattr(message, field) or ()]
+        fields += [
+            (f"{field}[{index}]", address)
+            for field in ("to", "cc", "bcc")
+            for index, address in enumerate(getattr(message, field) or ())
+        ]
         for field, address in fields:
             try:
                 prepare(address)
             except MESSAGE_ERRORS as error:
-                return f"{field} address {address!r} cannot be used by the provider: {type(error).__name__}: {error}"
+                # Named by field and position, not by value: the reason is logged, and logs carry no addresses.
+                return f"{field} address cannot be used by the provider: {type(error).__name__}: {error}"
     return None

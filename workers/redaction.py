@@ -23,11 +23,23 @@ _ATOM = r"[^\s<>()\[\]{}\"',;:@\\]+"
 ADDRESS = re.compile(rf"(?:\"[^\"\r\n]*\"|{_ATOM})@({_ATOM})")
 
 
+#: A display name (bare words or quoted) just before an address in angle brackets, where a quoted or listed
+#: address starts: ``'Bob Hidden <bob@x>'``, ``, "Bob" <bob@x>``; not an SMTP reply's ``451 4.2.1 <bob@x>``.
+NAMED = re.compile(
+    rf"(?:(?<=['\"(\[,])|^)([ \t]*)(?:\"[^\"\r\n]*\"|{_ATOM}(?:[ \t]+{_ATOM})*)[ \t]*<"
+    rf"(?=(?:\"[^\"\r\n]*\"|{_ATOM})@{_ATOM}>)"
+)
+
+
 def redact_addresses(text: str) -> str:
-    """``text`` with each email address's local part replaced by ``***``."""
+    """``text`` with each email address's local part replaced by ``***``, and a display name before it dropped.
+
+    A name may take a word or two of the sentence before it with it: a log
+    line that says too little is the safe side.
+    """
     if "@" not in text:
         return text
-    return ADDRESS.sub(r"***@\1", text)
+    return ADDRESS.sub(r"***@\1", NAMED.sub(r"\1<", text))
 
 
 class _Shown(str):

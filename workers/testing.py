@@ -28,6 +28,7 @@ from mailqueue.signals import MessageDeferred, MessageSent, message_deferred, me
 
 from .actors import worker_broker
 from .connections import connections
+from .wakeup import wakeups_for
 
 
 class InProcessWorker:
@@ -178,10 +179,12 @@ def deliver_captured(
     """``CapturedMail.deliver()``: the real pipeline over the capture's in-memory Redis, in this thread."""
     with capture.delivering(providers), _Outcomes(capture).listening() as outcomes:
         connections.close_all()  # provider backends opened under other settings must not be reused
+        broker = worker_broker(fresh=True)
         try:
-            broker = worker_broker(fresh=True)
             _drain(broker, capture, outcomes, timeout)
         finally:
+            # The consumers subscribed this broker to its wake-ups: one thread per deliver() would pile up.
+            wakeups_for(broker).stop()
             connections.close_all()
             outcomes.record()
 
