@@ -67,16 +67,19 @@ def _plain_list(values: Iterable[str] | None) -> list[str]:
 def queued(envelope: Envelope, size: int, at_ms: int | None = None) -> bytes:
     """A message was accepted: everything the log shows of it, never its body or attachments."""
     fields = envelope.message
+    composed = int(envelope.created_at * 1000)
     event: dict[str, Any] = {
         "k": "queued",
         "id": envelope.id,
-        "t": now_ms() if at_ms is None else at_ms,
+        # When send_mail() accepted it: made in the same call, so no clock is read again (a relayed
+        # message, too, was accepted then, into the outbox).
+        "t": composed if at_ms is None else at_ms,
         "q": envelope.queue,
         "m": envelope.mailer,
         "s": fields.get("subject", "")[:SUBJECT_CHARS],
         "f": plain_address(fields.get("from_email") or ""),
         "z": size,
-        "c": int(envelope.created_at * 1000),
+        "c": composed,
     }
     for name in ("to", "cc", "bcc"):
         values = fields.get(name)
