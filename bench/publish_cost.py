@@ -26,7 +26,7 @@ from .batch_paths import redis_url
 #: The PUBLISH statement of mailqueue.enqueue.ENQUEUE_SCRIPT: removed for the script without it.
 PUBLISH_STATEMENT = """  if #ids > 0 and length == #ids then
     -- pcall: a refused PUBLISH (an ACL without the channel) must not fail a push already written.
-    redis.pcall("publish", ARGV[queues + queue + 1], "")
+    redis.pcall("publish", ARGV[queues + queue + 2], "")
   end
 """
 
@@ -52,13 +52,14 @@ def measure(url: str, namespace: str, rounds: int, calls: int) -> None:
     from mailqueue.client import LuaScript  # noqa: PLC0415
     from mailqueue.enqueue import ENQUEUE, ENQUEUE_SCRIPT, encode  # noqa: PLC0415
     from mailqueue.envelope import Envelope  # noqa: PLC0415
-    from mailqueue.keys import QueueKeys, wake_channel  # noqa: PLC0415
+    from mailqueue.keys import QueueKeys, events_key, wake_channel  # noqa: PLC0415
 
     if PUBLISH_STATEMENT not in ENQUEUE_SCRIPT:
         sys.exit("bench.publish_cost: the enqueue script's PUBLISH statement changed; update PUBLISH_STATEMENT")
     without = LuaScript(ENQUEUE_SCRIPT.replace(PUBLISH_STATEMENT, ""))
     keys = QueueKeys.of(namespace, "default")
     channel = wake_channel(namespace, "default")
+    events = events_key(namespace)  # no events are passed: the PUBLISH alone is measured
     message = EmailMessage("Your receipt", "Thanks for your order.", "shop@example.com", ["ann@example.com"])
     client = redis.Redis.from_url(url)
 
@@ -68,7 +69,7 @@ def measure(url: str, namespace: str, rounds: int, calls: int) -> None:
             client.delete(keys.ready)  # as a worker leaves an idle queue: the push finds it empty
             item = encode(Envelope.from_message(message, queue="default", mailer="default"))
             began = time.perf_counter_ns()
-            script([keys.messages, keys.ready], [86400, 1, channel, item.redis_id, item.data, ""])
+            script([events, keys.messages, keys.ready], [86400, 1000, 1, channel, item.redis_id, item.data, "", ""])
             samples.append((time.perf_counter_ns() - began) / 1000)
         return samples
 

@@ -106,6 +106,7 @@ class EmailBackend(BaseEmailBackend):
         config = get_config()
         mailer = getattr(self, "alias", None) or "default"
         mailer_queue = self.queue
+        log = config.log.enabled
         batch: list[EncodedMessage] = []
         # Two flat lists, not a (message, envelope) pair per message: nothing per message outlives its encoding
         # but its id, so a 10,000-message batch leaves the garbage collector nothing new to walk.
@@ -121,7 +122,7 @@ class EmailBackend(BaseEmailBackend):
             queue = choose_queue(message, mailer_queue, config)
             envelope_id = idempotent_id(getattr(message, "idempotency_key", None), config)
             envelope = Envelope.from_message(message, queue=queue, mailer=mailer, id=envelope_id or next(ids))
-            encoded = encode(envelope, guarded=envelope_id is not None, redis_id=next(ids))
+            encoded = encode(envelope, guarded=envelope_id is not None, redis_id=next(ids), log=log)
             if len(encoded.data) > config.max_message_bytes:
                 raise MessageTooLarge(
                     f"Message {message.subject!r} is {len(encoded.data)} bytes once encoded, over "

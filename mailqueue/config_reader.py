@@ -19,6 +19,7 @@ from .config_sections import (
     QUEUE_NAME_RE,
     Problem,
     Problems,
+    read_log,
     read_pools,
     read_providers,
     read_queues,
@@ -68,6 +69,7 @@ TOP_LEVEL_KEYS = frozenset(
         "HEARTBEAT_TIMEOUT",
         "RECOVERY_INTERVAL",
         "MAINTENANCE_CHANCE",
+        "LOG",
     }
 )
 
@@ -156,6 +158,7 @@ class _Reader:
         values["pools"] = read_pools(self.problems, raw.get("POOLS"), queues)
         databases = getattr(settings, "DATABASES", {})
         values |= self.read_durability(raw, databases)
+        values["log"] = read_log(self.problems, raw.get("LOG"))
 
         config = MailQueueConfig(**values)
         self.check_on_commit_database(config, databases)

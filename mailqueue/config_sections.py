@@ -13,7 +13,16 @@ from typing import Any
 
 from django.utils.module_loading import import_string
 
-from .settings_values import PoolConfig, ProviderConfig, QueueConfig, RateLimit, Route, default
+from .settings_values import (
+    LOG_RECIPIENTS,
+    LogConfig,
+    PoolConfig,
+    ProviderConfig,
+    QueueConfig,
+    RateLimit,
+    Route,
+    default,
+)
 
 #: Dramatiq's own rule for queue names (they become Redis key parts).
 QUEUE_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9._-]*")
@@ -31,6 +40,7 @@ PROVIDER_KEYS = frozenset(
 RATE_KEYS = frozenset({"rate", "burst"})
 POOL_KEYS = frozenset({"queues", "processes", "threads"})
 ROUTE_KEYS = frozenset({"queue", "tag", "header", "value", "callable"})
+LOG_KEYS = frozenset({"ENABLED", "STREAM_MAXLEN", "RECIPIENTS", "RETENTION_DAYS", "BATCH_SIZE"})
 
 
 @dataclass(frozen=True)
@@ -275,3 +285,36 @@ def read_pools(problems: Problems, raw: Any, queues: Mapping[str, QueueConfig]) 
                 hint=f"Add it to a pool's 'queues', e.g. {{{queue!r}: {{'queues': [{queue!r}]}}}}.",
             )
     return pools
+
+
+def read_log(problems: Problems, raw: Any) -> LogConfig:
+    """MAILQUEUE['LOG']: the message log's stream and writer."""
+    where = "MAILQUEUE['LOG']"
+    if raw is None:
+        return LogConfig()
+    if not isinstance(raw, Mapping):
+        problems.add("mailqueue.E025", f"{where} must be a dict, not {type(raw).__name__}.")
+        return LogConfig()
+    problems.unknown_keys(where, raw, LOG_KEYS)
+    minimums = {"STREAM_MAXLEN": 1, "RETENTION_DAYS": 1, "BATCH_SIZE": 1}
+    options = problems.integers(where, raw, LogConfig, minimums)
+    if "ENABLED" in raw:
+        if isinstance(raw["ENABLED"], bool):
+            options["enabled"] = raw["ENABLED"]
+        else:
+            problems.add(
+                "mailqueue.E025",
+                f"{where}['ENABLED'] must be True or False, not {raw['ENABLED']!r}.",
+                hint="False stops the enqueue and the workers from appending events: the log records nothing new.",
+            )
+    if "RECIPIENTS" in raw:
+        if raw["RECIPIENTS"] in LOG_RECIPIENTS:
+            options["recipients"] = raw["RECIPIENTS"]
+        else:
+            problems.add(
+                "mailqueue.E026",
+                f"{where}['RECIPIENTS'] is {raw['RECIPIENTS']!r}.",
+                hint='Use "store" (addresses, searchable), "hash" (a SHA-256 of each address, searchable by '
+                'the exact address) or "off" (no recipients kept).',
+            )
+    return LogConfig(**options)

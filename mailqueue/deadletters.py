@@ -14,12 +14,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .client import redis_client
+from . import eventlog
+from .client import LuaScript, redis_client
 from .conf import get_config
 from .enqueue import encode
 from .envelope import Envelope
 from .exceptions import EnvelopeError
-from .keys import QueueKeys
+from .keys import QueueKeys, events_key
 from .signals import MessageRequeued, announce
 
 
@@ -57,13 +58,29 @@ class DeadLetter:
             return ""
 
 
+#: KEYS: the dead set, the dead records hash, the message log's stream. ARGV: id, time, record,
+#: the stream's MAXLEN, the ``dead`` event or "". The event is appended only when the id was not
+#: in the set already: a record written twice (the time limit interrupted the first write) logs once.
+RECORD_SCRIPT = """
+local added = redis.call("zadd", KEYS[1], ARGV[2], ARGV[1])
+redis.call("hset", KEYS[2], ARGV[1], ARGV[3])
+if added == 1 and ARGV[5] ~= "" then
+  redis.call("xadd", KEYS[3], "maxlen", "~", ARGV[4], "*", "e", ARGV[5])
+end
+return added
+"""
+RECORD = LuaScript(RECORD_SCRIPT)
+
+
 def record(letter: DeadLetter) -> None:
-    """Store ``letter``; recording the same id twice keeps one (the latest)."""
-    keys = QueueKeys.of(get_config().namespace, letter.queue)
-    with redis_client().pipeline(transaction=True) as pipe:
-        pipe.zadd(keys.dead, {letter.id: letter.failed_at})
-        pipe.hset(keys.dead_messages, letter.id, json.dumps(letter.to_json()))
-        pipe.execute()
+    """Store ``letter``, and append its ``dead`` event; recording the same id twice keeps one (the latest)."""
+    config = get_config()
+    keys = QueueKeys.of(config.namespace, letter.queue)
+    event = eventlog.dead(letter.id, letter.attempts, letter.reason, letter.provider) if config.log.enabled else b""
+    RECORD(
+        [keys.dead, keys.dead_messages, events_key(config.namespace)],
+        [letter.id, letter.failed_at, json.dumps(letter.to_json()), config.log.stream_maxlen, event],
+    )
 
 
 def _queues(queue: str | None) -> Iterable[str]:
@@ -94,7 +111,8 @@ def _remove(letters: Iterable[DeadLetter], *, requeue: bool) -> int:
     letters = list(letters)
     if not letters:
         return 0
-    namespace = get_config().namespace
+    config = get_config()
+    namespace = config.namespace
     requeued = []
     with redis_client().pipeline(transaction=True) as pipe:
         for letter in letters:
@@ -106,6 +124,14 @@ def _remove(letters: Iterable[DeadLetter], *, requeue: bool) -> int:
                 ready = QueueKeys.of(namespace, encoded.queue)
                 pipe.hset(ready.messages, encoded.redis_id, encoded.data)
                 pipe.rpush(ready.ready, encoded.redis_id)
+                if config.log.enabled:
+                    entry = eventlog.requeued(encoded.envelope_id, encoded.queue)
+                    pipe.xadd(
+                        events_key(namespace),
+                        {eventlog.FIELD: entry},
+                        maxlen=config.log.stream_maxlen,
+                        approximate=True,
+                    )
                 requeued.append(MessageRequeued(envelope_id=encoded.envelope_id, queue=encoded.queue))
         pipe.execute()
     for event in requeued:

@@ -17,12 +17,13 @@ from typing import NamedTuple
 
 import redis
 
+from . import eventlog
 from .broker import MESSAGE_ENCODER, actor_name
 from .client import LuaScript, access_problem
 from .conf import get_config
 from .envelope import Envelope, random_id
 from .exceptions import BrokerAccessDenied, BrokerUnavailable
-from .keys import QueueKeys, enqueued_key, wake_channel
+from .keys import QueueKeys, enqueued_key, events_key, wake_channel
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +41,14 @@ class EncodedMessage(NamedTuple):
     data: bytes
     #: Queue it only if this envelope id was not pushed within DEDUP_WINDOW (idempotency keys, the outbox relay).
     guarded: bool = False
+    #: The message log's events appended with it (mailqueue.eventlog), newline-separated; empty: none.
+    events: bytes = b""
 
 
-def encode(envelope: Envelope, *, guarded: bool = False, redis_id: str | None = None) -> EncodedMessage:
-    """Wrap ``envelope`` as a message for its queue's delivery actor.
+def encode(
+    envelope: Envelope, *, guarded: bool = False, redis_id: str | None = None, log: bool = False
+) -> EncodedMessage:
+    """Wrap ``envelope`` as a message for its queue's delivery actor; with ``log``, carry its ``queued`` event.
 
     The fields are exactly those of ``dramatiq.Message.asdict()``, built
     directly: going through ``Message`` would cost more than the envelope itself.
@@ -58,34 +63,45 @@ def encode(envelope: Envelope, *, guarded: bool = False, redis_id: str | None = 
         "message_id": envelope.id,
         "message_timestamp": int(envelope.created_at * 1000),
     }
-    return EncodedMessage(envelope.queue, envelope.id, redis_id, MESSAGE_ENCODER.encode(data), guarded)
+    encoded = MESSAGE_ENCODER.encode(data)
+    events = eventlog.queued(envelope, len(encoded)) if log else b""
+    return EncodedMessage(envelope.queue, envelope.id, redis_id, encoded, guarded, events)
 
 
-#: KEYS: (messages hash, ready list) per queue; ARGV: the dedup window in
-#: seconds, the message count per queue, the wake channel per queue, then
-#: (redis id, data, guard key or "") triples in the same order. A message with a
-#: guard key is queued only if that key was not set within the window. A queue
-#: that was empty before this push has its wake channel published on (an empty
-#: message): only then can its consumers be waiting. Onto a backlog, nothing is
-#: published: every consumer is busy, or was woken by the push that ended the
-#: queue's last empty spell (docs/design.md). A PUBLISH that Redis refuses is
-#: ignored: the workers' fallback poll finds the messages. Returns how many
-#: messages were queued.
+#: KEYS: the message log's stream, then (messages hash, ready list) per queue;
+#: ARGV: the dedup window in seconds, the stream's MAXLEN, the message count per
+#: queue, the wake channel per queue, then (redis id, data, guard key or "",
+#: events or "") quadruples in the same order. A message with a guard key is
+#: queued only if that key was not set within the window. Each queued message's
+#: events (its ``queued`` event, and a relayed one's ``relayed``; several are
+#: separated by newlines, which JSON text never holds raw) are appended to the
+#: stream, so the log sees exactly what was queued. A queue that was empty before
+#: this push has its wake channel published on (an empty message): only then can
+#: its consumers be waiting. Onto a backlog, nothing is published: every consumer
+#: is busy, or was woken by the push that ended the queue's last empty spell
+#: (docs/design.md). A PUBLISH that Redis refuses is ignored: the workers'
+#: fallback poll finds the messages. Returns how many messages were queued.
 ENQUEUE_SCRIPT = """
-local queues = #KEYS / 2
-local arg = 2 * queues + 2
+local queues = (#KEYS - 1) / 2
+local arg = 2 * queues + 3
 local queued = 0
+local events = KEYS[1]
 for queue = 1, queues do
-  local messages, ready = KEYS[2 * queue - 1], KEYS[2 * queue]
+  local messages, ready = KEYS[2 * queue], KEYS[2 * queue + 1]
   local fields, ids = {}, {}
-  for _ = 1, tonumber(ARGV[queue + 1]) do
+  for _ = 1, tonumber(ARGV[queue + 2]) do
     local guard = ARGV[arg + 2]
     if guard == "" or redis.call("set", guard, "1", "nx", "ex", ARGV[1]) then
       fields[#fields + 1] = ARGV[arg]
       fields[#fields + 1] = ARGV[arg + 1]
       ids[#ids + 1] = ARGV[arg]
+      if ARGV[arg + 3] ~= "" then
+        for event in string.gmatch(ARGV[arg + 3], "[^\\n]+") do
+          redis.call("xadd", events, "maxlen", "~", ARGV[2], "*", "e", event)
+        end
+      end
     end
-    arg = arg + 3
+    arg = arg + 4
   end
   -- One HSET and one RPUSH per chunk, not per message: Lua's stack bounds unpack().
   local length = 0
@@ -96,7 +112,7 @@ for queue = 1, queues do
   end
   if #ids > 0 and length == #ids then
     -- pcall: a refused PUBLISH (an ACL without the channel) must not fail a push already written.
-    redis.pcall("publish", ARGV[queues + queue + 1], "")
+    redis.pcall("publish", ARGV[queues + queue + 2], "")
   end
   queued = queued + #ids
 end
@@ -132,19 +148,20 @@ def push(batch: Sequence[EncodedMessage]) -> int:
     by_queue: dict[str, list[EncodedMessage]] = defaultdict(list)
     for item in batch:
         by_queue[item.queue].append(item)
-    keys: list[str] = []
+    keys: list[str] = [events_key(namespace)]
     counts: list[int] = []
     channels: list[str] = []
-    triples: list[str | bytes] = []
+    quadruples: list[str | bytes] = []
     for queue, items in by_queue.items():
         queue_keys = QueueKeys.of(namespace, queue)
         keys += (queue_keys.messages, queue_keys.ready)
         counts.append(len(items))
         channels.append(wake_channel(namespace, queue))
         for item in items:
-            triples += (item.redis_id, item.data, enqueued_key(namespace, item.envelope_id) if item.guarded else "")
+            guard = enqueued_key(namespace, item.envelope_id) if item.guarded else ""
+            quadruples += (item.redis_id, item.data, guard, item.events)
     try:
-        queued = int(ENQUEUE(keys, [config.dedup_window, *counts, *channels, *triples]))
+        queued = int(ENQUEUE(keys, [config.dedup_window, config.log.stream_maxlen, *counts, *channels, *quadruples]))
     except redis.RedisError as error:
         raise refusal(error, len(batch)) from error
     if queued != len(batch):

@@ -94,6 +94,15 @@ class EnvelopeError(MailQueueError):
         self.cause = cause
 
 
+class LogEventError(MailQueueError, ValueError):
+    """An entry of the message log's stream is not an event this version can read; keeps the entry and the cause."""
+
+    def __init__(self, reason: str, raw: object = None, cause: BaseException | None = None):
+        super().__init__(reason)
+        self.raw = raw
+        self.cause = cause
+
+
 class DeliveryError(MailQueueError):
     """A provider failed to take a message.
 

@@ -11,11 +11,15 @@ from collections.abc import Sequence
 
 import redis
 from django.db import DatabaseError, transaction
+from dramatiq.errors import DecodeError
 
+from . import eventlog
+from .broker import MESSAGE_ENCODER
 from .client import exchange
 from .conf import get_config
 from .enqueue import EncodedMessage, push, refusal
-from .exceptions import BrokerAccessDenied, BrokerUnavailable
+from .envelope import Envelope
+from .exceptions import BrokerAccessDenied, BrokerUnavailable, EnvelopeError
 from .keys import QueueKeys
 from .models import OutboxMessage
 from .signals import MessageRelayed, announce
@@ -95,6 +99,24 @@ def already_queued(rows: Sequence[OutboxMessage]) -> set[str]:
     return {row.envelope_id for row, there in zip(rows, found, strict=True) if there}
 
 
+def relay_events(row: OutboxMessage) -> bytes:
+    """The ``queued`` and ``relayed`` events a relayed message's push appends.
+
+    The send that kept it in the outbox appended nothing (Redis refused that
+    call), so its ``queued`` event is made now, from the stored message itself:
+    the row keeps exactly what the push would have written, and nothing more
+    (no second copy of the event to keep in step). An unreadable row gets its
+    ``relayed`` event only; the worker will dead-letter it.
+    """
+    relayed = eventlog.relayed(row.envelope_id, row.queue)
+    try:
+        envelope = Envelope.decode(MESSAGE_ENCODER.decode(bytes(row.data))["args"][0])
+    except (EnvelopeError, DecodeError, KeyError, IndexError, TypeError) as error:
+        logger.warning("outbox message %s has no readable envelope for its queued event: %s", row.envelope_id, error)
+        return relayed
+    return eventlog.queued(envelope, len(row.data)) + b"\n" + relayed
+
+
 def relay_batch(limit: int = RELAY_BATCH) -> int:
     """Push up to ``limit`` waiting messages to Redis, oldest first; return how many.
 
@@ -124,6 +146,7 @@ def relay_batch(limit: int = RELAY_BATCH) -> int:
                 "not pushed again",
                 len(queued),
             )
+        log = config.log.enabled
         push(
             [
                 EncodedMessage(
@@ -132,6 +155,7 @@ def relay_batch(limit: int = RELAY_BATCH) -> int:
                     redis_id=row.redis_id,
                     data=bytes(row.data),
                     guarded=True,
+                    events=relay_events(row) if log else b"",
                 )
                 for row in taken
                 if row.envelope_id not in queued

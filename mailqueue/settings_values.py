@@ -12,6 +12,8 @@ from typing import Any
 
 #: What the backend does when Redis refuses a batch: keep it in the outbox table, or raise.
 BROKER_FAILURE_POLICIES = ("outbox", "raise")
+#: What the message log keeps of each recipient: the address, a SHA-256 of it, or nothing.
+LOG_RECIPIENTS = ("store", "hash", "off")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +96,22 @@ class Route:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LogConfig:
+    """The message log (MAILQUEUE["LOG"]): events on a Redis stream, written to the database by the log writer."""
+
+    #: False: nothing is appended to the stream (the log shows nothing new).
+    enabled: bool = True
+    #: The stream is trimmed to about this many entries (XADD MAXLEN ~): its bound while the writer is down.
+    stream_maxlen: int = 1_000_000
+    #: One of LOG_RECIPIENTS; applied by the writer (the stream itself holds the addresses).
+    recipients: str = "store"
+    #: Days a message stays in the log before ``manage.py mailqueue prune`` deletes it.
+    retention_days: int = 30
+    #: Events the writer reads and writes per batch.
+    batch_size: int = 500
+
+
+@dataclass(frozen=True, kw_only=True)
 class MailQueueConfig:
     """Everything mailqueue reads from settings, validated.
 
@@ -133,6 +151,7 @@ class MailQueueConfig:
     #: Dramatiq: per million broker commands, how many also run that recovery (Dramatiq's own
     #: default is 1,000; at 10,000 a quiet queue gets a dead worker's messages back in minutes).
     maintenance_chance: int = 10_000
+    log: LogConfig = field(default_factory=LogConfig)
 
     def provider(self, alias: str) -> ProviderConfig:
         """Settings for a provider, with defaults for one not listed in PROVIDERS."""

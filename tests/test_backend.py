@@ -30,6 +30,7 @@ from mailqueue.exceptions import (
     UnknownQueue,
     UnserializableMessage,
 )
+from mailqueue.keys import events_key
 from mailqueue.models import OutboxMessage
 from mailqueue.monitoring import queue_depths
 
@@ -90,6 +91,14 @@ def test_send_mail_returns_one_after_one_round_trip(counting) -> None:
     assert send_mail("Hi", "body", "from@example.com", ["to@example.com"]) == 1
     assert counting.sent == 1
     assert ready("default") == 2
+
+
+def test_the_message_logs_queued_events_ride_in_the_same_round_trip(counting, redis_client, namespace) -> None:
+    datatuple = [(f"s{i}", "b", None, [f"r{i}@example.com"]) for i in range(50)]
+    assert send_mass_mail(datatuple, using="bulk") == 50
+    assert counting.sent == 1
+    entries = redis_client.xrange(events_key(namespace))
+    assert [json.loads(fields[b"e"])["s"] for _, fields in entries] == ["warm up"] + [f"s{i}" for i in range(50)]
 
 
 def test_a_batch_is_one_round_trip(counting) -> None:

@@ -262,6 +262,36 @@ def test_a_valid_configuration_has_no_errors(settings) -> None:
             "MAILQUEUE['HEARTBEAT_TIMEOUT'] (3000 ms) is less than twice RECOVERY_INTERVAL (2000 ms)",
         ),
         (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "LOG": True},
+            None,
+            "mailqueue.E025",
+            "MAILQUEUE['LOG'] must be a dict, not bool",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "LOG": {"ENABLED": "no"}},
+            None,
+            "mailqueue.E025",
+            "MAILQUEUE['LOG']['ENABLED'] must be True or False, not 'no'",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "LOG": {"RECIPIENTS": "encrypt"}},
+            None,
+            "mailqueue.E026",
+            "MAILQUEUE['LOG']['RECIPIENTS'] is 'encrypt'",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "LOG": {"STREAM_MAXLEN": 0}},
+            None,
+            "mailqueue.E015",
+            "MAILQUEUE['LOG']['STREAM_MAXLEN'] must be an integer >= 1, not 0",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "LOG": {"RETENTION": 7}},
+            None,
+            "mailqueue.E001",
+            "MAILQUEUE['LOG'] has unknown key(s) 'RETENTION'",
+        ),
+        (
             {"QUEUES": {"default": {"providers": ["smtp"]}}, "MAINTENANCE_CHANCE": -1},
             None,
             "mailqueue.E015",

@@ -11,7 +11,15 @@ import pytest
 from mailqueue import conf, config_reader, config_sections, settings_values
 from mailqueue.conf import get_config
 from mailqueue.config_reader import TOP_LEVEL_KEYS
-from mailqueue.settings_values import MailQueueConfig, PoolConfig, ProviderConfig, QueueConfig, RateLimit, default
+from mailqueue.settings_values import (
+    LogConfig,
+    MailQueueConfig,
+    PoolConfig,
+    ProviderConfig,
+    QueueConfig,
+    RateLimit,
+    default,
+)
 
 SMTP = {"BACKEND": "django.core.mail.backends.smtp.EmailBackend", "OPTIONS": {"host": "127.0.0.1", "timeout": 5}}
 
@@ -93,3 +101,12 @@ def test_the_settings_modules_import_in_one_direction() -> None:
 def test_names_other_modules_import_from_conf_are_still_there(name) -> None:
     assert name in conf.__all__
     assert getattr(conf, name) is not None
+
+
+def test_the_log_section_reads_into_a_frozen_log_config(settings) -> None:
+    log = {"ENABLED": False, "STREAM_MAXLEN": 5000, "RECIPIENTS": "hash", "RETENTION_DAYS": 7, "BATCH_SIZE": 100}
+    config = configure(settings, {"QUEUES": {"default": {"providers": "smtp"}}, "LOG": log})
+    assert config.log == LogConfig(
+        enabled=False, stream_maxlen=5000, recipients="hash", retention_days=7, batch_size=100
+    )
+    assert configure(settings, {"QUEUES": {"default": {"providers": "smtp"}}}).log == LogConfig()

@@ -32,12 +32,12 @@ PASSWORD = "acl-test-password"
 #: The rules of docs/operating.md, with <ns> for the namespace (the test checks the document says exactly this).
 WEB_RULE = (
     "+ping +evalsha +script|load +hset +rpush +set +hexists +llen +hlen +zcard +hmget "
-    "+zrangebyscore +multi +exec +zrem +hdel +publish ~<ns>:* &<ns>:wake:*"
+    "+zrangebyscore +multi +exec +zrem +hdel +publish +xadd ~<ns>:* &<ns>:wake:*"
 )
 WORKER_RULE = (
     "+ping +evalsha +script|load +multi +exec +time +get +set +del +expire +pttl +keys "
     "+hget +hmget +hset +hdel +hexists +hlen +hincrby +rpush +lpop +sadd +srem +scard +smembers "
-    "+zadd +zrem +zcard +zrangebyscore +zremrangebyscore +subscribe ~<ns> ~<ns>:* &<ns>:wake:*"
+    "+zadd +zrem +zcard +zrangebyscore +zremrangebyscore +subscribe +xadd +exists ~<ns> ~<ns>:* &<ns>:wake:*"
 )
 
 

@@ -27,7 +27,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 from mailqueue.client import LuaScript, redis_client
 from mailqueue.conf import MailQueueConfig, ProviderConfig, QueueConfig
 from mailqueue.envelope import random_id
-from mailqueue.keys import STATS_TTL, ProviderKeys, delivered_key, heartbeats_key, sending_key
+from mailqueue.keys import STATS_TTL, ProviderKeys, delivered_key, events_key, heartbeats_key, sending_key
 
 #: KEYS: delivered, circuit, in-flight, sending claim, Dramatiq's heartbeats, then one bucket per rate limit.
 #: ARGV: lease token, in-flight lease ms, probe lease ms, max concurrency (0: none),
@@ -96,11 +96,15 @@ end
 return {"go", math.floor(wait * 1000), role}
 """
 
-#: KEYS: delivered, circuit, in-flight, this minute's counters, sending claim, and with an
-#: early acknowledgement Dramatiq's in-progress set, message hash and heartbeats.
+#: KEYS: delivered, circuit, in-flight, this minute's counters, sending claim, the message
+#: log's stream, and with an early acknowledgement Dramatiq's in-progress set, message hash
+#: and heartbeats.
 #: ARGV: outcome ("sent", "failed", "rejected", "aborted"), provider alias, lease token,
-#: dedup window s, failure threshold, cooldown ms, counters' ttl s, and with an early
-#: acknowledgement the Redis message id, the worker's broker id and its clock in ms.
+#: dedup window s, failure threshold, cooldown ms, counters' ttl s, the stream's MAXLEN, the
+#: message log's event ("" for none), and with an early acknowledgement the Redis message id,
+#: the worker's broker id and its clock in ms. The event is appended first, whatever the
+#: outcome; a "sent" event only when the delivery record is not there yet: a settle run
+#: again (its reply lost) logs the delivery once.
 #: "failed" is a transient provider failure (it counts towards opening the circuit);
 #: "rejected" means the provider answered but refused this message (it is up);
 #: "faulted" means the message itself is at fault (it cannot be rendered, addressed,
@@ -114,6 +118,9 @@ SETTLE_SCRIPT = """
 local outcome = ARGV[1]
 local acked = 0
 redis.call("zrem", KEYS[3], ARGV[3])
+if ARGV[9] ~= "" and not (outcome == "sent" and redis.call("exists", KEYS[1]) == 1) then
+  redis.call("xadd", KEYS[6], "maxlen", "~", ARGV[8], "*", "e", ARGV[9])
+end
 if outcome == "aborted" then return {redis.call("hget", KEYS[2], "state") or "closed", acked} end
 if outcome == "faulted" then
   redis.call("hincrby", KEYS[4], "faulted", 1)
@@ -127,11 +134,11 @@ local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
 if outcome == "sent" then
   redis.call("set", KEYS[1], ARGV[2], "ex", ARGV[4])
   redis.call("del", KEYS[5])
-  if #KEYS == 8 then
+  if #KEYS == 9 then
     -- Dramatiq's own ack (dispatch.lua), done here to save the worker a round trip.
-    redis.call("zadd", KEYS[8], ARGV[10], ARGV[9])
-    if redis.call("srem", KEYS[6], ARGV[8]) > 0 then
-      redis.call("hdel", KEYS[7], ARGV[8])
+    redis.call("zadd", KEYS[9], ARGV[12], ARGV[11])
+    if redis.call("srem", KEYS[7], ARGV[10]) > 0 then
+      redis.call("hdel", KEYS[8], ARGV[10])
       acked = 1
     end
   end
@@ -289,6 +296,7 @@ def settle(
     result: Result,
     config: MailQueueConfig,
     ack: AckTarget | None = None,
+    event: bytes = b"",
 ) -> Settled:
     """Record how the send went: the provider's circuit state afterwards, and whether ``ack`` was acknowledged.
 
@@ -296,7 +304,9 @@ def settle(
     twice (and "sent" frees the provider's concurrency slot), so recording it
     is retried through a Redis outage of up to SENT_RECORD_PATIENCE seconds;
     the message's acknowledgement waits for Redis anyway. With ``ack``, a
-    "sent" also acknowledges the Dramatiq message in the same call.
+    "sent" also acknowledges the Dramatiq message in the same call. ``event``
+    (from ``mailqueue.eventlog``) is appended to the message log's stream in
+    that call too.
     """
     keys = ProviderKeys.of(config.namespace, provider.alias)
     script_keys = [
@@ -305,6 +315,7 @@ def settle(
         keys.in_flight,
         keys.stats(int(time.time() // 60)),
         sending_key(config.namespace, envelope_id),
+        events_key(config.namespace),
     ]
     script_args: list[Any] = [
         result,
@@ -314,6 +325,8 @@ def settle(
         provider.failure_threshold,
         math.ceil(provider.cooldown * 1000),
         STATS_TTL,
+        config.log.stream_maxlen,
+        event,
     ]
     if ack is not None and result == "sent":
         script_keys += (ack.in_progress, ack.messages, ack.heartbeats)

@@ -29,6 +29,7 @@ from django.core.mail import EmailMessage
 from dramatiq.middleware import Interrupt
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from mailqueue import eventlog
 from mailqueue.conf import MailQueueConfig, ProviderConfig, QueueConfig
 from mailqueue.envelope import Envelope, QueuedMessage
 from mailqueue.exceptions import (
@@ -169,11 +170,16 @@ def _admission(
 
 
 def _settle_quietly(
-    admission: Admission, envelope_id: str, provider: ProviderConfig, result: Result, config: MailQueueConfig
+    admission: Admission,
+    envelope_id: str,
+    provider: ProviderConfig,
+    result: Result,
+    config: MailQueueConfig,
+    event: bytes = b"",
 ) -> None:
     """``settle`` for an outcome that is already being raised: its own failure must not hide that."""
     try:
-        settle(admission, envelope_id, provider, result, config)
+        settle(admission, envelope_id, provider, result, config, event=event)
     except Exception:
         logger.exception("could not record the %s outcome of %s at provider %s", result, envelope_id, provider.alias)
 
@@ -288,7 +294,14 @@ def _through_chain(
         except (TransientDeliveryError, ProviderRefused) as error:
             result: Result = "rejected" if isinstance(error, ProviderRefused) else "failed"
             result = "faulted" if error.message_fault else result
-            _settle_quietly(admission, envelope.id, provider, result, config)
+            event = (
+                eventlog.attempt_failed(
+                    envelope.id, alias, attempt, str(error), transient=isinstance(error, TransientDeliveryError)
+                )
+                if config.log.enabled
+                else b""
+            )
+            _settle_quietly(admission, envelope.id, provider, result, config, event)
             _announce_failure(error, envelope, attempt)
             if isinstance(error.cause, ImproperlyConfigured):
                 # Said at once and loudly: it fails every message until someone fixes the settings.
@@ -305,7 +318,9 @@ def _through_chain(
             continue
         except PermanentDeliveryError as error:
             # A message fault frees the provider's slot and leaves its circuit and failure counters alone.
-            _settle_quietly(admission, envelope.id, provider, "faulted" if error.message_fault else "rejected", config)
+            result = "faulted" if error.message_fault else "rejected"
+            event = eventlog.failed(envelope.id, attempt, str(error), alias) if config.log.enabled else b""
+            _settle_quietly(admission, envelope.id, provider, result, config, event)
             _announce_failure(error, envelope, attempt)
             raise
         except BaseException:
@@ -316,7 +331,12 @@ def _through_chain(
             alias, _provider_message_id(message), _message_id_header(message), time.monotonic() - started
         )
         try:
-            settled = settle(admission, envelope.id, provider, "sent", config, ack)
+            event = (
+                eventlog.sent(envelope.id, alias, attempt, delivered.provider_message_id or delivered.message_id)
+                if config.log.enabled
+                else b""
+            )
+            settled = settle(admission, envelope.id, provider, "sent", config, ack, event)
             if ack is not None and settled.acked:
                 acknowledged_early(ack)
         except redis.RedisError:

@@ -15,6 +15,12 @@ decides the message's fate:
 
 Every path acknowledges the Dramatiq message by returning normally.
 
+Each outcome's event for the message log (mailqueue.eventlog) is appended in
+the call that records it (the delivery record, the dead letter), except a
+deferral's and a retry's: their record is Dramatiq's own enqueue of the copy,
+which cannot carry it, so their ``deferred`` event takes one more round trip,
+after the put-back, and is the one event a Redis failure may drop.
+
 Dramatiq's time limit interrupts the worker's thread once per message,
 wherever it is. Landing here it cannot undo a decision: the write that carries
 the decision out (the put-back, the dead letter) is finished, and only an
@@ -35,9 +41,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.common import compute_backoff
 from dramatiq.middleware import Interrupt, TimeLimitExceeded
 
+from mailqueue import eventlog
 from mailqueue.conf import QueueConfig, get_config
 from mailqueue.deadletters import DeadLetter, record
 from mailqueue.envelope import Envelope
@@ -168,11 +176,28 @@ def _put_back(attempt: Attempt, outcome: BaseException, delay: float, options: d
     _carry_out(lambda: broker.enqueue(copy, delay=max(1, int(delay * 1000))), f"putting back {attempt.message_id}")
 
 
+def _log_deferral(envelope_id: str, attempt: Attempt, reason: str, until: float) -> None:
+    """Append the ``deferred`` event, in a round trip of its own (see the module docstring); never raises.
+
+    Losing it loses one step of the timeline: the message's next event
+    (sent, another deferral, dead) still tells where it is.
+    """
+    config = get_config()
+    if not config.log.enabled:
+        return
+    try:
+        eventlog.append(eventlog.deferred(envelope_id, attempt.number, reason, until), config)
+    except redis.RedisError as error:
+        logger.warning("could not log the deferral of %s: %s", envelope_id, error)
+
+
 def _defer(attempt: Attempt, deferred: DeliveryDeferred) -> None:
     deferrals = (attempt.message.options.get(DEFERRALS, 0) if attempt.message is not None else 0) + 1
     # Jitter, so messages held back together do not all come back in the same instant.
     delay = deferred.delay * (1 + random.random() / 10)
     _put_back(attempt, deferred, delay, {DEFERRALS: deferrals})
+    until = time.time() + delay
+    _tell(lambda: _log_deferral(deferred.envelope_id, attempt, str(deferred), until), "logging the deferral")
 
     def tell() -> None:
         logger.info(
@@ -187,7 +212,7 @@ def _defer(attempt: Attempt, deferred: DeliveryDeferred) -> None:
                 envelope_id=deferred.envelope_id,
                 queue=attempt.queue.name,
                 reason=str(deferred),
-                until=time.time() + delay,
+                until=until,
                 retry=False,
                 attempt=attempt.number,
             )
@@ -212,6 +237,8 @@ def _retry(attempt: Attempt, error: BaseException) -> None:
     _put_back(attempt, error, delay_ms / 1000, {"retries": attempt.retries + 1})
     envelope_id = _envelope_id(attempt, error)
     reason = _reason(error, queue)
+    until = time.time() + delay_ms / 1000
+    _tell(lambda: _log_deferral(envelope_id, attempt, reason, until), "logging the retry")
 
     def tell() -> None:
         logger.warning(
@@ -227,7 +254,7 @@ def _retry(attempt: Attempt, error: BaseException) -> None:
                 envelope_id=envelope_id,
                 queue=queue.name,
                 reason=reason,
-                until=time.time() + delay_ms / 1000,
+                until=until,
                 retry=True,
                 attempt=attempt.number,
             )
