@@ -100,3 +100,8 @@ def heartbeats_key(namespace: str) -> str:
 def wake_channel(namespace: str, queue: str) -> str:
     """The pub/sub channel the enqueue publishes on after queueing onto ``queue``: idle consumers wake at once."""
     return f"{namespace}:wake:{queue}"
+
+
+def events_key(namespace: str) -> str:
+    """The message log's event stream: appended by the enqueue and the workers, read by the log writer."""
+    return f"{namespace}:events"

@@ -93,6 +93,25 @@ class Route:
     function: Callable[[Any], str | None] | None = None
 
 
+#: What the log writer keeps of each recipient: the address, its SHA-256, or nothing.
+LOG_RECIPIENT_MODES = ("store", "hash", "off")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogConfig:
+    """The message log: events on a Redis stream, written to the database by ``manage.py mailqueue log``."""
+
+    enabled: bool = True
+    #: Approximate bound of the events stream (XADD MAXLEN ~): how far a stopped writer may fall behind.
+    stream_maxlen: int = 1_000_000
+    #: One of LOG_RECIPIENT_MODES.
+    recipients: str = "store"
+    #: ``manage.py mailqueue prune`` deletes messages older than this.
+    retention_days: int = 30
+    #: Stream entries the writer reads and writes per transaction.
+    batch_size: int = 500
+
+
 @dataclass(frozen=True, kw_only=True)
 class MailQueueConfig:
     """Everything mailqueue reads from settings, validated.
@@ -133,6 +152,7 @@ class MailQueueConfig:
     #: Dramatiq: per million broker commands, how many also run that recovery (Dramatiq's own
     #: default is 1,000; at 10,000 a quiet queue gets a dead worker's messages back in minutes).
     maintenance_chance: int = 10_000
+    log: LogConfig = field(default_factory=LogConfig)
 
     def provider(self, alias: str) -> ProviderConfig:
         """Settings for a provider, with defaults for one not listed in PROVIDERS."""
