@@ -68,6 +68,7 @@ TOP_LEVEL_KEYS = frozenset(
         "HEARTBEAT_TIMEOUT",
         "RECOVERY_INTERVAL",
         "MAINTENANCE_CHANCE",
+        "LOG",
     }
 )
 
