@@ -38,7 +38,7 @@ run: $(BIN)/.installed
 	  export REDIS_SERVER="$$(.ci/redis-server-path)" REDIS_URL="redis://127.0.0.1:$(LOCAL_REDIS_PORT)/0" LOCAL_REDIS_PORT=$(LOCAL_REDIS_PORT); \
 	  where="a private Redis on port $(LOCAL_REDIS_PORT)"; processes=""; \
 	else \
-	  where="the Redis at REDIS_URL"; processes="web worker_critical worker_default worker_bulk relay smtp"; \
+	  where="the Redis at REDIS_URL"; processes="web worker_critical worker_default worker_bulk relay log smtp"; \
 	fi; \
 	(umask 077; printf '%s\n' "$$REDIS_URL" > var/redis-url); trap 'rm -f var/redis-url' EXIT; \
 	echo "Open http://127.0.0.1:$$WEB_PORT/  (queues in $$where)"; \

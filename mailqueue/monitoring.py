@@ -1,4 +1,4 @@
-"""What an operator watches: queue depth per queue and each provider's health, read from Redis."""
+"""What an operator watches: queue depth per queue, each provider's health and the log writer's lag, read from Redis."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from dataclasses import asdict, dataclass
 
 from .client import redis_client
 from .conf import get_config
-from .keys import ProviderKeys, QueueKeys
+from .keys import ProviderKeys, QueueKeys, events_key
+
+#: The log writer's consumer group (mailqueue.logwriter.GROUP; named here so monitoring imports no models).
+LOG_GROUP = "mailqueue-log"
 
 #: Per-minute counters summed for the "last hour" figures.
 STATS_MINUTES = 60
@@ -113,3 +116,78 @@ def provider_health() -> list[ProviderHealth]:
             )
         )
     return health
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WriterLag:
+    """How far the log writer is behind the events stream."""
+
+    #: Entries in the stream (bounded by LOG["STREAM_MAXLEN"], approximately).
+    stream_length: int
+    #: Entries not yet handed to any writer (None when Redis cannot say, after a trim past the group).
+    undelivered: int | None
+    #: Entries handed to a writer and not yet acknowledged (being written, or left by a dead writer).
+    pending: int
+    #: Seconds since the oldest entry not yet written was appended (None: nothing waiting).
+    oldest_age: float | None
+    #: False until a writer has created its consumer group.
+    group_exists: bool
+
+    @property
+    def unwritten(self) -> int | None:
+        return None if self.undelivered is None else self.undelivered + self.pending
+
+    def as_dict(self) -> dict[str, int | float | bool | None]:
+        return asdict(self) | {"unwritten": self.unwritten}
+
+
+def writer_lag() -> WriterLag:
+    """The log writer's lag, in one round trip (two when nothing is pending but entries wait)."""
+    key = events_key(get_config().namespace)
+    with redis_client().pipeline(transaction=False) as pipe:
+        pipe.xlen(key)
+        pipe.xinfo_groups(key)
+        pipe.xpending(key, LOG_GROUP)
+        length, groups, pending = pipe.execute(raise_on_error=False)
+    if isinstance(length, Exception):
+        raise length
+    group = None
+    if not isinstance(groups, Exception):
+        group = next((each for each in groups if _text(each["name"]) == LOG_GROUP), None)
+    if group is None:
+        return WriterLag(
+            stream_length=length,
+            undelivered=length,
+            pending=0,
+            oldest_age=_age(_first_id(key, "-")),
+            group_exists=False,
+        )
+    pending_count = int(group["pending"])
+    lag = group.get("lag")
+    oldest_id: str | None = None
+    if pending_count and not isinstance(pending, Exception) and pending.get("min"):
+        oldest_id = _text(pending["min"])
+    elif lag != 0:
+        oldest_id = _first_id(key, "(" + _text(group["last-delivered-id"]))
+    return WriterLag(
+        stream_length=length,
+        undelivered=None if lag is None else int(lag),
+        pending=pending_count,
+        oldest_age=_age(oldest_id),
+        group_exists=True,
+    )
+
+
+def _first_id(key: str, start: str) -> str | None:
+    entries = redis_client().xrange(key, min=start, max="+", count=1)
+    return _text(entries[0][0]) if entries else None
+
+
+def _age(stream_id: str | None) -> float | None:
+    if stream_id is None:
+        return None
+    return max(time.time() - int(stream_id.partition("-")[0]) / 1000, 0.0)
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

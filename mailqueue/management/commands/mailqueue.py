@@ -1,9 +1,10 @@
-"""``manage.py mailqueue``: status, dead letters, requeue and purge, and the outbox relay."""
+"""``manage.py mailqueue``: status, dead letters, requeue and purge, the outbox relay, the log writer, prune."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -13,11 +14,12 @@ import redis
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, close_old_connections
 
-from mailqueue import deadletters, outbox
+from mailqueue import deadletters, outbox, retention
 from mailqueue.client import access_problem, exchange, redacted_url
 from mailqueue.conf import get_config
 from mailqueue.exceptions import BrokerAccessDenied, BrokerUnavailable, EnvelopeError
-from mailqueue.monitoring import provider_health, queue_depths
+from mailqueue.logwriter import LogWriter
+from mailqueue.monitoring import provider_health, queue_depths, writer_lag
 
 DEPTH_COLUMNS = ("queue", "ready", "in_progress", "delayed", "dead")
 HEALTH_COLUMNS = ("provider", "state", "failures", "probe_in", "sent_5m", "failed_5m", "sent_1h", "failed_1h")
@@ -56,6 +58,21 @@ class Command(BaseCommand):
         )
         relay.add_argument("--once", action="store_true", help="relay what is waiting now, then exit")
         relay.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="pause when idle")
+        log = sub.add_parser(
+            "log", help="write the message log: events from Redis into the database; runs until stopped"
+        )
+        log.add_argument("--once", action="store_true", help="write what is waiting now, then exit")
+        log.add_argument("--batch", type=int, metavar="N", help="stream entries per transaction (LOG BATCH_SIZE)")
+        log.add_argument(
+            "--claim-idle",
+            type=float,
+            default=60.0,
+            metavar="SECONDS",
+            help="take over entries another writer left unacknowledged this long (it died)",
+        )
+        prune = sub.add_parser("prune", help="delete logged messages older than the retention, in short batches")
+        prune.add_argument("--days", type=float, metavar="N", help="keep this many days (LOG RETENTION_DAYS)")
+        prune.add_argument("--batch", type=int, default=5000, metavar="N", help="messages per transaction")
 
     def handle(self, *args: Any, action: str, **options: Any) -> None:
         queue = options.get("queue")
@@ -75,10 +92,11 @@ class Command(BaseCommand):
             exchange((("PING",),), lambda wire: wire.read())
             depths: list[dict[str, Any]] | None = [depth.as_dict() for depth in queue_depths()]
             health: list[dict[str, Any]] | None = [provider.as_dict() for provider in provider_health()]
+            lag: dict[str, Any] | None = writer_lag().as_dict()
             problem = None
         except redis.RedisError as error:
             # An operator's first question during an outage: no traceback, the URL (password hidden) and the error.
-            depths = health = None
+            depths = health = lag = None
             problem = {
                 "url": redacted_url(get_config().broker_url),
                 "error": str(error).rstrip(".") or type(error).__name__,
@@ -87,7 +105,7 @@ class Command(BaseCommand):
         if json:
             self.stdout.write(
                 _dumps(
-                    {"queues": depths, "providers": health, "outbox": waiting, "outbox_reason": reason}
+                    {"queues": depths, "providers": health, "outbox": waiting, "outbox_reason": reason, "log": lag}
                     | ({"redis": problem} if problem else {})
                 )
             )
@@ -106,6 +124,8 @@ class Command(BaseCommand):
             self.stdout.write(f"outbox: {waiting} message(s) waiting for Redis")
             if reason:
                 self.stdout.write(f"outbox: latest reason: {reason}")
+            if lag is not None:
+                self.stdout.write(_lag_line(lag))
         if problem:
             fix = f" Not an outage: {problem['fix']}." if problem["fix"] else ""
             raise CommandError(f"Redis at {problem['url']} cannot be read: {problem['error']}.{fix}")
@@ -142,6 +162,44 @@ class Command(BaseCommand):
             self.stderr.write(f"left in the outbox, their queue is no longer configured: {stranded}")
         self.stdout.write(f"relayed {relayed} message(s) in all")
 
+    def handle_log(
+        self, *, once: bool = False, batch: int | None = None, claim_idle: float = 60.0, **options: Any
+    ) -> None:
+        """Run the log writer; SIGTERM or SIGINT stop it after the batch in hand is written and acknowledged."""
+        writer = LogWriter.from_settings(batch_size=batch, claim_idle_ms=int(claim_idle * 1000))
+        if once:
+            total = writer.drain()
+            self.stdout.write(_written_line(total))
+            return
+        stopping: list[int] = []
+        previous = {number: signal.signal(number, lambda number, frame: stopping.append(number)) for number in STOPS}
+        self.stdout.write(f"log writer {writer.consumer}: writing {writer.key} to the database")
+        try:
+            writer.ensure_group()
+            while not stopping:
+                try:
+                    writer.step()
+                except (redis.RedisError, DatabaseError) as error:
+                    # Nothing was acknowledged: the entries stay pending and this writer (or another) writes them again.
+                    self.stderr.write(f"log writer: {type(error).__name__}: {error}; retrying in 1s")
+                    close_old_connections()
+                    time.sleep(1.0)
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+        self.stdout.write(_written_line(writer.total))
+
+    def handle_prune(self, *, days: float | None = None, batch: int = 5000, **options: Any) -> None:
+        if batch < 1:
+            raise CommandError("--batch must be at least 1")
+        keep = get_config().log.retention_days if days is None else days
+        started = time.monotonic()
+        pruned = retention.prune(days=keep, batch=batch)
+        self.stdout.write(
+            f"pruned {pruned.messages} message(s), {pruned.recipients} recipient(s), {pruned.events} event(s) "
+            f"older than {keep:g} day(s) in {pruned.batches} batch(es), {time.monotonic() - started:.2f}s"
+        )
+
     def handle_dead(self, *, queue: str | None = None, json: bool = False, **options: Any) -> None:
         letters = list(deadletters.iter_dead(queue))
         if json:
@@ -176,6 +234,28 @@ class Command(BaseCommand):
     def handle_purge(self, **options: Any) -> None:
         count = deadletters.purge(self._select(options))
         self.stdout.write(f"purged {count} message(s)")
+
+
+#: The signals that stop the log writer cleanly.
+STOPS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _written_line(total: Any) -> str:
+    return (
+        f"wrote {total.entries} event(s): {total.messages} message upsert(s), {total.events} event(s), "
+        f"{total.recipients} recipient(s), {total.skipped} skipped, in {total.statements} statement(s)"
+    )
+
+
+def _lag_line(lag: dict[str, Any]) -> str:
+    if not lag["group_exists"]:
+        return f"log: no writer has run yet; {lag['stream_length']} event(s) in the stream"
+    oldest = "-" if lag["oldest_age"] is None else f"{lag['oldest_age']:.1f}s"
+    unwritten = "unknown" if lag["unwritten"] is None else lag["unwritten"]
+    return (
+        f"log: {unwritten} event(s) not yet written ({lag['pending']} pending, {_cell(lag['undelivered'])} not yet "
+        f"read); oldest {oldest}; {lag['stream_length']} in the stream"
+    )
 
 
 def _cell(value: Any) -> str:
