@@ -6,7 +6,9 @@ real worker and a real SMTP server that refuses the recipient.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import hashlib
 from collections.abc import Callable
 
 import pytest
@@ -18,7 +20,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from mailqueue import deadletters
+from mailqueue.admin import EstimatedCountPaginator, recipient_key
 from mailqueue.models import EventKind, Message, MessageEvent, MessageRecipient, RecipientKind, Status
+from mailqueue.settings_values import MailQueueConfig
 
 CHANGELIST = reverse("admin:mailqueue_message_changelist")
 START = datetime.datetime(2026, 11, 1, tzinfo=datetime.UTC)
@@ -101,8 +105,6 @@ def test_every_changelist_page_takes_the_same_queries_for_10_and_100_rows(admin_
 
 @pytest.mark.django_db
 def test_a_filtered_count_is_capped_not_exact(admin_client, log, monkeypatch) -> None:
-    from mailqueue.admin import EstimatedCountPaginator
-
     monkeypatch.setattr(EstimatedCountPaginator, "cap", 30)
     log(50)
     with CaptureQueriesContext(connection) as captured:
@@ -134,16 +136,13 @@ def test_search_reads_the_shape_of_the_term(admin_client, log) -> None:
 
 @pytest.mark.django_db
 def test_a_hashed_log_is_searched_by_the_hash_of_the_address(admin_client, log, settings) -> None:
-    import hashlib
-
-    from mailqueue.admin import recipient_key
-
+    if "log" not in {field.name for field in dataclasses.fields(MailQueueConfig)}:
+        pytest.skip("MAILQUEUE['LOG'] (the producer's branch) is not on this branch yet")
     (row,) = log(1)
     digest = hashlib.sha256(b"secret@example.net").hexdigest()
     MessageRecipient.objects.create(message=row, kind="cc", address=digest, domain="example.net")
     settings.MAILQUEUE = {**settings.MAILQUEUE, "LOG": {"RECIPIENTS": "hash"}}
-    if recipient_key("Secret@Example.net") != digest:
-        pytest.skip("MAILQUEUE['LOG'] (the producer's branch) is not on this branch yet")
+    assert recipient_key("Secret@Example.net") == digest
     assert shown(admin_client.get(CHANGELIST, {"q": "Secret@Example.net"})) == [row.envelope_id]
 
 
