@@ -9,11 +9,16 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import re
 from collections.abc import Callable
+from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Permission
 from django.core.mail import EmailMessage
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -24,6 +29,7 @@ from mailqueue.admin import EstimatedCountPaginator, recipient_key
 from mailqueue.models import EventKind, Message, MessageEvent, MessageRecipient, RecipientKind, Status
 from mailqueue.settings_values import MailQueueConfig
 
+ROOT = Path(__file__).resolve().parent.parent
 CHANGELIST = reverse("admin:mailqueue_message_changelist")
 START = datetime.datetime(2026, 11, 1, tzinfo=datetime.UTC)
 
@@ -230,3 +236,38 @@ def test_purge_asks_first_then_deletes_the_rows_their_timeline_and_dead_letters(
     assert set(MessageEvent.objects.values_list("message_id", flat=True)) == {kept.envelope_id}
     assert set(MessageRecipient.objects.values_list("message_id", flat=True)) == {kept.envelope_id}
     assert list(deadletters.iter_dead()) == []
+
+
+@pytest.mark.django_db
+def test_the_demo_page_lists_the_last_logged_messages_with_their_status_and_links_to_the_admin(client, log) -> None:
+    rows = log(20)
+    Message.objects.filter(pk=rows[-1].pk).update(status=Status.DEAD)
+    page = client.get(reverse("index")).content.decode()
+    assert reverse("admin:index") in page
+    newest = reverse("admin:mailqueue_message_change", args=[rows[-1].pk])
+    assert f'<td>dead</td><td>default</td><td><a href="{newest}">Subject 19</a>' in page
+    assert "Subject 5<" in page and "Subject 4<" not in page  # the last 15 only
+
+
+@pytest.mark.django_db
+def test_demo_admin_makes_a_staff_login_with_a_new_password_each_run_on_the_demo_settings_only(
+    client, settings
+) -> None:
+    with pytest.raises(CommandError, match="only with DJANGO_SETTINGS_MODULE=project.settings"):
+        call_command("demo_admin", stdout=StringIO())
+    settings.SETTINGS_MODULE = "project.settings"
+    passwords = []
+    for _ in range(2):
+        out = StringIO()
+        call_command("demo_admin", stdout=out)
+        passwords.append(re.search(r"user admin\s+password (\S+)", out.getvalue()).group(1))  # type: ignore[union-attr]
+    assert passwords[0] != passwords[1]
+    assert not client.login(username="admin", password=passwords[0])
+    assert client.login(username="admin", password=passwords[1])
+    assert client.get(CHANGELIST).status_code == 200
+    recipe = (ROOT / "Makefile").read_text().split("\nrun:", 1)[1].split("\n\n", 1)[0]
+    assert "manage.py demo_admin" in recipe
+    settings.DATABASES = {**settings.DATABASES, "default": {**settings.DATABASES["default"], "ENGINE": "x.postgresql"}}
+    settings.SETTINGS_MODULE = "project.settings"
+    with pytest.raises(CommandError, match="local SQLite"):
+        call_command("demo_admin", stdout=StringIO())
