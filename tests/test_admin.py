@@ -9,11 +9,16 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from io import StringIO
 from pathlib import Path
 
+import psycopg
 import pytest
 from django.contrib.auth.models import Permission
 from django.core.mail import EmailMessage
@@ -24,6 +29,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from bench import admin_scale
 from mailqueue import deadletters
 from mailqueue.admin import EstimatedCountPaginator, recipient_key
 from mailqueue.models import EventKind, Message, MessageEvent, MessageRecipient, RecipientKind, Status
@@ -133,6 +139,8 @@ def test_search_reads_the_shape_of_the_term(admin_client, log) -> None:
         f"{n:032x}" for n in (29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 2)
     ]
     assert shown(admin_client.get(CHANGELIST, {"q": "<9@mail.example.com>"})) == [f"{9:032x}"]
+    Message.objects.filter(pk=f"{8:032x}").update(provider_message_id="8a7c-postmark-id")
+    assert shown(admin_client.get(CHANGELIST, {"q": "8a7c-postmark-id"})) == [f"{8:032x}"]
     # Newest first, and the filters combine with a search.
     assert shown(admin_client.get(CHANGELIST, {"q": "@example.org", "queue": "critical"}))[:2] == [
         f"{27:032x}",
@@ -271,3 +279,36 @@ def test_demo_admin_makes_a_staff_login_with_a_new_password_each_run_on_the_demo
     settings.SETTINGS_MODULE = "project.settings"
     with pytest.raises(CommandError, match="local SQLite"):
         call_command("demo_admin", stdout=StringIO())
+
+
+def test_on_postgresql_every_changelist_page_takes_the_same_queries_for_10_and_100_rows() -> None:
+    try:
+        psycopg.connect(admin_scale.SERVER, connect_timeout=2).close()
+    except psycopg.OperationalError as error:
+        pytest.skip(f"no PostgreSQL at {admin_scale.SERVER}: {error}")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.admin_scale",
+            "--messages",
+            "10",
+            "--messages",
+            "100",
+            "--repeats",
+            "1",
+            "--json",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    small, big = json.loads(run.stdout.splitlines()[-1])
+    assert [page["page"] for page in small["pages"]][:-1] == [page["page"] for page in big["pages"]][:-1]
+    assert [page["queries"] for page in small["pages"]] == [page["queries"] for page in big["pages"]]
+    assert max(page["queries"] for page in big["pages"]) <= 5
+    assert [page["rows"] for page in big["pages"]][0] == 100  # a full page was rendered
