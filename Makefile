@@ -33,6 +33,8 @@ run: $(BIN)/.installed
 	mkdir -p var/mailbox var/redis
 	$(BIN)/python manage.py migrate --verbosity 0
 	$(BIN)/python manage.py check
+	@# A staff login for the admin, new password each run; refused (and skipped) unless on the demo's settings and SQLite.
+	-@WEB_PORT="$(WEB_PORT)" $(BIN)/python manage.py demo_admin
 	@export DJANGO_SETTINGS_MODULE="$${DJANGO_SETTINGS_MODULE:-project.settings}" WEB_PORT="$(WEB_PORT)"; \
 	if [ -z "$${REDIS_URL:-}" ]; then \
 	  export REDIS_SERVER="$$(.ci/redis-server-path)" REDIS_URL="redis://127.0.0.1:$(LOCAL_REDIS_PORT)/0" LOCAL_REDIS_PORT=$(LOCAL_REDIS_PORT); \

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import email
-import email.policy
-from pathlib import Path
-
-from django.conf import settings
 from django.contrib import messages
 from django.core.mail import EmailMultiAlternatives, mailers, send_mail
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from mailqueue.models import Message
 from mailqueue.monitoring import queue_depths
 
 from .apps import DEMO_USER_EMAIL
 from .safety import local_only
-
-MAILBOX = settings.VAR_DIR / "mailbox"
 
 #: Whom the notification form can write to: a choice among these, never an address or a name from the request,
 #: so the demo cannot be made to send mail to strangers or to put someone's words in a display name.
@@ -28,27 +22,19 @@ DEMO_RECIPIENTS = {
 }
 
 
-def _recent_deliveries(limit: int = 15) -> list[dict[str, str]]:
-    if not MAILBOX.is_dir():
-        return []
-    files = sorted(MAILBOX.glob("*.eml"), reverse=True)[:limit]
-    deliveries = []
-    for path in files:
-        parsed = email.message_from_bytes(Path(path).read_bytes(), policy=email.policy.default)
-        deliveries.append({"subject": str(parsed["Subject"]), "to": str(parsed["To"]), "date": str(parsed["Date"])})
-    return deliveries
+#: How many of the latest logged messages the demo page lists (the admin has them all).
+RECENT = 15
 
 
 @local_only
 def index(request: HttpRequest) -> HttpResponse:
-    """The queue table and the mailbox: what was delivered to the local SMTP catcher, with its recipients."""
+    """The queue table and the last messages from the message log, with where each one is."""
     return render(
         request,
         "demo/index.html",
         {
             "depths": queue_depths(),
-            "deliveries": _recent_deliveries(),
-            "delivered_total": len(list(MAILBOX.glob("*.eml"))) if MAILBOX.is_dir() else 0,
+            "recent": Message.objects.order_by("-queued_at")[:RECENT],
             "demo_email": DEMO_USER_EMAIL,
             "recipients": DEMO_RECIPIENTS,
         },
