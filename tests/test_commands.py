@@ -44,7 +44,7 @@ def test_status_table_shows_every_queue_provider_and_the_outbox(smtp_setup) -> N
     assert lines[1].split() == ["smtp", "closed", "0", "-", "0", "0", "0", "0"]
     assert outbox.strip().splitlines() == [
         "outbox: 0 message(s) waiting for Redis",
-        "log: no writer has run yet; 0 event(s) in the stream",
+        "log: no writer has run yet; 2 event(s) in the stream",
     ]
 
 

@@ -32,7 +32,8 @@ PASSWORD = "acl-test-password"
 #: The rules of docs/operating.md, with <ns> for the namespace (the test checks the document says exactly this).
 WEB_RULE = (
     "+ping +evalsha +script|load +hset +rpush +set +hexists +llen +hlen +zcard +hmget "
-    "+zrangebyscore +multi +exec +zrem +hdel +publish +xadd ~<ns>:* &<ns>:wake:*"
+    "+zrangebyscore +multi +exec +zrem +hdel +publish +xadd +xlen +xpending +xrange +xreadgroup +xack +xautoclaim "
+    "+xgroup|create +xgroup|delconsumer +xinfo|groups +xinfo|consumers +get +hget ~<ns>:* &<ns>:wake:*"
 )
 WORKER_RULE = (
     "+ping +evalsha +script|load +multi +exec +time +get +set +del +expire +pttl +keys "
