@@ -37,6 +37,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from typing import Any
 
@@ -55,7 +56,7 @@ from mailqueue.keys import QueueKeys, heartbeats_key, in_progress_key
 from mailqueue.signals import MessageDeadLettered, announce
 
 from .admission import AckTarget, release_unanswered, unanswered_claims
-from .patience import REDIS_OUTAGES, until_redis_accepts
+from .patience import is_outage, until_redis_accepts
 from .wakeup import Wakeups, wakeups_for
 
 #: The Dramatiq releases (major, minor) whose private broker code this module was written against.
@@ -102,6 +103,23 @@ def acknowledged_early(target: AckTarget) -> None:
     broker = dramatiq.get_broker()
     if isinstance(broker, WorkerBroker):
         broker.acknowledged.add(target.redis_id)
+
+
+@contextmanager
+def outage_closes_connection() -> Iterator[None]:
+    """Redis away or refusing writes (see ``is_outage``) as the ConnectionClosed Dramatiq's consumer thread expects.
+
+    Dramatiq's consumer thread restarts its consumer after a ConnectionClosed;
+    any other error sends it down a path that re-queues its delayed messages
+    inside its error handler, and a second refusal there ends the thread: the
+    queue is no longer consumed by this (live, heartbeating) worker.
+    """
+    try:
+        yield
+    except redis.RedisError as error:
+        if not is_outage(error):
+            raise
+        raise ConnectionClosed(error) from None  # type: ignore[no-untyped-call]
 
 
 def _rejected_letter(message: Any, queue: str) -> DeadLetter:
@@ -156,10 +174,8 @@ class DeadLetteringConsumer(_RedisConsumer):
         #: of the queue this process makes: a consumer made after a Redis error inherits what is in work).
         self.held = broker.held[queue_name]
         if queue_name.endswith(".DQ"):
-            try:
+            with outage_closes_connection():  # Dramatiq makes a new consumer after its restart delay
                 self._requeue_forgotten_delayed()
-            except REDIS_OUTAGES as error:
-                raise ConnectionClosed(error) from None  # type: ignore[no-untyped-call]  # Dramatiq makes a new consumer after its restart delay
 
     def _in_progress(self) -> str:
         return in_progress_key(self.worker_broker.namespace, self.worker_broker.broker_id, self.queue_name)
@@ -222,7 +238,8 @@ class DeadLetteringConsumer(_RedisConsumer):
 
     def requeue(self, messages: Iterable[Any]) -> None:
         messages = list(messages)
-        super().requeue(messages)  # type: ignore[no-untyped-call]
+        with outage_closes_connection():  # what is not put back, the next consumer's _requeue_forgotten_delayed does
+            super().requeue(messages)  # type: ignore[no-untyped-call]
         for message in messages:
             self.held.discard(message.options.get("redis_message_id"))
 
@@ -233,10 +250,8 @@ class DeadLetteringConsumer(_RedisConsumer):
         other error left the message in this live worker's in-progress set for
         good. As a ConnectionClosed, Dramatiq retries it every few seconds.
         """
-        try:
+        with outage_closes_connection():
             step(message)
-        except REDIS_OUTAGES as error:
-            raise ConnectionClosed(error) from None  # type: ignore[no-untyped-call]
         self.held.discard(message.options.get("redis_message_id"))
 
     def __next__(self) -> Any:
@@ -244,7 +259,8 @@ class DeadLetteringConsumer(_RedisConsumer):
             try:
                 return self._next_or_wait()
             except DecodeError as error:
-                self._dead_letter(error)
+                with outage_closes_connection():
+                    self._dead_letter(error)
 
     @cached_property
     def _wakeups(self) -> Wakeups:
@@ -260,7 +276,7 @@ class DeadLetteringConsumer(_RedisConsumer):
         The event is cleared before the fetch, so a wake-up published after it
         (the message was queued too late for this fetch) ends the wait at once.
         """
-        try:
+        with outage_closes_connection():
             while True:
                 try:
                     data = self.message_cache.pop(0)
@@ -280,8 +296,6 @@ class DeadLetteringConsumer(_RedisConsumer):
                     if not messages:
                         self._idle_wait(full=room <= 0)
                         return None
-        except redis.ConnectionError as error:
-            raise ConnectionClosed(error) from None  # type: ignore[no-untyped-call]
 
     def _idle_wait(self, *, full: bool) -> None:
         """Wait before the next fetch: for a wake-up, or for as long as Dramatiq's backoff would sleep.
@@ -468,6 +482,9 @@ return {#dead / 2, recovered}
 #: A dead worker is remembered (and its queues looked at) for this many heartbeat timeouts.
 REMEMBER_DEAD = 10
 
+#: Seconds between two log lines of the same unexpected keepalive error.
+REPORT_EVERY = 60.0
+
 
 class Keepalive(Middleware):
     """A worker process's heartbeat and crash recovery, on a timer of their own.
@@ -506,6 +523,8 @@ class Keepalive(Middleware):
 
     def _run(self, broker: RedisBroker) -> None:
         failing, answered = False, 0
+        #: When (time.monotonic()) each distinct unexpected error was last logged.
+        reported: dict[str, float] = {}
         while True:
             try:
                 self.beat(broker)
@@ -514,12 +533,26 @@ class Keepalive(Middleware):
                 failing, answered = False, answered + 1
                 if answered >= 2 and unanswered_claims():
                     release_unanswered(broker.namespace)
-            except REDIS_OUTAGES + (ConnectionClosed,) as error:
-                if not failing:
-                    logger.error("heartbeat and recovery could not reach Redis (%s); trying every interval", error)
+            except Exception as error:  # noqa: BLE001  (logged below, with its traceback when unexpected)
+                # Whatever goes wrong, the thread goes on: without it this live worker stops heartbeating, is
+                # declared dead, and its messages are sent again by others while it still sends them.
+                if isinstance(error, ConnectionClosed) or is_outage(error):
+                    if not failing:
+                        logger.error("heartbeat and recovery could not reach Redis (%s); trying every interval", error)
+                else:
+                    self._report(error, reported)
                 failing, answered = True, 0
             if self._stop.wait(self.interval / 1000):
                 return
+
+    @staticmethod
+    def _report(error: Exception, reported: dict[str, float]) -> None:
+        """Log an unexpected error at ERROR with its traceback, once a minute at most for each distinct one."""
+        key, now = f"{type(error).__name__}: {error}", time.monotonic()
+        if now - reported.get(key, -REPORT_EVERY) < REPORT_EVERY:
+            return
+        reported[key] = now
+        logger.error("heartbeat and recovery failed (%s); trying every interval", key, exc_info=error)
 
     def beat(self, broker: RedisBroker) -> tuple[int, int]:
         """Heartbeat once and recover dead workers' messages: (dead workers seen, messages put back)."""
