@@ -25,6 +25,7 @@ from mailqueue.envelope import Envelope
 from mailqueue.keys import QueueKeys, heartbeats_key, in_progress_key, sending_key
 from mailqueue.monitoring import queue_depths
 from mailqueue.signals import MessageDeadLettered
+from tests.redis_server import RedisServer
 from tests.servers import ReceivedMail, RecordingSMTPHandler, SMTPServer
 from tests.worker_processes import WorkerPool
 from workers import admission
@@ -259,3 +260,67 @@ def test_a_message_for_an_actor_no_worker_declares_goes_to_mailqueues_dead_lette
     with run_worker() as worker:
         worker.drain()
     assert [m.parsed["Subject"] for m in smtp_setup.received] == ["s"]
+
+
+def test_a_redis_pause_longer_than_the_heartbeat_timeout_declares_no_live_worker_dead(
+    configure, smtp_server, tmp_path, namespace
+) -> None:
+    server = RedisServer(tmp_path).start()
+    assert server.process is not None
+    try:
+        timeout, interval = 2000, 200
+        configure(
+            providers={"smtp": smtp_server.mailer()},
+            queues=DEFAULTS,
+            BROKER_URL=server.url,
+            HEARTBEAT_TIMEOUT=timeout,
+            RECOVERY_INTERVAL=interval,
+        )
+        config = get_config()
+        client = redis.Redis.from_url(server.url)
+        sending_one = Keepalive(config.queues, interval=interval, timeout=timeout)
+        other_one = Keepalive(config.queues, interval=interval, timeout=timeout)
+
+        class A:  # a worker sending a message, slowly
+            namespace = ""
+            broker_id = uuid.uuid4().hex
+
+        class B:  # another worker
+            namespace = ""
+            broker_id = uuid.uuid4().hex
+
+        A.namespace = B.namespace = namespace
+        keys = QueueKeys.of(namespace, "default")
+        client.hset(keys.messages, "m1", "{}")
+        client.sadd(in_progress_key(namespace, A.broker_id, "default"), "m1")
+        envelope = Envelope.from_message(EmailMessage("s", "b", None, ["a@example.com"]), queue="default", mailer="d")
+        client.set(sending_key(namespace, envelope.id), admission.new_claim(A.broker_id), px=300_000)
+
+        def copy_admitted() -> str:
+            claim = admission.new_claim(B.broker_id)
+            return admission.admit(envelope.id, config.provider("smtp"), config.queues["default"], config, claim).outcome
+
+        assert (sending_one.beat(A), other_one.beat(B)) == ((0, 0), (0, 0))
+        os.kill(server.process.pid, signal.SIGSTOP)  # nobody can heartbeat
+        time.sleep(timeout / 1000 * 1.5)
+        os.kill(server.process.pid, signal.SIGCONT)
+
+        # B gets through first: A's heartbeat is older than the timeout, but A is alive, only Redis was away.
+        assert copy_admitted() == "claimed"  # even before any keepalive got through
+        assert other_one.beat(B) == (0, 0)
+        assert copy_admitted() == "claimed"
+        assert client.smembers(in_progress_key(namespace, A.broker_id, "default")) == {b"m1"}
+        # Both keep beating on their timers; the grace ends, and A is alive: nothing of A's is taken.
+        for _ in range(int(timeout * 1.2 / interval)):
+            assert (sending_one.beat(A), other_one.beat(B)) == ((0, 0), (0, 0))
+            time.sleep(interval / 1000)
+        assert copy_admitted() == "claimed"
+        # Then A dies for real: after the timeout its message is put back and its claim taken over, as before.
+        deadline = time.monotonic() + timeout / 1000 * 3
+        while (recovered := other_one.beat(B)) == (0, 0) and time.monotonic() < deadline:
+            time.sleep(interval / 1000)
+        assert recovered == (1, 1)
+        assert copy_admitted() == "go"
+        client.close()
+    finally:
+        server.stop()

@@ -52,7 +52,7 @@ from mailqueue.broker import actor_name
 from mailqueue.client import LuaScript, redis_client
 from mailqueue.deadletters import DeadLetter, record
 from mailqueue.exceptions import MailQueueImproperlyConfigured
-from mailqueue.keys import QueueKeys, heartbeats_key, in_progress_key
+from mailqueue.keys import QueueKeys, heartbeats_key, in_progress_key, keepalive_key
 from mailqueue.signals import MessageDeadLettered, announce
 
 from .admission import AckTarget, release_unanswered, unanswered_claims
@@ -444,24 +444,40 @@ return {}
 """
 )
 
-#: KEYS: Dramatiq's heartbeats. ARGV: namespace, this worker's id, now (ms, on this worker's clock, like
-#: Dramatiq's own heartbeats), heartbeat timeout (ms), how long (ms) a dead worker is remembered, then
-#: every queue name a worker may consume (each queue and its delay queue).
+#: KEYS: Dramatiq's heartbeats, the keepalive marks (a hash). ARGV: namespace, this worker's id, now (ms,
+#: on this worker's clock, like Dramatiq's own heartbeats), heartbeat timeout (ms), how long (ms) a dead
+#: worker is remembered, the gap (ms) that starts a grace, then every queue name a worker may consume (each
+#: queue and its delay queue).
 #: Heartbeats for this worker, then puts every message a dead worker (heartbeat older than the timeout)
 #: had fetched back at the head of its queue: what Dramatiq's maintenance does (dispatch.lua), for all
 #: queues at once and without its KEYS scan. A dead worker is kept in the heartbeats for a while, so a
 #: worker configured with other queues (a deploy in progress) may recover those too.
-#: Returns {dead workers, messages put back}.
+#: The marks hold when (Redis's clock) any worker last ran this ("last"). A gap longer than "gap" (about
+#: half the timeout, at least two intervals: see Keepalive.gap) means nobody could heartbeat (Redis
+#: paused, partitioned, failing over): every heartbeat is stale, the live workers' too, so nobody is
+#: declared dead until one timeout later ("grace_until"), by which time every live worker has heartbeat
+#: again. ADMIT reads the same marks.
+#: Returns {dead workers, messages put back, ms of grace left (0: none)}.
 RECOVER = LuaScript(
     """
 local namespace = ARGV[1]
 local now = tonumber(ARGV[3])
+local timeout = tonumber(ARGV[4])
+local clock = redis.call("time")
+local server_now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local gap = tonumber(ARGV[6])
+local marks = redis.call("hmget", KEYS[2], "last", "grace_until")
+local last, grace_until = tonumber(marks[1]), tonumber(marks[2]) or 0
+if last and server_now - last > gap then grace_until = server_now + timeout end
+redis.call("hset", KEYS[2], "last", server_now, "grace_until", grace_until, "gap", gap)
+redis.call("expire", KEYS[2], math.ceil(tonumber(ARGV[5]) / 1000))
 redis.call("zadd", KEYS[1], now, ARGV[2])
-local dead = redis.call("zrangebyscore", KEYS[1], "-inf", now - tonumber(ARGV[4]), "WITHSCORES")
+if server_now < grace_until then return {0, 0, grace_until - server_now} end
+local dead = redis.call("zrangebyscore", KEYS[1], "-inf", now - timeout, "WITHSCORES")
 local recovered = 0
 for i = 1, #dead, 2 do
   local worker = dead[i]
-  for q = 6, #ARGV do
+  for q = 7, #ARGV do
     local queue = namespace .. ":" .. ARGV[q]
     local acks = namespace .. ":__acks__." .. worker .. "." .. ARGV[q]
     local ids = redis.call("smembers", acks)
@@ -475,7 +491,7 @@ for i = 1, #dead, 2 do
   end
   if tonumber(dead[i + 1]) < now - tonumber(ARGV[5]) then redis.call("zrem", KEYS[1], worker) end
 end
-return {#dead / 2, recovered}
+return {#dead / 2, recovered, 0}
 """
 )
 
@@ -506,6 +522,11 @@ class Keepalive(Middleware):
         self.timeout = timeout
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: A gap (ms) in every worker's keepalive longer than this starts a grace (see RECOVER): about half the
+        #: timeout, and at least two intervals, so that one late beat never starts one.
+        self.gap = max(timeout // 2, 2 * interval)
+        #: Whether the last beat found the grace after a keepalive gap (see RECOVER): logged once as it starts.
+        self._in_grace = False
 
     def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
         assert isinstance(broker, RedisBroker)
@@ -556,14 +577,15 @@ class Keepalive(Middleware):
 
     def beat(self, broker: RedisBroker) -> tuple[int, int]:
         """Heartbeat once and recover dead workers' messages: (dead workers seen, messages put back)."""
-        dead, recovered = RECOVER(
-            [heartbeats_key(broker.namespace)],
+        dead, recovered, grace = RECOVER(
+            [heartbeats_key(broker.namespace), keepalive_key(broker.namespace)],
             [
                 broker.namespace,
                 broker.broker_id,
                 current_millis(),
                 self.timeout,
                 self.timeout * REMEMBER_DEAD,
+                self.gap,
                 *self.queue_names,
             ],
         )
@@ -571,4 +593,11 @@ class Keepalive(Middleware):
             logger.warning(
                 "put back %d message(s) fetched by dead worker(s) (no heartbeat for %d ms)", recovered, self.timeout
             )
+        if int(grace) and not self._in_grace:
+            logger.warning(
+                "no worker could heartbeat for over %d ms (Redis was away): nobody is declared dead for %d ms",
+                self.gap,
+                int(grace),
+            )
+        self._in_grace = bool(int(grace))
         return int(dead), int(recovered)
