@@ -456,7 +456,8 @@ return {}
 #: half the timeout, at least two intervals: see Keepalive.gap) means nobody could heartbeat (Redis
 #: paused, partitioned, failing over): every heartbeat is stale, the live workers' too, so nobody is
 #: declared dead until one timeout later ("grace_until"), by which time every live worker has heartbeat
-#: again. ADMIT reads the same marks.
+#: again. ADMIT reads the same marks. They never expire (one small hash, like the heartbeats): an idle
+#: worker runs this every second, and each command here counts.
 #: Returns {dead workers, messages put back, ms of grace left (0: none)}.
 RECOVER = LuaScript(
     """
@@ -470,7 +471,6 @@ local marks = redis.call("hmget", KEYS[2], "last", "grace_until")
 local last, grace_until = tonumber(marks[1]), tonumber(marks[2]) or 0
 if last and server_now - last > gap then grace_until = server_now + timeout end
 redis.call("hset", KEYS[2], "last", server_now, "grace_until", grace_until, "gap", gap)
-redis.call("expire", KEYS[2], math.ceil(tonumber(ARGV[5]) / 1000))
 redis.call("zadd", KEYS[1], now, ARGV[2])
 if server_now < grace_until then return {0, 0, grace_until - server_now} end
 local dead = redis.call("zrangebyscore", KEYS[1], "-inf", now - timeout, "WITHSCORES")
