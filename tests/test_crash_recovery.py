@@ -298,7 +298,9 @@ def test_a_redis_pause_longer_than_the_heartbeat_timeout_declares_no_live_worker
 
         def copy_admitted() -> str:
             claim = admission.new_claim(B.broker_id)
-            return admission.admit(envelope.id, config.provider("smtp"), config.queues["default"], config, claim).outcome
+            return admission.admit(
+                envelope.id, config.provider("smtp"), config.queues["default"], config, claim
+            ).outcome
 
         assert (sending_one.beat(A), other_one.beat(B)) == ((0, 0), (0, 0))
         os.kill(server.process.pid, signal.SIGSTOP)  # nobody can heartbeat
@@ -324,3 +326,66 @@ def test_a_redis_pause_longer_than_the_heartbeat_timeout_declares_no_live_worker
         client.close()
     finally:
         server.stop()
+
+
+class AcceptThenAnswerMuchLater(AcceptThenAnswerLater):
+    """A provider that takes each message at once and answers SLOW_REPLY seconds later."""
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            self.received.append(
+                ReceivedMail(
+                    envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, session.peer, time.time()
+                )
+            )
+        await asyncio.sleep(SLOW_REPLY)
+        return "250 Message accepted"
+
+
+#: How long the slow provider takes to answer: longer than the Redis pause, so every send spans it.
+SLOW_REPLY = 8.0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_workers_busy_in_slow_sends_through_a_redis_pause_longer_than_the_heartbeat_timeout_send_nothing_twice(
+    configure, namespace, tmp_path: Path
+) -> None:
+    smtp = SMTPServer()
+    smtp.handler = AcceptThenAnswerMuchLater()
+    smtp.controller = smtp._controller()
+    smtp.start()
+    server = RedisServer(tmp_path).start()
+    assert server.process is not None
+    count = 6
+    mailer = smtp.mailer()
+    mailer["OPTIONS"]["timeout"] = 30
+    configure(
+        providers={"smtp": mailer},
+        queues=DEFAULTS,
+        BROKER_URL=server.url,
+        HEARTBEAT_TIMEOUT=4000,
+        RECOVERY_INTERVAL=500,
+        ON_COMMIT=False,
+    )
+    send_mass_mail([(f"m{i}", "b", None, ["a@example.com"]) for i in range(count)])
+    pool = WorkerPool(["default"], processes=2, threads=4, log=tmp_path / "pool.log").start()
+    try:
+        assert wait_until(lambda: len(pool.broker_ids()) == 2, 30), pool.log()
+        assert wait_until(lambda: len(smtp.received) >= count, 30), "the workers are not sending"
+        os.kill(server.process.pid, signal.SIGSTOP)  # every send still waits for its answer
+        time.sleep(6.0)  # 1.5 heartbeat timeouts
+        os.kill(server.process.pid, signal.SIGCONT)
+        assert wait_until(lambda: queued() == 0, 40), pool.log()
+        time.sleep(4.5)  # past the grace: a worker wrongly taken for dead would have its mail sent again by now
+        assert queued() == 0
+        log = pool.log()
+    finally:
+        pool.stop()
+        server.stop()
+        smtp.stop()
+    subjects = Counter(mail.parsed["Subject"] for mail in smtp.received)
+    assert subjects == {f"m{i}": 1 for i in range(count)}, log
+    # Nobody took the busy workers for dead: their messages stayed theirs (before the grace, the first keepalive
+    # through put them back, and only the claims and delivery records kept most copies from being sent again).
+    assert "put back" not in log
+    assert "nobody is declared dead for" in log
