@@ -37,7 +37,8 @@ from mailqueue.keys import STATS_TTL, ProviderKeys, delivered_key, heartbeats_ke
 #: burst) per rate limit. A claim held by a worker whose heartbeat is older than the timeout
 #: (or gone) is a dead worker's: it is taken over, as is the claim that sent nothing; except after a gap in
 #: every worker's keepalive (Redis was away, see RECOVER in workers/dramatiq_redis.py), when a stale heartbeat
-#: says nothing: until the grace ends, or while the gap lasts, every owner counts as alive.
+#: says nothing: until the grace ends, or while the gap lasts, every owner counts as alive (the copy asks
+#: again one heartbeat timeout after the grace, not when the claim expires).
 #: Returns {outcome, number, text}: {"delivered", 0, provider}, {"claimed", retry ms, ""},
 #: {"open", retry ms, ""}, {"busy", 0, ""}, {"later", wait ms, ""}, or
 #: {"go", wait in µs, "closed" | "probe"}.
@@ -50,16 +51,19 @@ local holder = redis.call("get", KEYS[4])
 if holder and holder ~= ARGV[6] and holder ~= ARGV[9] then
   local owner = string.match(holder, "@(.+)$")
   local alive = not owner
+  local wait = math.max(redis.call("pttl", KEYS[4]), 1)
   if owner then
     local beat = redis.call("zscore", KEYS[5], owner)
     alive = beat and tonumber(beat) >= tonumber(ARGV[7]) - tonumber(ARGV[8])
   end
   if not alive then
     local marks = redis.call("hmget", KEYS[6], "last", "grace_until", "gap")
-    local last = tonumber(marks[1])
-    alive = (last and now - last > tonumber(marks[3])) or now < (tonumber(marks[2]) or 0)
+    local last, grace_until = tonumber(marks[1]), tonumber(marks[2]) or 0
+    alive = (last and now - last > tonumber(marks[3])) or now < grace_until
+    -- Ask again once the owner's heartbeat tells the truth, not when its claim expires (the time limit).
+    if alive then wait = math.min(wait, math.ceil(math.max(grace_until - now, 0)) + tonumber(ARGV[8])) end
   end
-  if alive then return {"claimed", math.max(redis.call("pttl", KEYS[4]), 1), ""} end
+  if alive then return {"claimed", wait, ""} end
 end
 
 local role = "closed"
