@@ -22,7 +22,9 @@ has one module to read:
   reply was lost) is put back: a live worker never strands a message.
 * ``Keepalive``: every worker process heartbeats from a thread of its own and
   puts back dead workers' messages on a timer (Dramatiq does both only as a
-  side effect of its broker commands, and recovery only on a random few).
+  side effect of its broker commands, and recovery only on a random few); after
+  Redis was away long enough to stale every heartbeat, it declares nobody dead
+  for one heartbeat timeout (see RECOVER).
 * ``DeadLetteringConsumer._next_or_wait``: Dramatiq's ``__next__``, with the
   poll backoff it slept when idle replaced by a wait for the queue's wake-up
   (workers/wakeup.py).
@@ -510,7 +512,8 @@ class Keepalive(Middleware):
     recovers dead workers' messages on a random one in ``MAINTENANCE_CHANCE``
     commands of the same queue, which on a quiet queue takes minutes. Here a
     thread heartbeats and recovers every ``interval`` ms: one script call,
-    cheap when no worker is dead (a ZADD and an empty range).
+    cheap when no worker is dead (five commands inside Redis). The thread
+    outlives any error: without it this live worker would be taken for dead.
     """
 
     def __init__(self, queues: Iterable[str], *, interval: int, timeout: int) -> None:
