@@ -97,6 +97,11 @@ def heartbeats_key(namespace: str) -> str:
     return f"{namespace}:__heartbeats__"
 
 
+def keepalive_key(namespace: str) -> str:
+    """When (Redis's clock, ms) any worker last heartbeat, and until when a grace after a gap holds nobody dead."""
+    return f"{namespace}:keepalive"
+
+
 def wake_channel(namespace: str, queue: str) -> str:
     """The pub/sub channel the enqueue publishes on after queueing onto ``queue``: idle consumers wake at once."""
     return f"{namespace}:wake:{queue}"

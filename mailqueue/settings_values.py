@@ -148,9 +148,10 @@ class MailQueueConfig:
     #: ms between two runs of a worker's keepalive thread: it heartbeats, then puts back the
     #: messages of every worker whose heartbeat is older than HEARTBEAT_TIMEOUT.
     recovery_interval: int = 1_000
-    #: Dramatiq: per million broker commands, how many also run that recovery (Dramatiq's own
-    #: default is 1,000; at 10,000 a quiet queue gets a dead worker's messages back in minutes).
-    maintenance_chance: int = 10_000
+    #: Dramatiq: per million broker commands, how many also run Dramatiq's own recovery (its default
+    #: is 1,000). Off: the keepalive recovers on its timer, and Dramatiq's would also take live workers
+    #: for dead after a Redis-wide pause, which the keepalive's grace prevents (workers/dramatiq_redis.py).
+    maintenance_chance: int = 0
     log: LogConfig = field(default_factory=LogConfig)
 
     def provider(self, alias: str) -> ProviderConfig:

@@ -25,6 +25,7 @@ from mailqueue.envelope import Envelope
 from mailqueue.keys import QueueKeys, heartbeats_key, in_progress_key, sending_key
 from mailqueue.monitoring import queue_depths
 from mailqueue.signals import MessageDeadLettered
+from tests.redis_server import RedisServer
 from tests.servers import ReceivedMail, RecordingSMTPHandler, SMTPServer
 from tests.worker_processes import WorkerPool
 from workers import admission
@@ -259,3 +260,135 @@ def test_a_message_for_an_actor_no_worker_declares_goes_to_mailqueues_dead_lette
     with run_worker() as worker:
         worker.drain()
     assert [m.parsed["Subject"] for m in smtp_setup.received] == ["s"]
+
+
+def test_a_redis_pause_longer_than_the_heartbeat_timeout_declares_no_live_worker_dead(
+    configure, smtp_server, tmp_path, namespace
+) -> None:
+    server = RedisServer(tmp_path).start()
+    assert server.process is not None
+    try:
+        timeout, interval = 2000, 200
+        configure(
+            providers={"smtp": smtp_server.mailer()},
+            queues=DEFAULTS,
+            BROKER_URL=server.url,
+            HEARTBEAT_TIMEOUT=timeout,
+            RECOVERY_INTERVAL=interval,
+        )
+        config = get_config()
+        client = redis.Redis.from_url(server.url)
+        sending_one = Keepalive(config.queues, interval=interval, timeout=timeout)
+        other_one = Keepalive(config.queues, interval=interval, timeout=timeout)
+
+        class A:  # a worker sending a message, slowly
+            namespace = ""
+            broker_id = uuid.uuid4().hex
+
+        class B:  # another worker
+            namespace = ""
+            broker_id = uuid.uuid4().hex
+
+        A.namespace = B.namespace = namespace
+        keys = QueueKeys.of(namespace, "default")
+        client.hset(keys.messages, "m1", "{}")
+        client.sadd(in_progress_key(namespace, A.broker_id, "default"), "m1")
+        envelope = Envelope.from_message(EmailMessage("s", "b", None, ["a@example.com"]), queue="default", mailer="d")
+        client.set(sending_key(namespace, envelope.id), admission.new_claim(A.broker_id), px=300_000)
+
+        def copy_admission() -> admission.Admission:
+            claim = admission.new_claim(B.broker_id)
+            return admission.admit(envelope.id, config.provider("smtp"), config.queues["default"], config, claim)
+
+        def copy_admitted() -> str:
+            return copy_admission().outcome
+
+        assert (sending_one.beat(A), other_one.beat(B)) == ((0, 0), (0, 0))
+        os.kill(server.process.pid, signal.SIGSTOP)  # nobody can heartbeat
+        time.sleep(timeout / 1000 * 1.5)
+        os.kill(server.process.pid, signal.SIGCONT)
+
+        # B gets through first: A's heartbeat is older than the timeout, but A is alive, only Redis was away.
+        assert copy_admitted() == "claimed"  # even before any keepalive got through
+        assert other_one.beat(B) == (0, 0)
+        waiting = copy_admission()
+        assert waiting.outcome == "claimed"
+        assert waiting.wait <= timeout * 2 / 1000  # asks again after the grace, not when the 300 s claim expires
+        assert client.smembers(in_progress_key(namespace, A.broker_id, "default")) == {b"m1"}
+        # Both keep beating on their timers; the grace ends, and A is alive: nothing of A's is taken.
+        for _ in range(int(timeout * 1.2 / interval)):
+            assert (sending_one.beat(A), other_one.beat(B)) == ((0, 0), (0, 0))
+            time.sleep(interval / 1000)
+        assert copy_admitted() == "claimed"
+        # Then A dies for real: after the timeout its message is put back and its claim taken over, as before.
+        deadline = time.monotonic() + timeout / 1000 * 3
+        while (recovered := other_one.beat(B)) == (0, 0) and time.monotonic() < deadline:
+            time.sleep(interval / 1000)
+        assert recovered == (1, 1)
+        assert copy_admitted() == "go"
+        client.close()
+    finally:
+        server.stop()
+
+
+class AcceptThenAnswerMuchLater(AcceptThenAnswerLater):
+    """A provider that takes each message at once and answers SLOW_REPLY seconds later."""
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            self.received.append(
+                ReceivedMail(
+                    envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, session.peer, time.time()
+                )
+            )
+        await asyncio.sleep(SLOW_REPLY)
+        return "250 Message accepted"
+
+
+#: How long the slow provider takes to answer: longer than the Redis pause, so every send spans it.
+SLOW_REPLY = 8.0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_workers_busy_in_slow_sends_through_a_redis_pause_longer_than_the_heartbeat_timeout_send_nothing_twice(
+    configure, namespace, tmp_path: Path
+) -> None:
+    smtp = SMTPServer()
+    smtp.handler = AcceptThenAnswerMuchLater()
+    smtp.controller = smtp._controller()
+    smtp.start()
+    server = RedisServer(tmp_path).start()
+    assert server.process is not None
+    count = 6
+    mailer = smtp.mailer()
+    mailer["OPTIONS"]["timeout"] = 30
+    configure(
+        providers={"smtp": mailer},
+        queues=DEFAULTS,
+        BROKER_URL=server.url,
+        HEARTBEAT_TIMEOUT=4000,
+        RECOVERY_INTERVAL=500,
+        ON_COMMIT=False,
+    )
+    send_mass_mail([(f"m{i}", "b", None, ["a@example.com"]) for i in range(count)])
+    pool = WorkerPool(["default"], processes=2, threads=4, log=tmp_path / "pool.log").start()
+    try:
+        assert wait_until(lambda: len(pool.broker_ids()) == 2, 30), pool.log()
+        assert wait_until(lambda: len(smtp.received) >= count, 30), "the workers are not sending"
+        os.kill(server.process.pid, signal.SIGSTOP)  # every send still waits for its answer
+        time.sleep(6.0)  # 1.5 heartbeat timeouts
+        os.kill(server.process.pid, signal.SIGCONT)
+        assert wait_until(lambda: queued() == 0, 40), pool.log()
+        time.sleep(4.5)  # past the grace: a worker wrongly taken for dead would have its mail sent again by now
+        assert queued() == 0
+        log = pool.log()
+    finally:
+        pool.stop()
+        server.stop()
+        smtp.stop()
+    subjects = Counter(mail.parsed["Subject"] for mail in smtp.received)
+    assert subjects == {f"m{i}": 1 for i in range(count)}, log
+    # Nobody took the busy workers for dead: their messages stayed theirs (before the grace, the first keepalive
+    # through put them back, and only the claims and delivery records kept most copies from being sent again).
+    assert "put back" not in log
+    assert "nobody is declared dead for" in log

@@ -219,10 +219,11 @@ def test_an_idle_worker_costs_a_few_commands_a_second_and_survives_a_lost_subscr
         time.sleep(1.5)  # the backoff after the warm-up has run out
         seconds = 4.0
         sent, in_scripts = monitor(server.port, seconds)
-        # About one fetch a second on the queue and one on its delay queue (the fallback poll), the keepalive's
-        # heartbeat-and-recovery script once a second (workers/dramatiq_redis.py), a PING each 30 s.
+        # About one fetch a second on the queue and 1.3 on its delay queue (the fallback poll), a dropped-message
+        # check (BEYOND_HELD) once a second on each while they fetch, the keepalive's heartbeat-and-recovery script
+        # once a second (workers/dramatiq_redis.py), a PING each 30 s: measured 4.8-5.1 sent, 11-11.5 in scripts (10 s).
         assert sent / seconds <= 6, f"{sent / seconds:.1f} commands/s from an idle worker"
-        assert in_scripts / seconds <= 12, f"{in_scripts / seconds:.1f} commands/s in its scripts"
+        assert in_scripts / seconds <= 14, f"{in_scripts / seconds:.1f} commands/s in its scripts"
         # Redis drops the subscriber: what is published meanwhile is lost to it; the fallback poll fetches it.
         killer = redis.Redis.from_url(server.url)
         assert killer.client_kill_filter(_type="pubsub") == 1

@@ -208,3 +208,32 @@ def test_a_pool_process_drains_only_its_own_queue(settings, namespace, redis_url
             output, _ = pool.communicate()
     if pool.returncode not in (0, -signal.SIGTERM):
         pytest.fail(f"pool exited with {pool.returncode}:\n{output.decode(errors='replace')}")
+
+
+#: A supervisor whose stop signal lands while it starts its worker process (inside Popen, before it knows the
+#: process), as a process manager's SIGTERM can right after it started the pool. The worker process stands in for
+#: a real one: it exits on SIGTERM, and on its own only after a minute.
+SIGNAL_DURING_START = """
+import os, signal, subprocess, sys
+from workers import supervisor
+
+real_popen = subprocess.Popen
+
+def popen_then_signalled(*args, **kwargs):
+    process = real_popen(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)  # handled before Popen returns
+    return process
+
+supervisor.subprocess.Popen = popen_then_signalled
+child = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(60)"
+sys.exit(supervisor.Supervisor("p", [sys.executable, "-c", child], 1).run())
+"""
+
+
+def test_a_stop_signal_during_a_worker_process_start_reaches_it_and_the_pool_exits() -> None:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNAL_DURING_START], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 20  # not the minute the worker process sleeps when nobody stops it

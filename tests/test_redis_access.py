@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
@@ -21,10 +22,14 @@ import redis
 from django.core.mail import EmailMessage, send_mail
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from dramatiq import Message
 
+from mailqueue.envelope import Envelope
+from mailqueue.keys import QueueKeys, heartbeats_key, in_progress_key, sending_key
 from mailqueue.models import OutboxMessage
 from tests.redis_server import RedisServer, server_binary
 from tests.servers import free_port
+from workers.admission import new_claim
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "acl-test-password"
@@ -37,8 +42,8 @@ WEB_RULE = (
 )
 WORKER_RULE = (
     "+ping +evalsha +script|load +multi +exec +time +get +set +del +expire +pttl +keys "
-    "+hget +hmget +hset +hdel +hexists +hlen +hincrby +rpush +lpop +sadd +srem +scard +smembers "
-    "+zadd +zrem +zcard +zrangebyscore +zremrangebyscore +subscribe +xadd +exists ~<ns> ~<ns>:* &<ns>:wake:*"
+    "+hget +hmget +hset +hdel +hexists +hlen +hincrby +rpush +lpush +lpop +sadd +srem +scard +smembers "
+    "+zadd +zrem +zcard +zscore +zrangebyscore +zremrangebyscore +subscribe +xadd +exists ~<ns> ~<ns>:* &<ns>:wake:*"
 )
 
 
@@ -113,6 +118,43 @@ def test_users_with_exactly_the_documented_rules_enqueue_relay_deliver_and_opera
     assert "requeued 2 message(s)" in run("requeue", "--all")
     assert "purged 0 message(s)" in run("purge", "--all")
     assert not admin_client(acl_redis).acl_log()  # nothing was refused along the way
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_worker_user_recovers_a_dead_workers_message_and_a_copy_waits_for_a_live_claim(
+    configure, smtp_server, acl_redis, namespace, run_worker
+) -> None:
+    web = add_user(acl_redis, "mailqueue-web", WEB_RULE, namespace)
+    worker = add_user(acl_redis, "mailqueue-worker", WORKER_RULE, namespace)
+    providers = {"smtp": smtp_server.mailer()}
+    configure(providers=providers, BROKER_URL=web, ON_COMMIT=False)
+    send_mail("stranded", "b", None, ["a@example.com"])
+    send_mail("claimed", "b", None, ["a@example.com"])
+
+    admin = admin_client(acl_redis)
+    keys = QueueKeys.of(namespace, "default")
+    stored = {}  # subject -> (Redis id, envelope id)
+    for redis_id, data in admin.hgetall(keys.messages).items():
+        envelope = Envelope.decode(Message.decode(data).args[0])
+        stored[envelope.message["subject"]] = (redis_id, envelope.id)
+    dead, live = uuid.uuid4().hex, uuid.uuid4().hex
+    now_ms = int(time.time() * 1000)
+    admin.zadd(heartbeats_key(namespace), {dead: now_ms - 60_000, live: now_ms})
+    # A dead worker had fetched "stranded": only the keepalive's recovery (its LPUSH) puts it back.
+    admin.lrem(keys.ready, 0, stored["stranded"][0])
+    admin.sadd(in_progress_key(namespace, dead, "default"), stored["stranded"][0])
+    # A live worker is sending "claimed": the admission script reads its heartbeat (ZSCORE) and the copy waits.
+    claimed_at = time.time()
+    admin.set(sending_key(namespace, stored["claimed"][1]), new_claim(live), px=1500)
+
+    configure(providers=providers, BROKER_URL=worker, ON_COMMIT=False)
+    with run_worker(threads=2) as running:
+        running.drain()
+    arrived = {mail.parsed["Subject"]: mail.received_at for mail in smtp_server.received}
+    assert sorted(arrived) == ["claimed", "stranded"]
+    assert arrived["claimed"] >= claimed_at + 1.4  # it waited for the live claim to expire
+    assert not admin.exists(in_progress_key(namespace, dead, "default"))
+    assert not admin.acl_log()  # nothing was refused along the way
 
 
 @pytest.mark.parametrize(

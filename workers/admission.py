@@ -27,30 +27,52 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 from mailqueue.client import LuaScript, redis_client
 from mailqueue.conf import MailQueueConfig, ProviderConfig, QueueConfig
 from mailqueue.envelope import random_id
-from mailqueue.keys import STATS_TTL, ProviderKeys, delivered_key, events_key, heartbeats_key, sending_key
+from mailqueue.keys import (
+    STATS_TTL,
+    ProviderKeys,
+    delivered_key,
+    events_key,
+    heartbeats_key,
+    keepalive_key,
+    sending_key,
+)
 
-#: KEYS: delivered, circuit, in-flight, sending claim, Dramatiq's heartbeats, then one bucket per rate limit.
+#: KEYS: delivered, circuit, in-flight, sending claim, Dramatiq's heartbeats, the keepalive marks, then one
+#: bucket per rate limit.
 #: ARGV: lease token, in-flight lease ms, probe lease ms, max concurrency (0: none),
 #: longest wait for a token in ms, claim token, the worker's clock in ms, the heartbeat
 #: timeout in ms, a claim of this worker's that sent nothing ("" if none), then (interval ms,
 #: burst) per rate limit. A claim held by a worker whose heartbeat is older than the timeout
-#: (or gone) is a dead worker's: it is taken over, as is the claim that sent nothing.
+#: (or gone) is a dead worker's: it is taken over, as is the claim that sent nothing; except after a gap in
+#: every worker's keepalive (Redis was away, see RECOVER in workers/dramatiq_redis.py), when a stale heartbeat
+#: says nothing: until the grace ends, or while the gap lasts, every owner counts as alive (the copy asks
+#: again one heartbeat timeout after the grace, not when the claim expires).
 #: Returns {outcome, number, text}: {"delivered", 0, provider}, {"claimed", retry ms, ""},
 #: {"open", retry ms, ""}, {"busy", 0, ""}, {"later", wait ms, ""}, or
 #: {"go", wait in µs, "closed" | "probe"}.
 ADMIT_SCRIPT = """
 local delivered = redis.call("get", KEYS[1])
 if delivered then return {"delivered", 0, delivered} end
+local clock = redis.call("time")
+local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
 local holder = redis.call("get", KEYS[4])
 if holder and holder ~= ARGV[6] and holder ~= ARGV[9] then
   local owner = string.match(holder, "@(.+)$")
-  local beat = owner and redis.call("zscore", KEYS[5], owner)
-  if not owner or (beat and tonumber(beat) >= tonumber(ARGV[7]) - tonumber(ARGV[8])) then
-    return {"claimed", math.max(redis.call("pttl", KEYS[4]), 1), ""}
+  local alive = not owner
+  local wait = math.max(redis.call("pttl", KEYS[4]), 1)
+  if owner then
+    local beat = redis.call("zscore", KEYS[5], owner)
+    alive = beat and tonumber(beat) >= tonumber(ARGV[7]) - tonumber(ARGV[8])
   end
+  if not alive then
+    local marks = redis.call("hmget", KEYS[6], "last", "grace_until", "gap")
+    local last, grace_until = tonumber(marks[1]), tonumber(marks[2]) or 0
+    alive = (last and now - last > tonumber(marks[3])) or now < grace_until
+    -- Ask again once the owner's heartbeat tells the truth, not when its claim expires (the time limit).
+    if alive then wait = math.min(wait, math.ceil(math.max(grace_until - now, 0)) + tonumber(ARGV[8])) end
+  end
+  if alive then return {"claimed", wait, ""} end
 end
-local clock = redis.call("time")
-local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
 
 local role = "closed"
 local circuit = redis.call("hmget", KEYS[2], "state", "reopen_at", "probe_until")
@@ -76,16 +98,16 @@ end
 -- their own slot and the sustained rate is exact.
 local wait = 0
 local tats = {}
-for i = 6, #KEYS do
-  local interval = tonumber(ARGV[10 + 2 * (i - 6)])
-  local burst = tonumber(ARGV[11 + 2 * (i - 6)])
+for i = 7, #KEYS do
+  local interval = tonumber(ARGV[10 + 2 * (i - 7)])
+  local burst = tonumber(ARGV[11 + 2 * (i - 7)])
   local tat = math.max(tonumber(redis.call("get", KEYS[i])) or now, now)
   wait = math.max(wait, tat - (burst - 1) * interval - now)
   tats[i] = tat + interval
 end
 -- Too long to sleep on: nothing is reserved, the message asks again after the wait.
 if wait > tonumber(ARGV[5]) then return {"later", math.ceil(wait), ""} end
-for i = 6, #KEYS do
+for i = 7, #KEYS do
   redis.call("set", KEYS[i], tostring(tats[i]), "px", math.ceil(tats[i] - now) + 1000)
 end
 redis.call("set", KEYS[4], ARGV[6], "px", ARGV[2])
@@ -263,6 +285,7 @@ def admit(
                 keys.in_flight,
                 sending_key(config.namespace, envelope_id),
                 heartbeats_key(config.namespace),
+                keepalive_key(config.namespace),
                 *(keys.rate(limit.count, limit.period, limit.burst) for limit in limits),
             ],
             args=[

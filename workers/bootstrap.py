@@ -1,6 +1,10 @@
-"""Entry module for the ``dramatiq`` command: set up Django, then declare the actors.
+"""Set up Django, then declare the actors and build the worker broker: importing this makes a worker process.
 
-Dramatiq imports this in every worker process it forks.
+Each worker process of a pool (``python -m workers.process``, started by the
+pool's supervisor, workers/supervisor.py) imports it once its signal handlers
+are in place. It is also the module to give the plain ``dramatiq`` command
+(``dramatiq workers.bootstrap``), which imports it in every process it forks;
+that main process stops every worker when one dies, which a pool does not.
 """
 
 from __future__ import annotations

@@ -22,7 +22,9 @@ has one module to read:
   reply was lost) is put back: a live worker never strands a message.
 * ``Keepalive``: every worker process heartbeats from a thread of its own and
   puts back dead workers' messages on a timer (Dramatiq does both only as a
-  side effect of its broker commands, and recovery only on a random few).
+  side effect of its broker commands, and recovery only on a random few); after
+  Redis was away long enough to stale every heartbeat, it declares nobody dead
+  for one heartbeat timeout (see RECOVER).
 * ``DeadLetteringConsumer._next_or_wait``: Dramatiq's ``__next__``, with the
   poll backoff it slept when idle replaced by a wait for the queue's wake-up
   (workers/wakeup.py).
@@ -37,6 +39,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from typing import Any
 
@@ -51,11 +54,11 @@ from mailqueue.broker import actor_name
 from mailqueue.client import LuaScript, redis_client
 from mailqueue.deadletters import DeadLetter, record
 from mailqueue.exceptions import MailQueueImproperlyConfigured
-from mailqueue.keys import QueueKeys, heartbeats_key, in_progress_key
+from mailqueue.keys import QueueKeys, heartbeats_key, in_progress_key, keepalive_key
 from mailqueue.signals import MessageDeadLettered, announce
 
 from .admission import AckTarget, release_unanswered, unanswered_claims
-from .patience import REDIS_OUTAGES, until_redis_accepts
+from .patience import is_outage, until_redis_accepts
 from .wakeup import Wakeups, wakeups_for
 
 #: The Dramatiq releases (major, minor) whose private broker code this module was written against.
@@ -102,6 +105,23 @@ def acknowledged_early(target: AckTarget) -> None:
     broker = dramatiq.get_broker()
     if isinstance(broker, WorkerBroker):
         broker.acknowledged.add(target.redis_id)
+
+
+@contextmanager
+def outage_closes_connection() -> Iterator[None]:
+    """Redis away or refusing writes (see ``is_outage``) as the ConnectionClosed Dramatiq's consumer thread expects.
+
+    Dramatiq's consumer thread restarts its consumer after a ConnectionClosed;
+    any other error sends it down a path that re-queues its delayed messages
+    inside its error handler, and a second refusal there ends the thread: the
+    queue is no longer consumed by this (live, heartbeating) worker.
+    """
+    try:
+        yield
+    except redis.RedisError as error:
+        if not is_outage(error):
+            raise
+        raise ConnectionClosed(error) from None  # type: ignore[no-untyped-call]
 
 
 def _rejected_letter(message: Any, queue: str) -> DeadLetter:
@@ -156,10 +176,8 @@ class DeadLetteringConsumer(_RedisConsumer):
         #: of the queue this process makes: a consumer made after a Redis error inherits what is in work).
         self.held = broker.held[queue_name]
         if queue_name.endswith(".DQ"):
-            try:
+            with outage_closes_connection():  # Dramatiq makes a new consumer after its restart delay
                 self._requeue_forgotten_delayed()
-            except REDIS_OUTAGES as error:
-                raise ConnectionClosed(error) from None  # type: ignore[no-untyped-call]  # Dramatiq makes a new consumer after its restart delay
 
     def _in_progress(self) -> str:
         return in_progress_key(self.worker_broker.namespace, self.worker_broker.broker_id, self.queue_name)
@@ -222,7 +240,8 @@ class DeadLetteringConsumer(_RedisConsumer):
 
     def requeue(self, messages: Iterable[Any]) -> None:
         messages = list(messages)
-        super().requeue(messages)  # type: ignore[no-untyped-call]
+        with outage_closes_connection():  # what is not put back, the next consumer's _requeue_forgotten_delayed does
+            super().requeue(messages)  # type: ignore[no-untyped-call]
         for message in messages:
             self.held.discard(message.options.get("redis_message_id"))
 
@@ -233,10 +252,8 @@ class DeadLetteringConsumer(_RedisConsumer):
         other error left the message in this live worker's in-progress set for
         good. As a ConnectionClosed, Dramatiq retries it every few seconds.
         """
-        try:
+        with outage_closes_connection():
             step(message)
-        except REDIS_OUTAGES as error:
-            raise ConnectionClosed(error) from None  # type: ignore[no-untyped-call]
         self.held.discard(message.options.get("redis_message_id"))
 
     def __next__(self) -> Any:
@@ -244,7 +261,8 @@ class DeadLetteringConsumer(_RedisConsumer):
             try:
                 return self._next_or_wait()
             except DecodeError as error:
-                self._dead_letter(error)
+                with outage_closes_connection():
+                    self._dead_letter(error)
 
     @cached_property
     def _wakeups(self) -> Wakeups:
@@ -260,7 +278,7 @@ class DeadLetteringConsumer(_RedisConsumer):
         The event is cleared before the fetch, so a wake-up published after it
         (the message was queued too late for this fetch) ends the wait at once.
         """
-        try:
+        with outage_closes_connection():
             while True:
                 try:
                     data = self.message_cache.pop(0)
@@ -280,8 +298,6 @@ class DeadLetteringConsumer(_RedisConsumer):
                     if not messages:
                         self._idle_wait(full=room <= 0)
                         return None
-        except redis.ConnectionError as error:
-            raise ConnectionClosed(error) from None  # type: ignore[no-untyped-call]
 
     def _idle_wait(self, *, full: bool) -> None:
         """Wait before the next fetch: for a wake-up, or for as long as Dramatiq's backoff would sleep.
@@ -430,24 +446,40 @@ return {}
 """
 )
 
-#: KEYS: Dramatiq's heartbeats. ARGV: namespace, this worker's id, now (ms, on this worker's clock, like
-#: Dramatiq's own heartbeats), heartbeat timeout (ms), how long (ms) a dead worker is remembered, then
-#: every queue name a worker may consume (each queue and its delay queue).
+#: KEYS: Dramatiq's heartbeats, the keepalive marks (a hash). ARGV: namespace, this worker's id, now (ms,
+#: on this worker's clock, like Dramatiq's own heartbeats), heartbeat timeout (ms), how long (ms) a dead
+#: worker is remembered, the gap (ms) that starts a grace, then every queue name a worker may consume (each
+#: queue and its delay queue).
 #: Heartbeats for this worker, then puts every message a dead worker (heartbeat older than the timeout)
 #: had fetched back at the head of its queue: what Dramatiq's maintenance does (dispatch.lua), for all
 #: queues at once and without its KEYS scan. A dead worker is kept in the heartbeats for a while, so a
 #: worker configured with other queues (a deploy in progress) may recover those too.
-#: Returns {dead workers, messages put back}.
+#: The marks hold when (Redis's clock) any worker last ran this ("last"). A gap longer than "gap" (about
+#: half the timeout, at least two intervals: see Keepalive.gap) means nobody could heartbeat (Redis
+#: paused, partitioned, failing over): every heartbeat is stale, the live workers' too, so nobody is
+#: declared dead until one timeout later ("grace_until"), by which time every live worker has heartbeat
+#: again. ADMIT reads the same marks. They never expire (one small hash, like the heartbeats): an idle
+#: worker runs this every second, and each command here counts.
+#: Returns {dead workers, messages put back, ms of grace left (0: none)}.
 RECOVER = LuaScript(
     """
 local namespace = ARGV[1]
 local now = tonumber(ARGV[3])
+local timeout = tonumber(ARGV[4])
+local clock = redis.call("time")
+local server_now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local gap = tonumber(ARGV[6])
+local marks = redis.call("hmget", KEYS[2], "last", "grace_until")
+local last, grace_until = tonumber(marks[1]), tonumber(marks[2]) or 0
+if last and server_now - last > gap then grace_until = server_now + timeout end
+redis.call("hset", KEYS[2], "last", server_now, "grace_until", grace_until, "gap", gap)
 redis.call("zadd", KEYS[1], now, ARGV[2])
-local dead = redis.call("zrangebyscore", KEYS[1], "-inf", now - tonumber(ARGV[4]), "WITHSCORES")
+if server_now < grace_until then return {0, 0, grace_until - server_now} end
+local dead = redis.call("zrangebyscore", KEYS[1], "-inf", now - timeout, "WITHSCORES")
 local recovered = 0
 for i = 1, #dead, 2 do
   local worker = dead[i]
-  for q = 6, #ARGV do
+  for q = 7, #ARGV do
     local queue = namespace .. ":" .. ARGV[q]
     local acks = namespace .. ":__acks__." .. worker .. "." .. ARGV[q]
     local ids = redis.call("smembers", acks)
@@ -461,12 +493,15 @@ for i = 1, #dead, 2 do
   end
   if tonumber(dead[i + 1]) < now - tonumber(ARGV[5]) then redis.call("zrem", KEYS[1], worker) end
 end
-return {#dead / 2, recovered}
+return {#dead / 2, recovered, 0}
 """
 )
 
 #: A dead worker is remembered (and its queues looked at) for this many heartbeat timeouts.
 REMEMBER_DEAD = 10
+
+#: Seconds between two log lines of the same unexpected keepalive error.
+REPORT_EVERY = 60.0
 
 
 class Keepalive(Middleware):
@@ -477,7 +512,8 @@ class Keepalive(Middleware):
     recovers dead workers' messages on a random one in ``MAINTENANCE_CHANCE``
     commands of the same queue, which on a quiet queue takes minutes. Here a
     thread heartbeats and recovers every ``interval`` ms: one script call,
-    cheap when no worker is dead (a ZADD and an empty range).
+    cheap when no worker is dead (five commands inside Redis). The thread
+    outlives any error: without it this live worker would be taken for dead.
     """
 
     def __init__(self, queues: Iterable[str], *, interval: int, timeout: int) -> None:
@@ -489,6 +525,11 @@ class Keepalive(Middleware):
         self.timeout = timeout
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: A gap (ms) in every worker's keepalive longer than this starts a grace (see RECOVER): about half the
+        #: timeout, and at least two intervals, so that one late beat never starts one.
+        self.gap = max(timeout // 2, 2 * interval)
+        #: Whether the last beat found the grace after a keepalive gap (see RECOVER): logged once as it starts.
+        self._in_grace = False
 
     def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
         assert isinstance(broker, RedisBroker)
@@ -506,6 +547,8 @@ class Keepalive(Middleware):
 
     def _run(self, broker: RedisBroker) -> None:
         failing, answered = False, 0
+        #: When (time.monotonic()) each distinct unexpected error was last logged.
+        reported: dict[str, float] = {}
         while True:
             try:
                 self.beat(broker)
@@ -514,23 +557,38 @@ class Keepalive(Middleware):
                 failing, answered = False, answered + 1
                 if answered >= 2 and unanswered_claims():
                     release_unanswered(broker.namespace)
-            except REDIS_OUTAGES + (ConnectionClosed,) as error:
-                if not failing:
-                    logger.error("heartbeat and recovery could not reach Redis (%s); trying every interval", error)
+            except Exception as error:  # noqa: BLE001  (logged below, with its traceback when unexpected)
+                # Whatever goes wrong, the thread goes on: without it this live worker stops heartbeating, is
+                # declared dead, and its messages are sent again by others while it still sends them.
+                if isinstance(error, ConnectionClosed) or is_outage(error):
+                    if not failing:
+                        logger.error("heartbeat and recovery could not reach Redis (%s); trying every interval", error)
+                else:
+                    self._report(error, reported)
                 failing, answered = True, 0
             if self._stop.wait(self.interval / 1000):
                 return
 
+    @staticmethod
+    def _report(error: Exception, reported: dict[str, float]) -> None:
+        """Log an unexpected error at ERROR with its traceback, once a minute at most for each distinct one."""
+        key, now = f"{type(error).__name__}: {error}", time.monotonic()
+        if now - reported.get(key, -REPORT_EVERY) < REPORT_EVERY:
+            return
+        reported[key] = now
+        logger.error("heartbeat and recovery failed (%s); trying every interval", key, exc_info=error)
+
     def beat(self, broker: RedisBroker) -> tuple[int, int]:
         """Heartbeat once and recover dead workers' messages: (dead workers seen, messages put back)."""
-        dead, recovered = RECOVER(
-            [heartbeats_key(broker.namespace)],
+        dead, recovered, grace = RECOVER(
+            [heartbeats_key(broker.namespace), keepalive_key(broker.namespace)],
             [
                 broker.namespace,
                 broker.broker_id,
                 current_millis(),
                 self.timeout,
                 self.timeout * REMEMBER_DEAD,
+                self.gap,
                 *self.queue_names,
             ],
         )
@@ -538,4 +596,11 @@ class Keepalive(Middleware):
             logger.warning(
                 "put back %d message(s) fetched by dead worker(s) (no heartbeat for %d ms)", recovered, self.timeout
             )
+        if int(grace) and not self._in_grace:
+            logger.warning(
+                "no worker could heartbeat for over %d ms (Redis was away): nobody is declared dead for %d ms",
+                self.gap,
+                int(grace),
+            )
+        self._in_grace = bool(int(grace))
         return int(dead), int(recovered)

@@ -23,6 +23,26 @@ REDIS_OUTAGES: tuple[type[redis.RedisError], ...] = (
     redis.exceptions.OutOfMemoryError,
 )
 
+#: Error codes of replies that pass too: Redis cannot persist (MISCONF), lacks replicas (NOREPLICAS), runs a
+#: long script (BUSY), is mid-resharding or failover (TRYAGAIN, MASTERDOWN), loading, read-only or full. redis-py
+#: gives some of them classes of their own and leaves the rest plain ResponseErrors that start with the code.
+OUTAGE_CODES = frozenset({"MISCONF", "NOREPLICAS", "BUSY", "TRYAGAIN", "MASTERDOWN", "LOADING", "READONLY", "OOM"})
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether ``error`` is Redis being away or refusing writes for a while: waiting helps, nothing is wrong here.
+
+    Not an outage: a refused permission or password, a script error, anything
+    unexpected; those need someone to fix something.
+    """
+    if isinstance(error, REDIS_OUTAGES):
+        return True
+    if not isinstance(error, redis.ResponseError):
+        return False
+    code = getattr(error, "status_code", None) or str(error).split(" ", 1)[0]
+    return code in OUTAGE_CODES
+
+
 #: Backoff, in seconds, between tries while Redis is away.
 RETRY_MIN = 0.2
 RETRY_MAX = 5.0
@@ -34,7 +54,9 @@ def until_redis_accepts[T](write: Callable[[], T], what: str) -> T:
     while True:
         try:
             return write()
-        except REDIS_OUTAGES as error:
+        except redis.RedisError as error:
+            if not is_outage(error):
+                raise
             logger.error("Redis did not accept %s (%s); trying again in %.1f s", what, error, wait)
             time.sleep(wait)
             wait = min(wait * 2, RETRY_MAX)

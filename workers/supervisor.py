@@ -5,7 +5,9 @@ dies, so one out-of-memory kill would stop a whole queue. Here a process that
 dies is logged at ERROR and replaced at once (after a growing pause when it
 keeps dying right after its start); SIGTERM, SIGINT or SIGHUP is passed on to
 every worker process, which finishes its messages and exits, and then the
-supervisor exits too.
+supervisor exits too. The signal handler only counts the signal; the main loop
+passes it on, so a signal that lands while a worker process is being started
+reaches that one too.
 
 Worker processes run in sessions of their own, so a signal meant for the pool
 (Ctrl-C in a terminal, a process manager signalling the process group) reaches
@@ -56,6 +58,8 @@ class Slot:
     quick_deaths: int = 0
     #: When (time.monotonic()) the next replacement may start.
     restart_at: float = 0.0
+    #: Stop signals passed on to the current process.
+    signalled: int = 0
 
 
 class Supervisor:
@@ -66,6 +70,8 @@ class Supervisor:
         self.command = list(command)
         self.slots = [Slot(number) for number in range(1, processes + 1)]
         self.stopping = False
+        #: Stop signals received: each is passed on to every worker process, up to two (the second stops at once).
+        self.stop_signals = 0
 
     def run(self) -> int:
         """Supervise until stopped; 0 once every worker process has exited after a stop signal."""
@@ -87,11 +93,22 @@ class Supervisor:
                 self._exited(slot, now)
             if slot.process is None and not self.stopping and now >= slot.restart_at:
                 self._start(slot)
+        self._pass_on_stop_signals()
+
+    def _pass_on_stop_signals(self) -> None:
+        """Give every running worker process the stop signals it has not had yet (SIGTERM each)."""
+        owed_in_all = min(self.stop_signals, 2)
+        for slot in self.slots:
+            if slot.process is None or slot.process.poll() is not None:
+                continue
+            for _ in range(owed_in_all - slot.signalled):
+                slot.process.send_signal(signal.SIGTERM)
+            slot.signalled = max(slot.signalled, owed_in_all)
 
     def _start(self, slot: Slot) -> None:
         command = [*self.command, "--parent", str(os.getpid())]
         slot.process = subprocess.Popen(command, start_new_session=True)
-        slot.started = time.monotonic()
+        slot.started, slot.signalled = time.monotonic(), 0
         logger.info("pool %s: worker process %d started (pid %d)", self.name, slot.number, slot.process.pid)
 
     def _exited(self, slot: Slot, now: float) -> None:
@@ -114,10 +131,9 @@ class Supervisor:
         )
 
     def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
-        # A second signal is passed on too: a worker process stops at once on its second SIGTERM.
+        # Only counted here: sent from the main loop (check), where no worker process is half started. A
+        # second signal is passed on too: a worker process stops at once on its second SIGTERM.
         if not self.stopping:
             logger.info("pool %s: %s received, stopping the worker processes", self.name, signal.Signals(signum).name)
         self.stopping = True
-        for slot in self.slots:
-            if slot.process is not None and slot.process.poll() is None:
-                slot.process.send_signal(signal.SIGTERM)
+        self.stop_signals += 1
