@@ -283,19 +283,18 @@ def test_deliver_uses_locmem_stand_ins_named_by_sent_using(captured) -> None:
 
 
 def test_deliver_leaves_no_thread_behind(captured) -> None:
-    def wakeup_threads() -> int:
-        # Each subscriber thread stops within its read timeout once told to.
-        deadline = time.monotonic() + 3
-        while True:
-            alive = sum(1 for thread in threading.enumerate() if thread.name.startswith("mailqueue-wakeups"))
-            if alive == 0 or time.monotonic() > deadline:
-                return alive
-            time.sleep(0.05)
+    def wakeup_threads() -> set[threading.Thread]:
+        return {thread for thread in threading.enumerate() if thread.name.startswith("mailqueue-wakeups")}
 
+    before = wakeup_threads()  # other tests' in-process workers may still have theirs
     for n in range(3):
         send_mail(f"Hi {n}", "body", None, ["ann@example.com"], using="transactional")
         captured.deliver()
-    assert wakeup_threads() == 0
+    # Each subscriber thread stops within its read timeout once told to.
+    deadline = time.monotonic() + 3
+    while (left := wakeup_threads() - before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left
 
 
 def test_retries_run_at_once_then_the_message_is_dead_lettered(captured) -> None:
