@@ -149,6 +149,20 @@ def _rejected_letter(message: Any, queue: str) -> DeadLetter:
     )
 
 
+def _announce_dead_letter(letter: DeadLetter) -> None:
+    """``message_dead_lettered`` for a message the consumer dead-lettered before any actor saw it."""
+    announce(
+        MessageDeadLettered(
+            envelope_id=letter.id,
+            queue=letter.queue,
+            reason=letter.reason,
+            error_type=letter.error_type,
+            attempts=letter.attempts,
+            provider=None,
+        )
+    )
+
+
 class QuietMessageProxy(MessageProxy):
     """A fetched message that Dramatiq's worker logs by actor and id, never by its arguments.
 
@@ -227,16 +241,7 @@ class DeadLetteringConsumer(_RedisConsumer):
         until_redis_accepts(lambda: record(letter), f"the dead letter of rejected message {letter.id}")
         self._settle(super().ack, message)
         logger.error("dead-lettered %s on %s: %s", letter.id, letter.queue, letter.reason)
-        announce(
-            MessageDeadLettered(
-                envelope_id=letter.id,
-                queue=letter.queue,
-                reason=letter.reason,
-                error_type=letter.error_type,
-                attempts=letter.attempts,
-                provider=None,
-            )
-        )
+        _announce_dead_letter(letter)
 
     def requeue(self, messages: Iterable[Any]) -> None:
         messages = list(messages)
@@ -344,16 +349,7 @@ class DeadLetteringConsumer(_RedisConsumer):
         if redis_id is not None:
             self.worker_broker.do_ack(self.queue_name, redis_id)
         logger.error("dead-lettered an undecodable message %s on %s: %s", letter.id, letter.queue, error.error)
-        announce(
-            MessageDeadLettered(
-                envelope_id=letter.id,
-                queue=letter.queue,
-                reason=letter.reason,
-                error_type=letter.error_type,
-                attempts=letter.attempts,
-                provider=None,
-            )
-        )
+        _announce_dead_letter(letter)
 
 
 class WorkerBroker(RedisBroker):
