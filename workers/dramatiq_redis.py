@@ -59,6 +59,7 @@ from mailqueue.signals import MessageDeadLettered, announce
 
 from .admission import AckTarget, release_unanswered, unanswered_claims
 from .patience import is_outage, until_redis_accepts
+from .redaction import redact_addresses
 from .wakeup import Wakeups, wakeups_for
 
 #: The Dramatiq releases (major, minor) whose private broker code this module was written against.
@@ -240,7 +241,7 @@ class DeadLetteringConsumer(_RedisConsumer):
         letter = _rejected_letter(message, q_name(self.queue_name))
         until_redis_accepts(lambda: record(letter), f"the dead letter of rejected message {letter.id}")
         self._settle(super().ack, message)
-        logger.error("dead-lettered %s on %s: %s", letter.id, letter.queue, letter.reason)
+        logger.error("dead-lettered %s on %s: %s", letter.id, letter.queue, redact_addresses(letter.reason))
         _announce_dead_letter(letter)
 
     def requeue(self, messages: Iterable[Any]) -> None:
