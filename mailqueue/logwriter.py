@@ -5,21 +5,20 @@ batches through the consumer group ``mailqueue-log``, folds each batch into a
 few bulk statements in ONE transaction and acknowledges the entries only after
 the commit. A writer killed mid-batch leaves its entries pending; the next
 writer claims them (XAUTOCLAIM) and writes them again, and the rows come out
-the same: messages are upserted from a merge that is idempotent (status from
-the latest event, attempts the highest number seen, first/last times by
-min/max) and events are keyed by their stream id.
+the same: messages are upserted by a merge that does not depend on the order
+the events arrive in (``mailqueue.logrows.combine``: status from the latest
+status event, attempts the highest number seen, first/last times by min/max),
+events are keyed by their stream id. So several writers may run at once.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -30,65 +29,14 @@ from .client import redis_client
 from .conf import get_config
 from .exceptions import LogEventError
 from .keys import events_key
-from .models import EventKind, Message, MessageEvent, MessageRecipient, RecipientKind, Status
+from .logrows import fold
+from .logsql import Statements, statements_for
+from .models import EventKind
 from .monitoring import LOG_GROUP
 
 logger = logging.getLogger(__name__)
 
 GROUP = LOG_GROUP
-
-#: Fields the upsert rewrites on a message row that exists already (all but the key).
-UPDATE_FIELDS = (
-    "queue",
-    "mailer",
-    "subject",
-    "from_email",
-    "recipient_count",
-    "size",
-    "status",
-    "attempts",
-    "provider",
-    "provider_message_id",
-    "composed_at",
-    "queued_at",
-    "first_attempt_at",
-    "sent_at",
-    "updated_at",
-    "last_error",
-)
-
-#: The status each event kind leaves a message in; an attempt that failed changes nothing by itself
-#: (the next provider, a retry or the dead letters say where the message went).
-STATUS_AFTER = {
-    EventKind.QUEUED: Status.QUEUED,
-    EventKind.DEFERRED: Status.DEFERRED,
-    EventKind.SENT: Status.SENT,
-    EventKind.FAILED: Status.FAILED,
-    EventKind.DEAD: Status.DEAD,
-    EventKind.REQUEUED: Status.QUEUED,
-    EventKind.RELAYED: Status.QUEUED,
-    EventKind.DELIVERED: Status.DELIVERED,
-    EventKind.BOUNCED: Status.BOUNCED,
-    EventKind.COMPLAINED: Status.COMPLAINED,
-}
-
-#: Two events in the same millisecond, written in different batches: the further status wins.
-STATUS_RANK = {
-    Status.QUEUED: 0,
-    Status.DEFERRED: 0,
-    Status.SENT: 1,
-    Status.FAILED: 1,
-    Status.DEAD: 2,
-    Status.DELIVERED: 3,
-    Status.BOUNCED: 3,
-    Status.COMPLAINED: 3,
-}
-
-#: Events that are an attempt at a provider (the first one sets ``first_attempt_at``).
-ATTEMPT_KINDS = frozenset({EventKind.ATTEMPT_FAILED, EventKind.SENT, EventKind.FAILED})
-
-#: Kinds whose ``r`` is the message's latest error.
-ERROR_KINDS = frozenset({EventKind.ATTEMPT_FAILED, EventKind.DEFERRED, EventKind.FAILED, EventKind.DEAD})
 
 KNOWN_KINDS = frozenset(EventKind.values)
 
@@ -101,83 +49,9 @@ def decode(fields: Mapping[bytes, bytes]) -> dict[str, Any]:
     return event
 
 
-def at(milliseconds: Any) -> datetime:
-    return datetime.fromtimestamp(int(milliseconds) / 1000, UTC)
-
-
 def stream_order(stream_id: str) -> tuple[int, int]:
     milliseconds, _, sequence = stream_id.partition("-")
     return int(milliseconds), int(sequence or 0)
-
-
-def recipient_rows(envelope_id: str, event: Mapping[str, Any], mode: str) -> list[MessageRecipient]:
-    """The recipient rows of a ``queued`` event, as LOG["RECIPIENTS"] keeps them."""
-    if mode == "off":
-        return []
-    rows = []
-    for kind in RecipientKind.values:
-        for address in event.get(kind) or ():
-            lowered = str(address).strip().lower()
-            domain = lowered.rpartition("@")[2][:255]
-            kept = hashlib.sha256(lowered.encode()).hexdigest() if mode == "hash" else lowered[:320]
-            rows.append(MessageRecipient(message_id=envelope_id, kind=kind, address=kept, domain=domain))
-    return rows
-
-
-def merge(row: Message, stream_id: str, event: Mapping[str, Any]) -> None:
-    """Fold one event into ``row``; folding the same events again (a replayed batch) changes nothing."""
-    kind = event["k"]
-    when = at(event["t"])
-    if kind == EventKind.QUEUED:
-        row.queue = str(event.get("q") or row.queue)
-        row.mailer = str(event.get("m") or row.mailer)
-        row.subject = str(event.get("s") or "")[:255]
-        row.from_email = str(event.get("f") or "")[:320]
-        row.recipient_count = sum(len(event.get(kind) or ()) for kind in RecipientKind.values)
-        row.size = int(event.get("z") or 0)
-        row.composed_at = at(event["c"]) if event.get("c") is not None else row.composed_at
-        row.queued_at = when if row.queued_at is None else min(row.queued_at, when)
-    elif kind in (EventKind.REQUEUED, EventKind.RELAYED) and event.get("q"):
-        row.queue = str(event["q"])
-    if kind in ATTEMPT_KINDS:
-        row.first_attempt_at = when if row.first_attempt_at is None else min(row.first_attempt_at, when)
-    if event.get("n") is not None:
-        row.attempts = max(row.attempts, int(event["n"]))
-    status = STATUS_AFTER.get(kind)
-    latest = row.updated_at is None or when > row.updated_at
-    tie = row.updated_at is not None and when == row.updated_at
-    if latest or tie:
-        if status is not None and (latest or STATUS_RANK[status] >= STATUS_RANK[Status(row.status)]):
-            row.status = status
-        if kind in ERROR_KINDS and event.get("r"):
-            row.last_error = str(event["r"])
-        row.updated_at = when
-    if kind == EventKind.SENT:
-        row.sent_at = when
-        row.provider = str(event.get("p") or row.provider)[:200]
-        row.provider_message_id = str(event.get("pid") or row.provider_message_id)[:255]
-    elif kind in (EventKind.FAILED, EventKind.DEAD) and event.get("p") and row.status != Status.SENT:
-        row.provider = str(event["p"])[:200]
-
-
-def event_row(stream_id: str, event: Mapping[str, Any]) -> MessageEvent:
-    kind = event["k"]
-    if kind in (EventKind.REQUEUED, EventKind.RELAYED):
-        detail = str(event.get("q") or "")
-    elif kind == EventKind.SENT:
-        detail = str(event.get("pid") or "")
-    else:
-        detail = str(event.get("r") or "")
-    attempt = event.get("n")
-    return MessageEvent(
-        message_id=event["id"],
-        stream_id=stream_id,
-        kind=kind,
-        at=at(event["t"]),
-        provider=str(event.get("p") or "")[:200],
-        attempt=int(attempt) if attempt is not None else None,
-        detail=detail,
-    )
 
 
 @dataclass(kw_only=True, slots=True)
@@ -198,12 +72,18 @@ class Written:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def write(entries: Sequence[tuple[str, Mapping[bytes, bytes]]], *, recipients: str, using: str) -> Written:
+def write(
+    entries: Sequence[tuple[str, Mapping[bytes, bytes]]],
+    *,
+    recipients: str,
+    using: str,
+    statements: Statements | None = None,
+) -> Written:
     """Write a batch of stream entries in one transaction; return what was written.
 
-    Reads the batch's existing message rows in one query, merges in stream order,
-    then one upsert for messages and one insert each for recipients and events
-    (each ignoring rows already there).
+    The events are folded into one row per message (``logrows.fold``), then
+    written in a few multi-row statements (``logsql``): one upsert for the
+    messages, one insert each for recipients and events.
     """
     written = Written(entries=len(entries))
     decoded: list[tuple[str, dict[str, Any]]] = []
@@ -215,31 +95,10 @@ def write(entries: Sequence[tuple[str, Mapping[bytes, bytes]]], *, recipients: s
             logger.warning("log writer: stream entry %s is not a message log event (%s): skipped", stream_id, error)
     if not decoded:
         return written
-    ids = {str(event["id"]) for _, event in decoded}
+    batch = fold(decoded, recipients=recipients)
     with transaction.atomic(using=using):
-        rows = {row.envelope_id: row for row in Message.objects.using(using).filter(envelope_id__in=ids)}
-        written.statements += 1
-        recipient_list: list[MessageRecipient] = []
-        event_list: list[MessageEvent] = []
-        for stream_id, event in decoded:
-            envelope_id = str(event["id"])
-            row = rows.get(envelope_id)
-            if row is None:
-                row = rows[envelope_id] = Message(envelope_id=envelope_id, queue="", mailer="")
-            merge(row, stream_id, event)
-            if event["k"] == EventKind.QUEUED:
-                recipient_list += recipient_rows(envelope_id, event, recipients)
-            event_list.append(event_row(stream_id, event))
-        Message.objects.using(using).bulk_create(
-            list(rows.values()), update_conflicts=True, unique_fields=["envelope_id"], update_fields=UPDATE_FIELDS
-        )
-        written.statements += 1
-        if recipient_list:
-            MessageRecipient.objects.using(using).bulk_create(recipient_list, ignore_conflicts=True)
-            written.statements += 1
-        MessageEvent.objects.using(using).bulk_create(event_list, ignore_conflicts=True)
-        written.statements += 1
-    written.messages, written.recipients, written.events = len(rows), len(recipient_list), len(event_list)
+        written.statements = (statements or statements_for(using)).write(batch)
+    written.messages, written.recipients, written.events = len(batch.messages), len(batch.recipients), len(batch.events)
     return written
 
 
@@ -264,6 +123,9 @@ class LogWriter:
     claim_every: float = 30.0
     total: Written = field(default_factory=Written)
     _next_claim: float = 0.0
+    #: A batch read but not yet written and acknowledged (its write failed): written again before anything else.
+    _in_hand: list[tuple[str, dict[bytes, bytes]]] = field(default_factory=list)
+    _statements: Statements | None = None
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> LogWriter:
@@ -330,12 +192,21 @@ class LogWriter:
         return [(_text(stream_id), fields) for stream_id, fields in reply[0][1]]
 
     def step(self, *, block: bool = True) -> Written:
-        """Read one batch, write it in one transaction, then acknowledge it."""
-        entries = self.read(block=block)
+        """Write one batch in one transaction, then acknowledge it.
+
+        The batch is the one in hand when the last write failed (the database
+        was down, a lock timed out), else the next one read: a failure leaves
+        nothing acknowledged, and the same entries are written on the next step.
+        """
+        entries = self._in_hand or self.read(block=block)
         if not entries:
             return Written()
-        written = write(entries, recipients=self.recipients, using=self.using)
+        self._in_hand = entries
+        if self._statements is None:
+            self._statements = statements_for(self.using)
+        written = write(entries, recipients=self.recipients, using=self.using, statements=self._statements)
         self.client.xack(self.key, GROUP, *(stream_id for stream_id, _ in entries))
+        self._in_hand = []
         self.total.add(written)
         logger.info(
             "log writer %s: %d entries -> %d messages, %d events, %d recipients in %d statements (last id %s)",

@@ -63,6 +63,9 @@ class Message(models.Model):
     #: Bytes of the encoded envelope (attachments included).
     size = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    #: When the event that set ``status`` happened: a status arriving late (written by another writer, or again
+    #: after a crash) replaces it only if it is newer.
+    status_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     #: The provider (MAILERS alias) that took it.
     provider = models.CharField(max_length=200, blank=True)
@@ -74,6 +77,8 @@ class Message(models.Model):
     sent_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
+    #: When the event that reported ``last_error`` happened (the same rule as ``status_at``).
+    last_error_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ("-queued_at",)
@@ -103,7 +108,10 @@ class MessageRecipient(models.Model):
     no rows are written.
     """
 
-    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="recipients", db_constraint=False)
+    #: Not indexed alone: the unique (message, kind, address) constraint's index serves lookups by message.
+    message = models.ForeignKey(
+        Message, on_delete=models.CASCADE, related_name="recipients", db_constraint=False, db_index=False
+    )
     kind = models.CharField(max_length=3, choices=RecipientKind.choices)
     #: Lower-cased address (or its hash).
     address = models.CharField(max_length=320)
@@ -142,7 +150,10 @@ class MessageEvent(models.Model):
 
     #: No database constraint: an event may be written in the same batch as its message, or (its
     #: ``queued`` event trimmed from a full stream) before the row exists.
-    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="events", db_constraint=False)
+    #: Not indexed alone: the (message, at) index serves the timeline and the deletes by message.
+    message = models.ForeignKey(
+        Message, on_delete=models.CASCADE, related_name="events", db_constraint=False, db_index=False
+    )
     #: The Redis stream entry id: a batch written twice (a writer killed before it acknowledged) adds nothing.
     stream_id = models.CharField(max_length=40, unique=True)
     kind = models.CharField(max_length=16, choices=EventKind.choices)

@@ -61,8 +61,8 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[s
         admin.close()
 
 
-def test_writer_killed_mid_run_then_restarted_writes_every_message_once(database, namespace, redis_url) -> None:
-    url, query = database
+def writer_env(url: str, namespace: str, redis_url: str) -> dict[str, str]:
+    """The demo project's settings on ``url``, migrated."""
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "project.settings",
@@ -79,6 +79,12 @@ def test_writer_killed_mid_run_then_restarted_writes_every_message_once(database
         timeout=120,
     )
     assert migrate.returncode == 0, migrate.stderr
+    return env
+
+
+def test_writer_killed_mid_run_then_restarted_writes_every_message_once(database, namespace, redis_url) -> None:
+    url, query = database
+    env = writer_env(url, namespace, redis_url)
     client = redis.Redis.from_url(redis_url)
     key = events_key(namespace)
     now = int(time.time() * 1000)
@@ -126,6 +132,67 @@ def test_writer_killed_mid_run_then_restarted_writes_every_message_once(database
 
     assert query("SELECT count(*), count(DISTINCT stream_id) FROM mailqueue_messageevent")[0] == (2 * MESSAGES,) * 2
     assert query("SELECT status, count(*) FROM mailqueue_message GROUP BY status") == [("sent", MESSAGES)]
+    assert query("SELECT count(*) FROM mailqueue_messagerecipient")[0] == (MESSAGES,)
+    assert client.xpending(key, GROUP)["pending"] == 0
+    client.close()
+
+
+def test_two_writers_at_once_and_a_locked_database_leave_every_row_as_one_writer_would(
+    database, namespace, redis_url
+) -> None:
+    """Each message's four events are split between two writers; on SQLite the database is also locked mid-run."""
+    url, query = database
+    env = writer_env(url, namespace, redis_url)
+    client = redis.Redis.from_url(redis_url)
+    key = events_key(namespace)
+    now = int(time.time() * 1000)
+    with client.pipeline(transaction=False) as pipe:
+        for i in range(MESSAGES):
+            envelope_id = f"w{i}"
+            for event in (
+                {"k": "queued", "id": envelope_id, "t": now, "q": "default", "m": "default", "to": [f"u{i}@x.org"]},
+                {"k": "attempt_failed", "id": envelope_id, "t": now + 10, "p": "ses", "n": 1, "r": "503 busy"},
+                {"k": "deferred", "id": envelope_id, "t": now + 20, "n": 1, "r": "retry in 15s"},
+                {"k": "sent", "id": envelope_id, "t": now + 30, "p": "smtp", "n": 2, "pid": f"<{i}@x>"},
+            ):
+                pipe.xadd(key, {"e": orjson.dumps(event)})
+        pipe.execute()
+
+    command = [sys.executable, "manage.py", "mailqueue", "log", "--batch", "30"]
+    writers = [
+        subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    locked_for = 0.0
+    if url.startswith("sqlite"):
+        while query("SELECT count(*) FROM mailqueue_messageevent")[0][0] < 300:
+            time.sleep(0.02)
+        # Longer than the writers' 5-s lock timeout: their transactions fail, and nothing is lost or doubled.
+        lock = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        started = time.monotonic()
+        time.sleep(7)
+        lock.execute("COMMIT")
+        lock.close()
+        locked_for = time.monotonic() - started
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and query("SELECT count(*) FROM mailqueue_messageevent")[0][0] < 4 * MESSAGES:
+        time.sleep(0.05)
+    outputs = []
+    for writer in writers:
+        writer.send_signal(signal.SIGTERM)
+        outputs.append(writer.communicate(timeout=30))
+        assert writer.returncode == 0, outputs[-1][1]
+
+    assert all("wrote " in out and "wrote 0 " not in out for out, _ in outputs), "both writers wrote"
+    if locked_for:
+        assert any("database is locked" in err for _, err in outputs)
+    assert query("SELECT count(*), count(DISTINCT stream_id) FROM mailqueue_messageevent")[0] == (4 * MESSAGES,) * 2
+    rows = query(
+        "SELECT status, attempts, provider, provider_message_id <> '', last_error, count(*) FROM mailqueue_message "
+        "GROUP BY status, attempts, provider, provider_message_id <> '', last_error"
+    )
+    assert [tuple(row) for row in rows] == [("sent", 2, "smtp", True, "retry in 15s", MESSAGES)]
     assert query("SELECT count(*) FROM mailqueue_messagerecipient")[0] == (MESSAGES,)
     assert client.xpending(key, GROUP)["pending"] == 0
     client.close()
