@@ -29,13 +29,13 @@ TARGET_MS = 300
 FILL = [
     """
     INSERT INTO mailqueue_message (envelope_id, queue, mailer, subject, from_email, recipient_count, size, status,
-        attempts, provider, provider_message_id, composed_at, queued_at, first_attempt_at, sent_at, updated_at,
-        last_error)
+        status_at, attempts, provider, provider_message_id, composed_at, queued_at, first_attempt_at, sent_at,
+        updated_at, last_error)
     SELECT lpad(to_hex(i), 32, '0'), (ARRAY['critical', 'default', 'bulk'])[i %% 3 + 1], 'default',
         'Subject ' || i, 'noreply@example.com', 2, 2000,
         CASE WHEN i %% 100 < 90 THEN 'sent' WHEN i %% 100 < 95 THEN 'queued' WHEN i %% 100 < 98 THEN 'deferred'
              WHEN i %% 100 < 99 THEN 'failed' ELSE 'dead' END,
-        1 + i %% 3, CASE WHEN i %% 100 < 90 THEN (ARRAY['smtp', 'backup'])[i %% 2 + 1] ELSE '' END,
+        t, 1 + i %% 3, CASE WHEN i %% 100 < 90 THEN (ARRAY['smtp', 'backup'])[i %% 2 + 1] ELSE '' END,
         CASE WHEN i %% 100 < 90 THEN '<' || i || '@mail.example.com>' ELSE '' END,
         t, t, t, t, t, ''
     FROM generate_series(1, %(n)s) AS i, LATERAL (SELECT now() - (%(n)s - i) * interval '1 second' AS t) AS ts

@@ -40,7 +40,7 @@ PROVIDER_KEYS = frozenset(
 RATE_KEYS = frozenset({"rate", "burst"})
 POOL_KEYS = frozenset({"queues", "processes", "threads"})
 ROUTE_KEYS = frozenset({"queue", "tag", "header", "value", "callable"})
-LOG_KEYS = frozenset({"ENABLED", "STREAM_MAXLEN", "RECIPIENTS", "RETENTION_DAYS", "BATCH_SIZE"})
+LOG_KEYS = frozenset({"ENABLED", "STREAM_MAXLEN", "RECIPIENTS", "RETENTION_DAYS", "BATCH_SIZE", "BATCH_WAIT"})
 
 
 @dataclass(frozen=True)
@@ -296,7 +296,7 @@ def read_log(problems: Problems, raw: Any) -> LogConfig:
         problems.add("mailqueue.E025", f"{where} must be a dict, not {type(raw).__name__}.")
         return LogConfig()
     problems.unknown_keys(where, raw, LOG_KEYS)
-    minimums = {"STREAM_MAXLEN": 1, "RETENTION_DAYS": 1, "BATCH_SIZE": 1}
+    minimums = {"STREAM_MAXLEN": 1, "RETENTION_DAYS": 1, "BATCH_SIZE": 1, "BATCH_WAIT": 0}
     options = problems.integers(where, raw, LogConfig, minimums)
     if "ENABLED" in raw:
         if isinstance(raw["ENABLED"], bool):

@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 GROUP = LOG_GROUP
 
+#: Stream entries as redis-py returns them: (id, fields).
+Entries = list[tuple[str, dict[bytes, bytes]]]
+
 KNOWN_KINDS = frozenset(EventKind.values)
 
 
@@ -112,6 +115,8 @@ class LogWriter:
 
     namespace: str
     batch_size: int = 500
+    #: Milliseconds a short batch waits for more entries before it is written (LOG BATCH_WAIT).
+    batch_wait_ms: int = 500
     recipients: str = "store"
     using: str = "default"
     consumer: str = field(default_factory=consumer_name)
@@ -124,7 +129,7 @@ class LogWriter:
     total: Written = field(default_factory=Written)
     _next_claim: float = 0.0
     #: A batch read but not yet written and acknowledged (its write failed): written again before anything else.
-    _in_hand: list[tuple[str, dict[bytes, bytes]]] = field(default_factory=list)
+    _in_hand: Entries = field(default_factory=list)
     _statements: Statements | None = None
 
     @classmethod
@@ -133,6 +138,7 @@ class LogWriter:
         values: dict[str, Any] = {
             "namespace": config.namespace,
             "batch_size": config.log.batch_size,
+            "batch_wait_ms": config.log.batch_wait,
             "recipients": config.log.recipients,
         }
         values.update({name: value for name, value in overrides.items() if value is not None})
@@ -154,9 +160,9 @@ class LogWriter:
             if "BUSYGROUP" not in str(error):
                 raise
 
-    def claim(self) -> list[tuple[str, dict[bytes, bytes]]]:
+    def claim(self) -> Entries:
         """Take over entries left pending by a dead writer; acknowledge those trimmed from the stream meanwhile."""
-        claimed: list[tuple[str, dict[bytes, bytes]]] = []
+        claimed: Entries = []
         start = "0-0"
         while len(claimed) < self.batch_size:
             reply: Any = self.client.xautoclaim(
@@ -175,7 +181,7 @@ class LogWriter:
             logger.info("log writer %s: claimed %d entries abandoned by another writer", self.consumer, len(claimed))
         return claimed
 
-    def read(self, *, block: bool) -> list[tuple[str, dict[bytes, bytes]]]:
+    def read(self, *, block: bool) -> Entries:
         """The next batch: abandoned entries when a claim is due, else new ones (waiting up to ``block_ms``)."""
         if time.monotonic() >= self._next_claim:
             self._next_claim = time.monotonic() + self.claim_every
@@ -191,6 +197,22 @@ class LogWriter:
             return []
         return [(_text(stream_id), fields) for stream_id, fields in reply[0][1]]
 
+    def fill(self, entries: Entries, *, wait: bool) -> Entries:
+        """Let a short batch fill for ``batch_wait_ms``, then top it up with what arrived, in one more read.
+
+        Under a steady trickle each read finds a few entries; writing each at once
+        costs a transaction, three statements and a commit per handful of events,
+        CPU the workers on the same host need (docs/benchmarks.md). One sleep and
+        one read per wait, never a read per entry.
+        """
+        if not entries or not wait or self.batch_wait_ms <= 0 or len(entries) >= self.batch_size:
+            return entries
+        time.sleep(self.batch_wait_ms / 1000)
+        reply: Any = self.client.xreadgroup(GROUP, self.consumer, {self.key: ">"}, count=self.batch_size - len(entries))
+        if reply:
+            entries += [(_text(stream_id), fields) for stream_id, fields in reply[0][1]]
+        return entries
+
     def step(self, *, block: bool = True) -> Written:
         """Write one batch in one transaction, then acknowledge it.
 
@@ -198,7 +220,7 @@ class LogWriter:
         was down, a lock timed out), else the next one read: a failure leaves
         nothing acknowledged, and the same entries are written on the next step.
         """
-        entries = self._in_hand or self.read(block=block)
+        entries = self._in_hand or self.fill(self.read(block=block), wait=block)
         if not entries:
             return Written()
         self._in_hand = entries

@@ -286,6 +286,12 @@ def test_a_valid_configuration_has_no_errors(settings) -> None:
             "MAILQUEUE['LOG']['STREAM_MAXLEN'] must be an integer >= 1, not 0",
         ),
         (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "LOG": {"BATCH_WAIT": -1}},
+            None,
+            "mailqueue.E015",
+            "MAILQUEUE['LOG']['BATCH_WAIT'] must be an integer >= 0, not -1",
+        ),
+        (
             {"QUEUES": {"default": {"providers": ["smtp"]}}, "LOG": {"RETENTION": 7}},
             None,
             "mailqueue.E001",

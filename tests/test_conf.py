@@ -104,9 +104,16 @@ def test_names_other_modules_import_from_conf_are_still_there(name) -> None:
 
 
 def test_the_log_section_reads_into_a_frozen_log_config(settings) -> None:
-    log = {"ENABLED": False, "STREAM_MAXLEN": 5000, "RECIPIENTS": "hash", "RETENTION_DAYS": 7, "BATCH_SIZE": 100}
+    log = {
+        "ENABLED": False,
+        "STREAM_MAXLEN": 5000,
+        "RECIPIENTS": "hash",
+        "RETENTION_DAYS": 7,
+        "BATCH_SIZE": 100,
+        "BATCH_WAIT": 0,
+    }
     config = configure(settings, {"QUEUES": {"default": {"providers": "smtp"}}, "LOG": log})
     assert config.log == LogConfig(
-        enabled=False, stream_maxlen=5000, recipients="hash", retention_days=7, batch_size=100
+        enabled=False, stream_maxlen=5000, recipients="hash", retention_days=7, batch_size=100, batch_wait=0
     )
     assert configure(settings, {"QUEUES": {"default": {"providers": "smtp"}}}).log == LogConfig()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -308,3 +309,27 @@ def test_prune_deletes_old_messages_in_batches(setup, namespace, redis_client) -
     call_command("mailqueue", "prune", "--days", "0", "--batch", "2", stdout=out)
     assert "pruned 5 message(s), 10 recipient(s), 5 event(s) older than 0 day(s) in 3 batch(es)" in out.getvalue()
     assert not Message.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_short_batch_waits_to_fill_and_is_written_in_one_transaction(setup, namespace, redis_client) -> None:
+    """Under a trickle, a read finds a few entries; what arrives during BATCH_WAIT joins them."""
+    running = writer(namespace, batch_size=100, batch_wait_ms=400, claim_every=3600)
+    running.ensure_group()
+    running._next_claim = time.monotonic() + 3600
+    append(redis_client, namespace, queued("first", NOW))
+    later = threading.Timer(
+        0.15, lambda: append(redis_client, namespace, *(queued(f"t{i}", NOW + i) for i in range(5)))
+    )
+    later.start()
+    started = time.monotonic()
+    written = running.step()
+    later.join()
+    assert (written.entries, written.messages) == (6, 6)
+    assert time.monotonic() - started >= 0.4
+    assert written.statements == 3  # messages, recipients, events: one transaction for all six
+
+    nothing_waits = writer(namespace, batch_size=100, batch_wait_ms=0, consumer="eager")
+    append(redis_client, namespace, queued("alone", NOW))
+    nothing_waits._next_claim = time.monotonic() + 3600
+    assert nothing_waits.step().entries == 1
