@@ -4,6 +4,7 @@ Starts a private Redis (unless ``--redis-url``), one counting SMTP/HTTP sink and
 peers, PostgreSQL databases of its own (SQLite when no PostgreSQL answers); creates the peers' virtual
 environments on first use; measures every system in subprocesses; prints Markdown tables of figures and ratios.
 ``python -m bench.batch_paths`` is a separate, quicker measurement: the batch enqueue by script and by MULTI/EXEC.
+``--only-log`` runs only the drain with the message log written beside the drain with it off (bench.logged_drain).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import report
+from . import logged_drain, report
 from .harness import (
     BenchError,
     IdleSizes,
@@ -39,14 +40,29 @@ class Sizes:
     soak: int
     redis_requests: int
     idle: IdleSizes
+    #: Messages in each drain of the message-log row, and how many (off, on) pairs it runs.
+    log: int
+    log_rounds: int
 
 
 #: About 3 minutes: 50 s of sends every 250 ms (mailqueue, then Django), ten 3-s silences, one of a minute, and
 #: 10 s of critical sends while a bulk pool drains 20,000 messages.
 FULL_IDLE = IdleSizes(count=200, interval=0.25, spells=10, quiet=3.0, long_quiet=60.0, backlog=20_000, busy_count=40)
 SMOKE_IDLE = IdleSizes(count=4, interval=0.25, spells=1, quiet=1.2, long_quiet=0.0, backlog=200, busy_count=2)
-FULL = Sizes(latency=2_000, batch=10_000, small=2_000, large=200, soak=100_000, redis_requests=100_000, idle=FULL_IDLE)
-SMOKE = Sizes(latency=50, batch=100, small=40, large=4, soak=0, redis_requests=2_000, idle=SMOKE_IDLE)
+FULL = Sizes(
+    latency=2_000,
+    batch=10_000,
+    small=2_000,
+    large=200,
+    soak=100_000,
+    redis_requests=100_000,
+    idle=FULL_IDLE,
+    log=5_000,
+    log_rounds=2,
+)
+SMOKE = Sizes(
+    latency=50, batch=100, small=40, large=4, soak=0, redis_requests=2_000, idle=SMOKE_IDLE, log=40, log_rounds=1
+)
 
 
 def progress(text: str) -> None:
@@ -117,6 +133,21 @@ def measure_esp(services: Services, sizes: Sizes, args: argparse.Namespace, resu
         )
 
 
+def measure_log(services: Services, sizes: Sizes, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    order = ", ".join(["off, on", "on, off"][round_ % 2] for round_ in range(sizes.log_rounds))
+    progress(
+        f"mailqueue: drain {sizes.log} small messages, 1 process, message log off / on with one writer "
+        f"({services.database_kind}); runs: {order}"
+    )
+    attempt(
+        results,
+        "log",
+        lambda: logged_drain.measure(
+            services, MAILQUEUE, count=sizes.log, threads=args.threads, rounds=sizes.log_rounds, batch=args.log_batch
+        ),
+    )
+
+
 def measure_floors(services: Services, sizes: Sizes, results: dict[str, Any]) -> None:
     floors = results.setdefault("floors", {})
     if services.private_redis:
@@ -178,6 +209,15 @@ def main() -> None:
         "--idle", action=argparse.BooleanOptionalAction, default=True, help="the idle-latency row (default: on)"
     )
     parser.add_argument("--only-idle", action="store_true", help="measure only the idle-latency row")
+    parser.add_argument(
+        "--log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the drain with the message log written vs off (default: on)",
+    )
+    parser.add_argument("--only-log", action="store_true", help="measure only the message-log drain row")
+    parser.add_argument("--log-rounds", type=int, help="(off, on) drain pairs in the log row (default 2; smoke: 1)")
+    parser.add_argument("--log-batch", type=int, metavar="N", help="the log writer's --batch (default: LOG BATCH_SIZE)")
     args = parser.parse_args()
 
     base = SMOKE if args.smoke else FULL
@@ -189,8 +229,12 @@ def main() -> None:
         soak=base.soak if args.soak is None else args.soak,
         redis_requests=base.redis_requests,
         idle=base.idle,
+        log=max(int(base.log * args.scale), 10),
+        log_rounds=base.log_rounds if args.log_rounds is None else args.log_rounds,
     )
-    with_peers = (not args.smoke if args.peers is None else args.peers) and not args.only_idle
+    partial = args.only_idle or args.only_log
+    with_peers = (not args.smoke if args.peers is None else args.peers) and not partial
+    with_log = (args.log or args.only_log) and not args.only_idle and sizes.log_rounds > 0
     if args.processes is None:
         args.processes = [1] if args.smoke else [1, 2]
     ENVS_DIR.mkdir(exist_ok=True)
@@ -214,13 +258,16 @@ def main() -> None:
 
     if args.only:
         systems = [system for system in systems if system.name in args.only or system is LOCMEM]
-    postgres = args.postgres_url if with_peers and postgres_available(args.postgres_url) else None
+    if args.only and "mailqueue" not in args.only:
+        with_log = False
+    # The peers' queues and the message log live in PostgreSQL when it answers.
+    postgres = args.postgres_url if (with_peers or with_log) and postgres_available(args.postgres_url) else None
     results: dict[str, Any] = {name: {"failed": report.Failed(reason)} for name, reason in unavailable.items()}
     grace = 0.3 if args.smoke else 1.0
-    if args.only_idle:
+    if partial:
         systems = []
     with Services.run(redis_url=args.redis_url, postgres_url=postgres, log=log, grace=grace) as services:
-        if args.idle or args.only_idle:
+        if (args.idle and not args.only_log) or args.only_idle:
             measure_idle(services, sizes, results)
         for system in systems:
             if system.uses_database:
@@ -236,7 +283,9 @@ def main() -> None:
             measure_system(services, system, sizes, args, results.setdefault(system.name, {}))
         if MAILQUEUE in systems:
             measure_esp(services, sizes, args, results)
-        if not args.only_idle:
+        if with_log:
+            measure_log(services, sizes, args, results)
+        if not partial:
             measure_floors(services, sizes, results)
         if sizes.soak and MAILQUEUE in systems:
             measure_soak(services, sizes, args, results)

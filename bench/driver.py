@@ -2,8 +2,8 @@
 
 The harness runs it with ``DJANGO_SETTINGS_MODULE=bench.settings`` and ``BENCH_SYSTEM`` naming the system,
 so mailqueue, every peer and the floors are measured by the same code on the same messages. It prints one
-JSON object on its last line. It imports nothing from mailqueue at module level (only the ``rendering`` op
-does, and only mailqueue runs it): peers run it on their own Django.
+JSON object on its last line. It imports nothing from mailqueue at module level (only the ``rendering`` and
+``log*`` ops do, and only mailqueue runs them): peers run it on their own Django.
 """
 
 from __future__ import annotations
@@ -127,6 +127,11 @@ def _arrivals() -> dict[str, float]:
         return dict(json.load(response))
 
 
+def _sink_stats() -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{settings.HTTP_PORT}/_stats", timeout=10) as response:
+        return dict(json.load(response))
+
+
 def _await_arrival(ids: list[str], timeout: float = 30.0) -> dict[str, float]:
     deadline = time.monotonic() + timeout
     while True:
@@ -233,6 +238,66 @@ def rendering(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def log_lag(args: argparse.Namespace) -> dict[str, Any]:
+    """Sample the log writer's lag through ``mailqueue status``'s reader until every event of the drain is written.
+
+    Prints ``ready`` first (the harness waits for it). Each sample: [monotonic time, messages the sink received,
+    events unwritten, pending, age of the oldest unwritten (s), stream length]. Done when the sink has ``--count``
+    messages, the stream holds ``--events`` and none is unwritten; gives up after ``--stall`` s without change.
+    Samples every ``--interval`` s, and every 20 ms from when the last message is due at the sink (by the rate
+    so far), so that the writer's catch-up after the last delivery is timed to a few tens of ms.
+    """
+    from mailqueue.monitoring import writer_lag  # noqa: PLC0415  (mailqueue's environment only)
+
+    print("ready", flush=True)  # noqa: T201
+    samples: list[list[Any]] = []
+    caught_up = None
+    last_change, last_state = time.monotonic(), None
+    while True:
+        lag = writer_lag()
+        now = time.monotonic()
+        stats = _sink_stats()
+        received = stats["received"]
+        samples.append([now, received, lag.unwritten, lag.pending, lag.oldest_age, lag.stream_length])
+        if received >= args.count and lag.group_exists and lag.unwritten == 0 and lag.stream_length >= args.events:
+            caught_up = now
+            break
+        state = (received, lag.unwritten, lag.stream_length)
+        if state != last_state:
+            last_change, last_state = now, state
+        elif now - last_change > args.stall:
+            break
+        rate = (
+            (received - 1) / (stats["last"] - stats["first"]) if received > 1 and stats["last"] > stats["first"] else 0
+        )
+        due = (args.count - received) / rate if rate else float("inf")
+        time.sleep(0.02 if due < args.interval else args.interval)
+    return {"samples": samples, "caught_up": caught_up}
+
+
+def log_rows(args: argparse.Namespace) -> dict[str, Any]:
+    """What the log writer wrote: message rows, how many of them are sent, event rows."""
+    from mailqueue.models import Message, MessageEvent, Status  # noqa: PLC0415  (mailqueue's environment only)
+
+    return {
+        "messages": Message.objects.count(),
+        "sent": Message.objects.filter(status=Status.SENT).count(),
+        "events": MessageEvent.objects.count(),
+    }
+
+
+def log_clear(args: argparse.Namespace) -> dict[str, Any]:
+    """Empty the message log's tables, so the next run's rows can be counted."""
+    from django.db import connection, transaction  # noqa: PLC0415
+
+    from mailqueue.models import Message, MessageEvent, MessageRecipient  # noqa: PLC0415  (mailqueue's only)
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        for model in (MessageEvent, MessageRecipient, Message):  # the rows that point first
+            cursor.execute(f"DELETE FROM {connection.ops.quote_name(model._meta.db_table)}")
+    return {"cleared": True}
+
+
 def clear(args: argparse.Namespace) -> dict[str, Any]:
     """Forget what this system queued in its database (Redis is flushed by the harness)."""
     deleted = 0
@@ -275,6 +340,9 @@ OPS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "clear": clear,
     "queued": queued,
     "migrate": migrate,
+    "loglag": log_lag,
+    "logrows": log_rows,
+    "logclear": log_clear,
 }
 
 
@@ -293,6 +361,8 @@ def main() -> None:
     parser.add_argument("--spells", type=int, default=0, help="idle: sends after a quiet spell each")
     parser.add_argument("--quiet", type=float, default=2.0, help="idle: seconds of each quiet spell")
     parser.add_argument("--long-quiet", type=float, default=0.0, help="idle: one more send after this long")
+    parser.add_argument("--events", type=int, default=0, help="loglag: events the stream must hold when done")
+    parser.add_argument("--stall", type=float, default=45.0, help="loglag: give up after this long without change")
     args = parser.parse_args()
     result = OPS[args.op](args)
     print(json.dumps({"system": settings.SYSTEM, "django": django.get_version(), **result}), flush=True)  # noqa: T201

@@ -19,7 +19,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,16 +246,18 @@ class Services:
 
     def database_for(self, system: System) -> str:
         """A database of the system's own: PostgreSQL when one was given, else a SQLite file."""
-        if not system.uses_database:
-            return ":memory:"
-        if system.name not in self.databases:
+        return self.database_named(system.name) if system.uses_database else ":memory:"
+
+    def database_named(self, key: str) -> str:
+        """The database for ``key`` (a system, or a measurement's own), created on first use; dropped at the end."""
+        if key not in self.databases:
             if self.database_admin:
-                name = f"mqbench_{self.run_id}_{system.name.replace('-', '_')}"
+                name = f"mqbench_{self.run_id}_{key.replace('-', '_')}"
                 _postgres(self.database_admin, f'CREATE DATABASE "{name}"')
-                self.databases[system.name] = f"{self.database_admin.rsplit('/', 1)[0]}/{name}"
+                self.databases[key] = f"{self.database_admin.rsplit('/', 1)[0]}/{name}"
             else:
-                self.databases[system.name] = str(self.work_dir / f"{system.name}.sqlite3")
-        return self.databases[system.name]
+                self.databases[key] = str(self.work_dir / f"{key}.sqlite3")
+        return self.databases[key]
 
     def drop_databases(self) -> None:
         if not self.database_admin:
@@ -277,7 +279,8 @@ class Services:
 
     # Subprocess environment ------------------------------------------------------------------------
 
-    def env(self, system: System, *, provider: str = "smtp") -> dict[str, str]:
+    def env(self, system: System, *, provider: str = "smtp", settings: Mapping[str, str] = {}) -> dict[str, str]:
+        """The environment of the system's processes; ``settings`` overrides ``BENCH_*`` values (bench.settings)."""
         env = {
             key: value for key, value in os.environ.items() if not key.startswith(("BENCH_", "DJANGO_", "VIRTUAL_ENV"))
         }
@@ -294,6 +297,7 @@ class Services:
             BENCH_DATABASE=self.database_for(system),
             BENCH_WORK_DIR=str(self.work_dir),
         )
+        env.update(settings)
         return env
 
 
@@ -342,12 +346,14 @@ def postgres_available(url: str) -> bool:
 # --- measurements --------------------------------------------------------------------------------------
 
 
-def driver(services: Services, system: System, op: str, *args: str, provider: str = "smtp") -> dict[str, Any]:
+def driver(
+    services: Services, system: System, op: str, *args: str, provider: str = "smtp", settings: Mapping[str, str] = {}
+) -> dict[str, Any]:
     """Run ``bench.driver OP`` for ``system``; its JSON result, or BenchError with its error output."""
     result = subprocess.run(
         [str(system.python()), "-m", "bench.driver", op, *args],
         cwd=ROOT,
-        env=services.env(system, provider=provider),
+        env=services.env(system, provider=provider, settings=settings),
         capture_output=True,
         text=True,
         timeout=1800,
@@ -388,8 +394,10 @@ class Drain:
         return self.received == self.count == self.unique and not self.duplicates
 
 
-def _start(services: Services, system: System, commands: list[list[str]], provider: str) -> ProcessTree:
-    env = services.env(system, provider=provider)
+def _start(
+    services: Services, system: System, commands: list[list[str]], provider: str, settings: Mapping[str, str] = {}
+) -> ProcessTree:
+    env = services.env(system, provider=provider, settings=settings)
     log = services.work_dir / f"{system.name}-workers.log"
     processes = [
         subprocess.Popen(
@@ -482,11 +490,37 @@ def drain(
     provider: str = "smtp",
     rss: bool = False,
     stall: float = 30.0,
+    settings: Mapping[str, str] = {},
+    alongside: contextlib.AbstractContextManager[Any] | None = None,
 ) -> Drain:
-    """Queue ``count`` messages, then let ``processes`` workers deliver them; check the sink got each once."""
+    """Queue ``count`` messages, then let ``processes`` workers deliver them; check the sink got each once.
+
+    ``settings`` overrides ``BENCH_*`` values for every process of the drain. ``alongside`` is entered before
+    the messages are queued and left after the workers stopped: another process running through the drain
+    (the message log's writer), which must not change how the drain itself is measured.
+    """
     run = f"{services.run_id}-{system.name}-{size}-{processes}"
     reset(services, system)
     services.sink("_reset", "POST")
+    with alongside if alongside is not None else contextlib.nullcontext():
+        return _drain(services, system, run, count=count, size=size, processes=processes, threads=threads,
+                      provider=provider, rss=rss, stall=stall, settings=settings)  # fmt: skip
+
+
+def _drain(
+    services: Services,
+    system: System,
+    run: str,
+    *,
+    count: int,
+    size: str,
+    processes: int,
+    threads: int,
+    provider: str,
+    rss: bool,
+    stall: float,
+    settings: Mapping[str, str],
+) -> Drain:
     redis_bytes = None
     if system.workers is None:
         # Synchronous: the send is the drain; N processes each send their share over one connection.
@@ -496,14 +530,14 @@ def drain(
              "--start", str(start), "--size", size, "--run", run]
             for start in range(0, count, share)
         ]  # fmt: skip
-        tree = _start(services, system, commands, provider)
+        tree = _start(services, system, commands, provider, settings)
     else:
-        driver(services, system, "fill", "--count", str(count), "--size", size, "--run", run, provider=provider)
+        fill = ("fill", "--count", str(count), "--size", size, "--run", run)
+        driver(services, system, *fill, provider=provider, settings=settings)
         if not system.uses_database:
             redis_bytes = services.key_bytes(system)
-        tree = _start(
-            services, system, system.workers(system.python(), processes, threads, services.work_dir), provider
-        )
+        commands = system.workers(system.python(), processes, threads, services.work_dir)
+        tree = _start(services, system, commands, provider, settings)
     try:
         stats, accounting, samples = _wait_for_sink(services, tree, count, stall=stall, rss=rss)
     finally:

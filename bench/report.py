@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .harness import Drain
+from .logged_drain import KEEPS_UP_S, LoggedDrains, WriterRun
 
 SYSTEM_ORDER = (
     "mailqueue",
@@ -89,12 +90,17 @@ def render(
     yield (
         f"{os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, "
         f"{platform.system()} {platform.release()}; workers: {args.threads} threads per process; "
-        f"peers' queue database: {database}. Sizes: send_mail N={sizes.latency}, batch N={sizes.batch}, "
-        f"drains N={sizes.small} small / N={sizes.large} with a 100 KB attachment."
+        f"database (peers' queues, the message log): {database}. Sizes: send_mail N={sizes.latency}, "
+        f"batch N={sizes.batch}, drains N={sizes.small} small / N={sizes.large} with a 100 KB attachment."
     )
     yield ""
-    if set(results) == {"idle"}:  # --only-idle
+    if set(results) <= {"idle", "log"}:  # --only-idle, --only-log
         yield from _idle(results, notes)
+        yield from _log(results, notes)
+        if "log" in results:
+            yield "| Target | Figure (this run) | Goal | |"
+            yield "|---|--:|--:|---|"
+            yield from _log_targets(results)
         yield from _notes(notes)
         return
     yield (
@@ -131,6 +137,7 @@ def render(
     yield "The 2-process figure for the synchronous backend is two processes each sending half over its own connection."
     yield ""
     yield from _cpu_accounting(results)
+    yield from _log(results, notes)
     yield from _idle(results, notes)
     yield from _floors(results, notes)
     yield from _targets(results, notes)
@@ -172,6 +179,102 @@ def _cpu_accounting(results: dict[str, Any]) -> Iterator[str]:
         "busy share nears 100% is bounded by CPU, and more worker processes cannot make it faster."
     )
     yield ""
+
+
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _log(results: dict[str, Any], notes: Notes) -> Iterator[str]:
+    """The SMTP drain with the message log written by one writer, beside the same drain with the log off."""
+    logged = results.get("log")
+    if logged is None:
+        return
+    if isinstance(logged, Failed):
+        yield f"SMTP drain with the message log: {notes.mark(logged)}"
+        yield ""
+        return
+    yield (
+        f"| SMTP drain, message log off vs on ({logged.count:,} small, {logged.processes} process × "
+        f"{logged.threads} threads; log in {logged.database}) | msg/s | worker CPU µs/msg | writer CPU µs/event "
+        "| events unwritten, max | oldest unwritten, max s | all written, s after the last delivery "
+        "| events / statement | log rows: sent / drained |"
+    )
+    yield "|---|--:|--:|--:|--:|--:|--:|--:|--:|"
+    for _, run, writer in logged.runs:
+        exact = "" if run.exact else f" ✗ {run.unique}/{run.count}, {run.duplicates} dup"
+        cells = [f"{run.rate:,.0f}{exact}", _number(run.cpu_us)]
+        if writer is None:
+            yield '| off (`LOG["ENABLED"] = False`), no writer | ' + " | ".join([*cells, *["—"] * 6]) + " |"
+            continue
+        caught_up = _caught_up(writer)
+        rows = f"{writer.sent:,} / {writer.expected:,}" + (
+            "" if writer.rows_match else f" ✗ ({writer.messages:,} rows, {writer.events:,} events)"
+        )
+        cells += [
+            _number(writer.cpu_us),
+            _number(writer.max_unwritten),
+            _seconds(writer.max_oldest_s),
+            caught_up,
+            _number(writer.per_statement, 1),
+            rows,
+        ]  # fmt: skip
+        yield "| on, one writer (`manage.py mailqueue log`) | " + " | ".join(cells) + " |"
+    yield ""
+    on, off = logged.rates("on"), logged.rates("off")
+    ratio = logged.ratio
+    yield (
+        f"Log on ÷ off: **{_number(ratio, 2)}×** (mean {_number(sum(on) / len(on) if on else None)} against "
+        f"{_number(sum(off) / len(off) if off else None)} msg/s, runs alternating "
+        f"{', '.join(side for side, _, _ in logged.runs)}; target ≥ 0.90×)."
+    )
+    # The writer's CPU for both events of a message, at the rate its drain ran: how much of a core logging takes.
+    costs = [
+        (writer.cpu_us * writer.entries / writer.expected, run.rate)
+        for _, run, writer in logged.runs
+        if writer is not None and writer.cpu_us is not None and writer.expected
+    ]
+    if costs:
+        per_message, rate = max(costs, key=lambda cost: cost[0] * cost[1])
+        yield (
+            f"Each message puts two events on the stream (queued by the fill, sent by the worker). The writer spent "
+            f"up to {_number(per_message)} µs of CPU a message: {per_message * rate / 1e6:.0%} of one core at "
+            f"{_number(rate)} msg/s."
+        )
+    for problem in logged.problems:
+        yield f"✗ {problem}"
+    yield ""
+
+
+def _caught_up(writer: WriterRun) -> str:
+    if writer.caught_up_s is None:
+        return "never"
+    return _seconds(writer.caught_up_s) if writer.caught_up_timed else f"≤ {_seconds(writer.caught_up_s)}"
+
+
+def _log_targets(results: dict[str, Any]) -> Iterator[str]:
+    logged = results.get("log")
+    if not isinstance(logged, LoggedDrains):
+        return
+    ratio = logged.ratio
+    yield _row("SMTP drain with the message log written vs log off", f"{_number(ratio, 2)}×", "≥ 0.90×",
+               None if ratio is None else ratio >= 0.9)  # fmt: skip
+    writers = logged.writers
+    if writers:
+        worst_age = max((writer.max_oldest_s or 0.0) for writer in writers)
+        latest = max(writers, key=lambda writer: float("inf") if writer.caught_up_s is None else writer.caught_up_s)
+        figure = (
+            f"oldest unwritten {worst_age:.2f} s at most; all written {_caught_up(latest)} s after the last delivery"
+        )
+        yield _row("Log writer keeps up at that rate", figure, f"both ≤ {KEEPS_UP_S:g} s",
+                   all(writer.keeps_up for writer in writers))  # fmt: skip
+    yield _row("Log rows: one sent row per message drained, log off appends nothing",
+               "correct" if logged.correct else "**wrong**", "all", logged.correct)  # fmt: skip
+
+
+def _row(name: str, figure: str, goal: str, met: bool | None) -> str:
+    verdict = "—" if met is None else ("met" if met else "**missed**")
+    return f"| {name} | {figure} | {goal} | {verdict} |"
 
 
 def _idle_cells(phase: Any) -> str:
@@ -309,10 +412,10 @@ def _targets(results: dict[str, Any], notes: Notes) -> Iterator[str]:
         value for system in results.values() if isinstance(system, dict) for value in system.values()
         if isinstance(value, Drain)
     ]  # fmt: skip
-
-    def row(name: str, figure: str, goal: str, met: bool | None) -> str:
-        verdict = "—" if met is None else ("met" if met else "**missed**")
-        return f"| {name} | {figure} | {goal} | {verdict} |"
+    logged = results.get("log")
+    if isinstance(logged, LoggedDrains):
+        drains += [run for _, run, _ in logged.runs]
+    row = _row
 
     yield "| Target | Figure (this run) | Goal | |"
     yield "|---|--:|--:|---|"
@@ -345,6 +448,7 @@ def _targets(results: dict[str, Any], notes: Notes) -> Iterator[str]:
     lossy = [value for value in drains if not value.exact]
     yield row("No message lost or duplicated, every drain", f"{len(drains) - len(lossy)} of {len(drains)} exact",
               "all", exact if drains else None)  # fmt: skip
+    yield from _log_targets(results)
     soak = ours.get("soak")
     if isinstance(soak, Drain) and soak.rss_samples:
         samples = [rss for received, rss in soak.rss_samples if received >= soak.count * 0.1]

@@ -21,6 +21,8 @@ PROVIDER = os.environ.get("BENCH_PROVIDER", "smtp")
 #: A PostgreSQL URL, or a SQLite file path (default: in memory).
 DATABASE = os.environ.get("BENCH_DATABASE", ":memory:")
 WORK_DIR = os.environ.get("BENCH_WORK_DIR") or tempfile.gettempdir()
+#: mailqueue's message log: "on" or "off" sets LOG["ENABLED"]; unset leaves mailqueue's default (on, as a user gets).
+LOG = os.environ.get("BENCH_LOG", "")
 
 
 def _database(url: str) -> dict[str, object]:
@@ -83,6 +85,8 @@ if SYSTEM == "mailqueue":
         "ON_COMMIT": False,
         "QUEUES": {queue: {"providers": ["provider"]} for queue in ("default", "critical", "bulk")},
     }
+    if LOG:
+        MAILQUEUE["LOG"] = {"ENABLED": LOG == "on"}
 elif SYSTEM == "django-smtp":
     MAILERS = {"default": PROVIDER_MAILER}
 elif SYSTEM == "locmem":

@@ -28,3 +28,12 @@ def test_bench_smoke_run_prints_the_tables(redis_url) -> None:
     )
     assert exactly_once, result.stdout
     assert int(exactly_once[2]) >= 3
+    # The message-log row: a drain with the log off and one with a writer running, both printed, and what the
+    # writer left in the database (PostgreSQL here, SQLite without it) is one sent row per message drained.
+    assert '| off (`LOG["ENABLED"] = False`), no writer |' in result.stdout
+    logged = re.search(r"\| on, one writer \(`manage.py mailqueue log`\) \|(.*)\|$", result.stdout, re.MULTILINE)
+    assert logged, result.stdout
+    assert logged[1].rstrip().endswith("| 40 / 40"), logged[0]
+    assert "| Log rows: one sent row per message drained, log off appends nothing | correct | all | met |" in (
+        result.stdout
+    )
