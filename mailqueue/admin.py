@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
 from typing import Any
 
 from django.contrib import admin, messages
@@ -19,7 +18,6 @@ from django.utils.functional import cached_property
 
 from . import deadletters
 from .conf import get_config
-from .envelope import Envelope
 from .exceptions import EnvelopeError
 from .models import Message, MessageEvent, MessageRecipient, OutboxMessage, Status
 
@@ -223,7 +221,7 @@ class MessageAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def requeue_dead(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
         selected = list(queryset.values_list("envelope_id", "status"))
         dead = {envelope_id for envelope_id, status in selected if status == Status.DEAD}
-        letters = find_dead_letters(dead)
+        letters = deadletters.find(dead)
         try:
             requeued = deadletters.requeue(letters.values())
         except EnvelopeError as error:
@@ -265,27 +263,11 @@ class MessageAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                     "pending": queryset.filter(status__in=(Status.QUEUED, Status.DEFERRED)).count(),
                 },
             )
-        letters = find_dead_letters(set(envelope_ids))
+        letters = deadletters.find(set(envelope_ids))
         purged_letters = deadletters.purge(letters.values())
         rows = purge_log(envelope_ids)
         self.message_user(request, f"Purged {rows} message(s) from the log and {purged_letters} dead letter(s).")
         return None
-
-
-def find_dead_letters(envelope_ids: Iterable[str]) -> dict[str, deadletters.DeadLetter]:
-    """The dead letters of these envelopes, by envelope id (a letter is stored under its Redis message id)."""
-    wanted = set(envelope_ids)
-    found: dict[str, deadletters.DeadLetter] = {}
-    if not wanted:
-        return found
-    for letter in deadletters.iter_dead():
-        try:
-            envelope_id = Envelope.decode(letter.payload).id
-        except EnvelopeError:
-            continue  # unreadable: `manage.py mailqueue dead` shows it, by its own id
-        if envelope_id in wanted:
-            found[envelope_id] = letter
-    return found
 
 
 def purge_log(envelope_ids: list[str], batch: int = 500) -> int:

@@ -102,6 +102,30 @@ def iter_dead(queue: str | None = None, *, older_than: float | None = None) -> I
                     yield DeadLetter(**json.loads(raw))
 
 
+def find(envelope_ids: Iterable[str]) -> dict[str, DeadLetter]:
+    """The dead letters of these envelopes, by envelope id, read in one round trip.
+
+    A letter is stored under its Dramatiq message id, which for every message
+    mailqueue queues is its envelope id; so this reads each configured queue's
+    records directly (HMGET), never scanning the dead letters.
+    """
+    wanted = sorted(set(envelope_ids))
+    found: dict[str, DeadLetter] = {}
+    if not wanted:
+        return found
+    namespace = get_config().namespace
+    queues = _queues(None)
+    with redis_client().pipeline(transaction=False) as pipe:
+        for name in queues:
+            pipe.hmget(QueueKeys.of(namespace, name).dead_messages, wanted)
+        replies = pipe.execute()
+    for records in replies:
+        for envelope_id, raw in zip(wanted, records, strict=True):
+            if raw is not None:
+                found[envelope_id] = DeadLetter(**json.loads(raw))
+    return found
+
+
 def count(queue: str) -> int:
     """How many messages of ``queue`` are dead-lettered."""
     return int(redis_client().zcard(QueueKeys.of(get_config().namespace, queue).dead))
