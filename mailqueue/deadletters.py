@@ -102,27 +102,33 @@ def iter_dead(queue: str | None = None, *, older_than: float | None = None) -> I
                     yield DeadLetter(**json.loads(raw))
 
 
+#: Ids per HMGET in ``find``: a "select all" over a large log must not become one command that stalls Redis.
+FIND_CHUNK = 1000
+
+
 def find(envelope_ids: Iterable[str]) -> dict[str, DeadLetter]:
     """The dead letters of these envelopes, by envelope id, read in one round trip.
 
     A letter is stored under its Dramatiq message id, which for every message
     mailqueue queues is its envelope id; so this reads each configured queue's
-    records directly (HMGET), never scanning the dead letters.
+    records directly (HMGET, 1,000 ids a command), never scanning the dead letters.
     """
     wanted = sorted(set(envelope_ids))
     found: dict[str, DeadLetter] = {}
     if not wanted:
         return found
     namespace = get_config().namespace
-    queues = _queues(None)
+    chunks = [wanted[start : start + FIND_CHUNK] for start in range(0, len(wanted), FIND_CHUNK)]
     with redis_client().pipeline(transaction=False) as pipe:
-        for name in queues:
-            pipe.hmget(QueueKeys.of(namespace, name).dead_messages, wanted)
-        replies = pipe.execute()
-    for records in replies:
-        for envelope_id, raw in zip(wanted, records, strict=True):
-            if raw is not None:
-                found[envelope_id] = DeadLetter(**json.loads(raw))
+        for name in _queues(None):
+            for chunk in chunks:
+                pipe.hmget(QueueKeys.of(namespace, name).dead_messages, chunk)
+        replies = iter(pipe.execute())
+    for _ in _queues(None):
+        for chunk in chunks:
+            for envelope_id, raw in zip(chunk, next(replies), strict=True):
+                if raw is not None:
+                    found[envelope_id] = DeadLetter(**json.loads(raw))
     return found
 
 

@@ -4,7 +4,8 @@ Pure Python, no database: ``fold`` turns the batch's events (in stream order)
 into one ``MessageRow`` per message, and ``combine`` merges a row with the one
 already stored, field by field, by rules that do not depend on the order in
 which batches arrive (times by min/max, attempts by max, status by the time of
-the event that set it, the last error likewise). ``mailqueue.logsql`` writes the same rules as SQL for
+the event that set it, the queue, provider and last error likewise).
+``mailqueue.logsql`` writes the same rules as SQL for
 the databases that have an upsert; ``combine`` is the rule book for the others
 and for the tests that hold both to it.
 """
@@ -52,6 +53,9 @@ ATTEMPT_KINDS = frozenset({EventKind.ATTEMPT_FAILED, EventKind.SENT, EventKind.F
 #: Kinds whose ``r`` is the message's latest error.
 ERROR_KINDS = frozenset({EventKind.ATTEMPT_FAILED, EventKind.DEFERRED, EventKind.FAILED, EventKind.DEAD})
 
+#: Kinds that name the provider involved (the one that took it, or the last that refused it for good).
+PROVIDER_KINDS = frozenset({EventKind.SENT, EventKind.FAILED, EventKind.DEAD})
+
 #: Kinds that name the queue the message is (now) in.
 QUEUE_KINDS = frozenset({EventKind.QUEUED, EventKind.REQUEUED, EventKind.RELAYED})
 
@@ -59,23 +63,50 @@ KNOWN_KINDS = frozenset(EventKind.values)
 
 SUBJECT_CHARS = 255
 FROM_CHARS = 320
+QUEUE_CHARS = 200
+MAILER_CHARS = 200
 PROVIDER_CHARS = 200
 PROVIDER_ID_CHARS = 255
+ENVELOPE_ID_CHARS = 64
 ADDRESS_CHARS = 320
 DOMAIN_CHARS = 255
+
+
+def text(value: Any, limit: int | None = None) -> str:
+    """``value`` as the text a column keeps: cut to ``limit``, without NUL (PostgreSQL refuses it in text)."""
+    kept = str(value or "")
+    if "\x00" in kept:
+        kept = kept.replace("\x00", "")
+    return kept if limit is None else kept[:limit]
+
+
+def later(when: int, value: Any, stored_when: int | None, stored_value: Any) -> bool:
+    """Does a value set at ``when`` replace one set at ``stored_when``? The later wins; a tie, the greater value.
+
+    Comparing the values on a tie makes the result the same whichever of two
+    same-millisecond events is written first (text compares by code point, as
+    SQLite's BINARY and PostgreSQL's "C" collation do).
+    """
+    if stored_when is None or when > stored_when:
+        return True
+    return when == stored_when and value > stored_value
 
 
 @dataclass(slots=True)
 class MessageRow:
     """One Message row as a batch (or the table) knows it; times are epoch milliseconds.
 
+    Each field a later event may change carries the time of the event that set
+    it (``status_ms``, ``queue_ms``, ``provider_ms``, ``last_error_ms``;
+    ``sent_ms`` for the provider's message id), None when no event set it:
+    ``combine`` keeps the later of two, so no order of writing can change a row.
     ``queued_ms`` is set only by a ``queued`` event, so it also says whether the
-    descriptive fields (mailer, subject, ...) are known; ``status_ms`` is None when
-    no event of the batch set a status.
+    descriptive fields (mailer, subject, ...) are known.
     """
 
     envelope_id: str
     queue: str = ""
+    queue_ms: int | None = None
     mailer: str = ""
     subject: str = ""
     from_email: str = ""
@@ -85,6 +116,7 @@ class MessageRow:
     status_ms: int | None = None
     attempts: int = 0
     provider: str = ""
+    provider_ms: int | None = None
     provider_message_id: str = ""
     composed_ms: int | None = None
     queued_ms: int | None = None
@@ -95,44 +127,43 @@ class MessageRow:
     last_error_ms: int | None = None
 
     def apply(self, event: Mapping[str, Any]) -> None:
-        """Fold one event in; events come in stream order, each at least as late as the ones before."""
+        """Fold one event in, by the same rules as ``combine`` (so the order within a batch does not matter either)."""
         kind = event["k"]
         when = event["t"]
         if kind == EventKind.QUEUED:
-            self.mailer = str(event.get("m") or "")
-            self.subject = str(event.get("s") or "")[:SUBJECT_CHARS]
-            self.from_email = str(event.get("f") or "")[:FROM_CHARS]
+            self.mailer = text(event.get("m"), MAILER_CHARS)
+            self.subject = text(event.get("s"), SUBJECT_CHARS)
+            self.from_email = text(event.get("f"), FROM_CHARS)
             self.recipient_count = sum(len(event.get(name) or ()) for name in RecipientKind.values)
             self.size = int(event.get("z") or 0)
             composed = event.get("c")
             self.composed_ms = int(composed) if composed is not None else None
             self.queued_ms = when if self.queued_ms is None else min(self.queued_ms, when)
         if kind in QUEUE_KINDS and event.get("q"):
-            self.queue = str(event["q"])
+            queue = text(event["q"], QUEUE_CHARS)
+            if later(when, queue, self.queue_ms, self.queue):
+                self.queue, self.queue_ms = queue, when
         if kind in ATTEMPT_KINDS and (self.first_attempt_ms is None or when < self.first_attempt_ms):
             self.first_attempt_ms = when
         attempt = event.get("n")
         if attempt is not None and int(attempt) > self.attempts:
             self.attempts = int(attempt)
         status = STATUS_AFTER.get(kind)
-        if status is not None and _status_wins(when, status, self.status_ms, self.status):
+        if status is not None and later(when, STATUS_RANK[status], self.status_ms, STATUS_RANK[self.status]):
             self.status, self.status_ms = status, when
-        if kind in ERROR_KINDS and event.get("r") and (self.last_error_ms is None or when >= self.last_error_ms):
-            self.last_error, self.last_error_ms = str(event["r"]), when
+        if kind in ERROR_KINDS and event.get("r"):
+            error = text(event["r"])
+            if later(when, error, self.last_error_ms, self.last_error):
+                self.last_error, self.last_error_ms = error, when
         self.updated_ms = max(self.updated_ms, when)
         if kind == EventKind.SENT:
-            self.sent_ms = when
-            self.provider = str(event.get("p") or "")[:PROVIDER_CHARS]
-            self.provider_message_id = str(event.get("pid") or "")[:PROVIDER_ID_CHARS]
-        elif kind in (EventKind.FAILED, EventKind.DEAD) and event.get("p") and self.sent_ms is None:
-            self.provider = str(event["p"])[:PROVIDER_CHARS]
-
-
-def _status_wins(when: int, status: str, stored_ms: int | None, stored: str) -> bool:
-    """Does a status set at ``when`` replace the one set at ``stored_ms``? Later wins; a tie goes to the further one."""
-    if stored_ms is None or when > stored_ms:
-        return True
-    return when == stored_ms and STATUS_RANK[status] >= STATUS_RANK[stored]
+            message_id = text(event.get("pid"), PROVIDER_ID_CHARS)
+            if later(when, message_id, self.sent_ms, self.provider_message_id):
+                self.sent_ms, self.provider_message_id = when, message_id
+        if kind in PROVIDER_KINDS and event.get("p"):
+            provider = text(event["p"], PROVIDER_CHARS)
+            if later(when, provider, self.provider_ms, self.provider):
+                self.provider, self.provider_ms = provider, when
 
 
 def _earliest(a: int | None, b: int | None) -> int | None:
@@ -144,19 +175,23 @@ def _earliest(a: int | None, b: int | None) -> int | None:
 def combine(stored: MessageRow, new: MessageRow) -> MessageRow:
     """``stored`` updated with a batch's ``new`` row: what the upsert does, field by field.
 
-    The same rules in SQL are ``mailqueue.logsql.MESSAGE_UPDATES``.
+    Associative and commutative: any order of writing the same batches gives
+    the same row. The same rules in SQL are ``mailqueue.logsql.message_updates``.
     """
-    described = new.queued_ms is not None
-    source = new if described else stored
-    status_wins = new.status_ms is not None and _status_wins(new.status_ms, new.status, stored.status_ms, stored.status)
-    takes_error = new.last_error_ms is not None and (
-        stored.last_error_ms is None or new.last_error_ms >= stored.last_error_ms
-    )
-    takes_provider = new.sent_ms is not None or (stored.sent_ms is None and bool(new.provider))
-    takes_message_id = new.sent_ms is not None and bool(new.provider_message_id)
+    source = new if new.queued_ms is not None else stored
+
+    def newer(when: int | None, value: Any, stored_when: int | None, stored_value: Any) -> bool:
+        return when is not None and later(when, value, stored_when, stored_value)
+
+    takes_queue = newer(new.queue_ms, new.queue, stored.queue_ms, stored.queue)
+    takes_status = newer(new.status_ms, STATUS_RANK[new.status], stored.status_ms, STATUS_RANK[stored.status])
+    takes_error = newer(new.last_error_ms, new.last_error, stored.last_error_ms, stored.last_error)
+    takes_sent = newer(new.sent_ms, new.provider_message_id, stored.sent_ms, stored.provider_message_id)
+    takes_provider = newer(new.provider_ms, new.provider, stored.provider_ms, stored.provider)
     return MessageRow(
         envelope_id=stored.envelope_id,
-        queue=new.queue or stored.queue,
+        queue=new.queue if takes_queue else stored.queue,
+        queue_ms=new.queue_ms if takes_queue else stored.queue_ms,
         mailer=source.mailer,
         subject=source.subject,
         from_email=source.from_email,
@@ -166,14 +201,15 @@ def combine(stored: MessageRow, new: MessageRow) -> MessageRow:
         queued_ms=_earliest(stored.queued_ms, new.queued_ms),
         first_attempt_ms=_earliest(stored.first_attempt_ms, new.first_attempt_ms),
         attempts=max(stored.attempts, new.attempts),
-        status=new.status if status_wins else stored.status,
-        status_ms=new.status_ms if status_wins else stored.status_ms,
+        status=new.status if takes_status else stored.status,
+        status_ms=new.status_ms if takes_status else stored.status_ms,
         last_error=new.last_error if takes_error else stored.last_error,
         last_error_ms=new.last_error_ms if takes_error else stored.last_error_ms,
         updated_ms=max(stored.updated_ms, new.updated_ms),
-        sent_ms=new.sent_ms if new.sent_ms is not None else stored.sent_ms,
+        sent_ms=new.sent_ms if takes_sent else stored.sent_ms,
+        provider_message_id=new.provider_message_id if takes_sent else stored.provider_message_id,
         provider=new.provider if takes_provider else stored.provider,
-        provider_message_id=new.provider_message_id if takes_message_id else stored.provider_message_id,
+        provider_ms=new.provider_ms if takes_provider else stored.provider_ms,
     )
 
 
@@ -204,9 +240,9 @@ def event_row(stream_id: str, event: Mapping[str, Any]) -> EventRow:
         envelope_id=event["id"],
         kind=kind,
         at_ms=event["t"],
-        provider=str(event.get("p") or "")[:PROVIDER_CHARS],
+        provider=text(event.get("p"), PROVIDER_CHARS),
         attempt=int(attempt) if attempt is not None else None,
-        detail=str(detail or ""),
+        detail=text(detail),
     )
 
 
@@ -217,7 +253,7 @@ def recipient_rows(event: Mapping[str, Any], mode: str) -> Iterable[tuple[str, s
     envelope_id = event["id"]
     for kind in RecipientKind.values:
         for address in event.get(kind) or ():
-            lowered = str(address).strip().lower()
+            lowered = text(address).strip().lower()
             domain = lowered.rpartition("@")[2][:DOMAIN_CHARS]
             kept = hashlib.sha256(lowered.encode()).hexdigest() if mode == "hash" else lowered[:ADDRESS_CHARS]
             yield envelope_id, kind, kept, domain

@@ -28,6 +28,7 @@ from .models import Message, MessageEvent, MessageRecipient
 MESSAGE_COLUMNS = (
     "envelope_id",
     "queue",
+    "queue_at",
     "mailer",
     "subject",
     "from_email",
@@ -37,6 +38,7 @@ MESSAGE_COLUMNS = (
     "status_at",
     "attempts",
     "provider",
+    "provider_at",
     "provider_message_id",
     "composed_at",
     "queued_at",
@@ -46,6 +48,8 @@ MESSAGE_COLUMNS = (
     "last_error",
     "last_error_at",
 )
+#: The MessageRow attribute of each column: a time column ``x_at`` is ``x_ms`` there, in epoch milliseconds.
+ROW_FIELD = {column: column[:-3] + "_ms" if column.endswith("_at") else column for column in MESSAGE_COLUMNS}
 #: Described by a ``queued`` event: the batch's value when it had one (its ``queued_at`` is set), else the stored one.
 DESCRIPTIVE = ("mailer", "subject", "from_email", "recipient_count", "size", "composed_at")
 EVENT_COLUMNS = ("message_id", "stream_id", "kind", "at", "provider", "attempt", "detail")
@@ -58,53 +62,62 @@ def _at(milliseconds: int | None) -> datetime | None:
     return None if milliseconds is None else datetime.fromtimestamp(milliseconds / 1000, UTC)
 
 
-def message_updates(table: str, quote: Callable[[str], str]) -> str:
-    """The ``DO UPDATE SET`` clause: ``logrows.combine`` in SQL (each side sees the row as it was stored)."""
+def message_updates(table: str, quote: Callable[[str], str], collate: str = "") -> str:
+    """The ``DO UPDATE SET`` clause: ``logrows.combine`` in SQL (each side sees the row as it was stored).
+
+    ``collate`` makes text compare by code point on a tie, as Python does
+    (PostgreSQL's default collation would not; SQLite's BINARY does already).
+    """
     stored = {column: f"{table}.{quote(column)}" for column in MESSAGE_COLUMNS}
     new = {column: f"excluded.{quote(column)}" for column in MESSAGE_COLUMNS}
     ranks = " ".join(f"WHEN '{status}' THEN {rank}" for status, rank in STATUS_RANK.items())
 
+    def later(at: str, new_value: str, stored_value: str) -> str:
+        """logrows.later: set at ``at`` (new and stored), the later wins, a tie the greater value."""
+        return (
+            f"({new[at]} IS NOT NULL AND ({stored[at]} IS NULL OR {new[at]} > {stored[at]} OR "
+            f"({new[at]} = {stored[at]} AND {new_value} > {stored_value})))"
+        )
+
     def rank(column: str) -> str:
         return f"(CASE {column} {ranks} ELSE 0 END)"
 
-    status_wins = (
-        f"({new['status_at']} IS NOT NULL AND ({stored['status_at']} IS NULL OR {new['status_at']} > "
-        f"{stored['status_at']} OR ({new['status_at']} = {stored['status_at']} AND "
-        f"{rank(new['status'])} >= {rank(stored['status'])})))"
-    )
+    def text(column: str) -> tuple[str, str]:
+        return f"{new[column]}{collate}", f"{stored[column]}{collate}"
 
-    error_wins = (
-        f"({new['last_error_at']} IS NOT NULL AND ({stored['last_error_at']} IS NULL OR "
-        f"{new['last_error_at']} >= {stored['last_error_at']}))"
-    )
+    takes = {
+        "queue": later("queue_at", *text("queue")),
+        "status": later("status_at", rank(new["status"]), rank(stored["status"])),
+        "last_error": later("last_error_at", *text("last_error")),
+        "sent": later("sent_at", *text("provider_message_id")),
+        "provider": later("provider_at", *text("provider")),
+    }
+
+    def pick(condition: str, column: str) -> str:
+        return f"CASE WHEN {condition} THEN {new[column]} ELSE {stored[column]} END"
 
     def earliest(column: str) -> str:
-        return (
-            f"CASE WHEN {stored[column]} IS NULL OR {new[column]} < {stored[column]} "
-            f"THEN {new[column]} ELSE {stored[column]} END"
-        )
+        return pick(f"{stored[column]} IS NULL OR {new[column]} < {stored[column]}", column)
+
+    def latest(column: str) -> str:
+        return pick(f"{stored[column]} IS NULL OR {new[column]} > {stored[column]}", column)
 
     updates = {
-        "queue": f"CASE WHEN {new['queue']} <> '' THEN {new['queue']} ELSE {stored['queue']} END",
-        **{
-            column: f"CASE WHEN {new['queued_at']} IS NOT NULL THEN {new[column]} ELSE {stored[column]} END"
-            for column in DESCRIPTIVE
-        },
+        "queue": pick(takes["queue"], "queue"),
+        "queue_at": pick(takes["queue"], "queue_at"),
+        **{column: pick(f"{new['queued_at']} IS NOT NULL", column) for column in DESCRIPTIVE},
         "queued_at": earliest("queued_at"),
         "first_attempt_at": earliest("first_attempt_at"),
-        "attempts": f"CASE WHEN {new['attempts']} > {stored['attempts']} THEN {new['attempts']} "
-        f"ELSE {stored['attempts']} END",
-        "status": f"CASE WHEN {status_wins} THEN {new['status']} ELSE {stored['status']} END",
-        "status_at": f"CASE WHEN {status_wins} THEN {new['status_at']} ELSE {stored['status_at']} END",
-        "last_error": f"CASE WHEN {error_wins} THEN {new['last_error']} ELSE {stored['last_error']} END",
-        "last_error_at": f"CASE WHEN {error_wins} THEN {new['last_error_at']} ELSE {stored['last_error_at']} END",
-        "updated_at": f"CASE WHEN {stored['updated_at']} IS NULL OR {new['updated_at']} > {stored['updated_at']} "
-        f"THEN {new['updated_at']} ELSE {stored['updated_at']} END",
-        "sent_at": f"COALESCE({new['sent_at']}, {stored['sent_at']})",
-        "provider": f"CASE WHEN {new['sent_at']} IS NOT NULL OR ({stored['sent_at']} IS NULL AND "
-        f"{new['provider']} <> '') THEN {new['provider']} ELSE {stored['provider']} END",
-        "provider_message_id": f"CASE WHEN {new['sent_at']} IS NOT NULL AND {new['provider_message_id']} <> '' "
-        f"THEN {new['provider_message_id']} ELSE {stored['provider_message_id']} END",
+        "attempts": pick(f"{new['attempts']} > {stored['attempts']}", "attempts"),
+        "status": pick(takes["status"], "status"),
+        "status_at": pick(takes["status"], "status_at"),
+        "last_error": pick(takes["last_error"], "last_error"),
+        "last_error_at": pick(takes["last_error"], "last_error_at"),
+        "updated_at": latest("updated_at"),
+        "sent_at": pick(takes["sent"], "sent_at"),
+        "provider_message_id": pick(takes["sent"], "provider_message_id"),
+        "provider": pick(takes["provider"], "provider"),
+        "provider_at": pick(takes["provider"], "provider_at"),
     }
     return ", ".join(f"{quote(column)} = {expression}" for column, expression in updates.items())
 
@@ -122,16 +135,20 @@ class Statements:
 class UpsertStatements(Statements):
     """SQLite and PostgreSQL: multi-row ``INSERT ... ON CONFLICT``, no read."""
 
-    def __init__(self, connection: BaseDatabaseWrapper) -> None:
+    #: Appended to a text column compared on a tie (see ``message_updates``).
+    collate = ""
+
+    def __init__(self, connection: BaseDatabaseWrapper, *, max_parameters: int | None = None) -> None:
         super().__init__(connection)
         quote = connection.ops.quote_name
         self._adapt_time = connection.ops.adapt_datetimefield_value
-        self._limit = min(connection.features.max_query_params or MAX_PARAMETERS, MAX_PARAMETERS)
+        limit = max_parameters or connection.features.max_query_params or MAX_PARAMETERS
+        self._limit = min(limit, MAX_PARAMETERS)
         message_table = quote(Message._meta.db_table)
         self._messages = self._insert(
             message_table,
             MESSAGE_COLUMNS,
-            f"ON CONFLICT ({quote('envelope_id')}) DO UPDATE SET {message_updates(message_table, quote)}",
+            f"ON CONFLICT ({quote('envelope_id')}) DO UPDATE SET {message_updates(message_table, quote, self.collate)}",
         )
         self._events = self._insert(quote(MessageEvent._meta.db_table), EVENT_COLUMNS, "ON CONFLICT DO NOTHING")
         self._recipients = self._insert(
@@ -163,27 +180,12 @@ class UpsertStatements(Statements):
     def write(self, batch: Batch) -> int:
         time = self._time
         # In key order: two writers' upserts lock shared rows in the same order, so they wait, never deadlock.
+        times = [column.endswith("_at") for column in MESSAGE_COLUMNS]
+        fields = [ROW_FIELD[column] for column in MESSAGE_COLUMNS]
         messages = [
-            (
-                row.envelope_id,
-                row.queue,
-                row.mailer,
-                row.subject,
-                row.from_email,
-                row.recipient_count,
-                row.size,
-                row.status,
-                time(row.status_ms),
-                row.attempts,
-                row.provider,
-                row.provider_message_id,
-                time(row.composed_ms),
-                time(row.queued_ms),
-                time(row.first_attempt_ms),
-                time(row.sent_ms),
-                time(row.updated_ms),
-                row.last_error,
-                time(row.last_error_ms),
+            tuple(
+                time(getattr(row, name)) if is_time else getattr(row, name)
+                for name, is_time in zip(fields, times, strict=True)
             )
             for _, row in sorted(batch.messages.items())
         ]
@@ -203,8 +205,10 @@ class PostgresStatements(UpsertStatements):
     The statement's text is the same for every batch (one parameter per
     column, not per value), so PostgreSQL parses and plans a few hundred bytes
     instead of thousands of placeholders: a 500-row insert takes about half
-    the time (measured, docs/benchmarks.md).
+    the time (measured, docs/design.md).
     """
+
+    collate = ' COLLATE "C"'
 
     def _insert(self, table: str, columns: Sequence[str], conflict: str) -> Callable[[Sequence[tuple[Any, ...]]], int]:
         quote = self.connection.ops.quote_name
@@ -235,38 +239,22 @@ def _array_type(field: Any, connection: BaseDatabaseWrapper) -> str:
 
 
 def stored_row(message: Message) -> MessageRow:
-    def ms(value: datetime | None) -> int | None:
-        return None if value is None else round(value.timestamp() * 1000)
-
-    return MessageRow(
-        envelope_id=message.envelope_id,
-        queue=message.queue,
-        mailer=message.mailer,
-        subject=message.subject,
-        from_email=message.from_email,
-        recipient_count=message.recipient_count,
-        size=message.size,
-        status=message.status,
-        status_ms=ms(message.status_at),
-        attempts=message.attempts,
-        provider=message.provider,
-        provider_message_id=message.provider_message_id,
-        composed_ms=ms(message.composed_at),
-        queued_ms=ms(message.queued_at),
-        first_attempt_ms=ms(message.first_attempt_at),
-        sent_ms=ms(message.sent_at),
-        updated_ms=ms(message.updated_at) or 0,
-        last_error=message.last_error,
-        last_error_ms=ms(message.last_error_at),
-    )
+    """A stored Message as the MessageRow ``combine`` takes."""
+    values = {}
+    for column in MESSAGE_COLUMNS:
+        value = getattr(message, column)
+        if column.endswith("_at"):
+            value = None if value is None else round(value.timestamp() * 1000)
+        values[ROW_FIELD[column]] = value
+    values["updated_ms"] = values["updated_ms"] or 0
+    return MessageRow(**values)
 
 
 def filled(message: Message, row: MessageRow) -> Message:
+    """``message`` with the values of ``row``."""
     for column in MESSAGE_COLUMNS:
-        if column.endswith("_at"):
-            setattr(message, column, _at(getattr(row, column[:-3] + "_ms")))
-        else:
-            setattr(message, column, getattr(row, column))
+        value = getattr(row, ROW_FIELD[column])
+        setattr(message, column, _at(value) if column.endswith("_at") else value)
     return message
 
 

@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from django.db import transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 
 from . import eventlog
 from .client import redis_client
 from .conf import get_config
 from .exceptions import LogEventError
 from .keys import events_key
-from .logrows import fold
+from .logrows import ENVELOPE_ID_CHARS, fold
 from .logsql import Statements, statements_for
 from .models import EventKind
 from .monitoring import LOG_GROUP
@@ -43,12 +43,29 @@ Entries = list[tuple[str, dict[bytes, bytes]]]
 
 KNOWN_KINDS = frozenset(EventKind.values)
 
+#: The type each optional key must have (eventlog's contract); an entry that breaks it is skipped, not written.
+KEY_TYPES: dict[str, type | tuple[type, ...]] = {
+    **dict.fromkeys(("q", "m", "s", "f", "p", "pid", "r"), str),
+    **dict.fromkeys(("z", "c", "n", "u"), int),
+    **dict.fromkeys(("to", "cc", "bcc"), list),
+    "tr": bool,
+}
+
 
 def decode(fields: Mapping[bytes, bytes]) -> dict[str, Any]:
     """The event of one stream entry, of a kind this writer knows; ValueError (LogEventError) when it is not one."""
     event = eventlog.decode(fields)
     if event["k"] not in KNOWN_KINDS:
         raise LogEventError(f"unknown event kind {event['k']!r}", fields)
+    if not 0 < len(event["id"]) <= ENVELOPE_ID_CHARS or "\x00" in event["id"]:
+        raise LogEventError("the envelope id is not one (empty, too long or with NUL)", fields)
+    for key, value in event.items():
+        wanted = KEY_TYPES.get(key)
+        if wanted is not None and value is not None and not isinstance(value, wanted):
+            raise LogEventError(f"{key!r} is a {type(value).__name__}", fields)
+    for key in ("to", "cc", "bcc"):
+        if not all(isinstance(address, str) for address in event.get(key) or ()):
+            raise LogEventError(f"{key!r} holds a value that is not an address", fields)
     return event
 
 
@@ -65,9 +82,9 @@ class Written:
     messages: int = 0
     recipients: int = 0
     events: int = 0
-    #: Entries that were not message log events (acknowledged, logged by id, not written).
+    #: Entries not written: not message log events, or refused by the database (acknowledged, logged by id).
     skipped: int = 0
-    #: SQL statements issued for the writes (the read of existing rows included).
+    #: SQL statements issued for the writes (on databases without an upsert, the read of stored rows included).
     statements: int = 0
 
     def add(self, other: Written) -> None:
@@ -217,16 +234,26 @@ class LogWriter:
         """Write one batch in one transaction, then acknowledge it.
 
         The batch is the one in hand when the last write failed (the database
-        was down, a lock timed out), else the next one read: a failure leaves
-        nothing acknowledged, and the same entries are written on the next step.
+        was down, a lock timed out), else the next one read: such a failure
+        (OperationalError, InterfaceError) leaves nothing acknowledged, and the
+        same entries are written on the next step. Any other database error is
+        the data's, not the database's: the batch is written in halves, down to
+        the entry no database will take, which is logged by id and skipped.
         """
-        entries = self._in_hand or self.fill(self.read(block=block), wait=block)
+        entries = self._in_hand
+        if not entries:
+            entries = self._in_hand = self.read(block=block)
+            entries = self._in_hand = self.fill(entries, wait=block)
         if not entries:
             return Written()
-        self._in_hand = entries
         if self._statements is None:
             self._statements = statements_for(self.using)
-        written = write(entries, recipients=self.recipients, using=self.using, statements=self._statements)
+        try:
+            written = self.write(entries)
+        except (OperationalError, InterfaceError):
+            raise
+        except DatabaseError:
+            written = self.write_apart(entries)
         self.client.xack(self.key, GROUP, *(stream_id for stream_id, _ in entries))
         self._in_hand = []
         self.total.add(written)
@@ -240,6 +267,37 @@ class LogWriter:
             written.statements,
             entries[-1][0],
         )
+        return written
+
+    def write(self, entries: Entries) -> Written:
+        return write(entries, recipients=self.recipients, using=self.using, statements=self._statements)
+
+    def write_apart(self, entries: Entries) -> Written:
+        """Write ``entries`` in halves, each in its own transaction; skip (and log) an entry refused on its own."""
+        if len(entries) == 1:
+            ((stream_id, _),) = entries
+            try:
+                return self.write(entries)
+            except (OperationalError, InterfaceError):
+                raise
+            except DatabaseError as error:
+                logger.error(
+                    "log writer %s: stream entry %s is refused by the database (%s): skipped",
+                    self.consumer,
+                    stream_id,
+                    type(error).__name__,
+                )
+                return Written(entries=1, skipped=1)
+        middle = len(entries) // 2
+        written = Written()
+        for half in (entries[:middle], entries[middle:]):
+            try:
+                part = self.write(half)
+            except (OperationalError, InterfaceError):
+                raise
+            except DatabaseError:
+                part = self.write_apart(half)
+            written.add(part)
         return written
 
     def drain(self) -> Written:

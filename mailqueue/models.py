@@ -54,6 +54,8 @@ class Message(models.Model):
     #: The id ``send_mail()`` put on ``message.mailqueue_id``.
     envelope_id = models.CharField(max_length=64, primary_key=True)
     queue = models.CharField(max_length=200)
+    #: When the event that named ``queue`` happened (queued, or a requeue or relay since).
+    queue_at = models.DateTimeField(null=True, blank=True)
     mailer = models.CharField(max_length=200)
     #: Truncated to the field's length.
     subject = models.CharField(max_length=255, blank=True)
@@ -64,11 +66,14 @@ class Message(models.Model):
     size = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     #: When the event that set ``status`` happened: a status arriving late (written by another writer, or again
-    #: after a crash) replaces it only if it is newer.
+    #: after a crash) replaces it only if it is newer. ``queue_at``, ``provider_at`` and ``last_error_at`` do
+    #: the same for their fields, and ``sent_at`` for ``provider_message_id``.
     status_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     #: The provider (MAILERS alias) that took it.
     provider = models.CharField(max_length=200, blank=True)
+    #: When the event that named ``provider`` happened (sent, or failed / dead at a provider).
+    provider_at = models.DateTimeField(null=True, blank=True)
     #: The provider's id for it (anymail's ``anymail_status.message_id``); for SMTP, the Message-ID sent.
     provider_message_id = models.CharField(max_length=255, blank=True)
     composed_at = models.DateTimeField(null=True, blank=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -11,42 +12,21 @@ from mailqueue.logrows import MessageRow, combine, fold
 
 T = 1_800_000_000_000
 
-#: Fields a message's events decide whatever order their batches are written in (queue excepted: the last
-#: queue-naming event written wins, see logrows.combine).
-ORDER_FREE = (
-    "mailer",
-    "subject",
-    "from_email",
-    "recipient_count",
-    "size",
-    "status",
-    "status_ms",
-    "attempts",
-    "provider",
-    "provider_message_id",
-    "composed_ms",
-    "queued_ms",
-    "first_attempt_ms",
-    "sent_ms",
-    "updated_ms",
-    "last_error",
-    "last_error_ms",
-)
+#: Every field of a row: its events decide all of them, whatever order their batches are written in.
+ORDER_FREE = tuple(field.name for field in dataclasses.fields(MessageRow))
 
 
 def history(rng: random.Random, envelope_id: str, start: int) -> list[dict[str, Any]]:
-    """One message's events as the pipeline makes them, with times that sometimes tie.
-
-    Two different errors never share a millisecond (an attempt ends before the next step is recorded); when
-    they do, ``combine`` keeps the one written last, so the order would show.
-    """
+    """One message's events as the pipeline can make them: failovers, retries, a requeue to another queue, a
+    relay, a delivery made twice (at-least-once), and steps that share a millisecond."""
     t = start
+    queue = rng.choice(("default", "bulk"))
     events: list[dict[str, Any]] = [
         {
             "k": "queued",
             "id": envelope_id,
             "t": t,
-            "q": "default",
+            "q": queue,
             "m": "default",
             "s": f"Hello {envelope_id}",
             "f": "shop@example.com",
@@ -55,24 +35,32 @@ def history(rng: random.Random, envelope_id: str, start: int) -> list[dict[str, 
             "c": t - 3,
         }
     ]
+    if rng.random() < 0.2:
+        events.append({"k": "relayed", "id": envelope_id, "t": t + rng.choice((0, 2)), "q": queue})
     attempt = 0
     for _ in range(rng.randint(0, 4)):
         attempt += 1
         t += rng.choice((0, 1, 7))
-        if rng.random() < 0.5:
-            events.append({"k": "attempt_failed", "id": envelope_id, "t": t, "p": "ses", "n": attempt, "r": f"busy {t}"})
-        t += rng.choice((1, 2))
-        events.append({"k": "deferred", "id": envelope_id, "t": t, "n": attempt, "r": f"retry {t}"})
-    t += rng.choice((1, 5))
-    ending = rng.choice(("sent", "dead", "requeued-sent"))
-    if ending == "sent":
+        for provider in rng.sample(("ses", "postmark", "smtp"), rng.randint(0, 2)):  # a failover: same ms or not
+            t += rng.choice((0, 0, 1))
+            events.append(
+                {"k": "attempt_failed", "id": envelope_id, "t": t, "p": provider, "n": attempt, "r": f"{provider} busy"}
+            )
+        t += rng.choice((0, 2))
+        events.append({"k": "deferred", "id": envelope_id, "t": t, "n": attempt, "r": f"retry {attempt}"})
+    t += rng.choice((0, 1, 5))
+    ending = rng.choice(("sent", "sent twice", "dead", "requeued-sent"))
+    if ending.startswith("sent"):
         events.append({"k": "sent", "id": envelope_id, "t": t, "p": "smtp", "n": attempt + 1, "pid": f"<{t}@x>"})
+        if ending == "sent twice":  # a worker died after the send, before its record: another sent it again
+            t += rng.choice((0, 3))
+            events.append({"k": "sent", "id": envelope_id, "t": t, "p": "ses", "n": attempt + 2, "pid": f"<{t}@ses>"})
     else:
         events.append({"k": "failed", "id": envelope_id, "t": t, "n": attempt + 1, "r": "550 no", "p": "ses"})
         events.append({"k": "dead", "id": envelope_id, "t": t, "n": attempt + 1, "r": "550 no", "p": "ses"})
         if ending == "requeued-sent":
             t += rng.choice((1, 3))
-            events.append({"k": "requeued", "id": envelope_id, "t": t, "q": "default"})
+            events.append({"k": "requeued", "id": envelope_id, "t": t, "q": "default" if queue == "bulk" else "bulk"})
             t += rng.choice((0, 4))
             events.append({"k": "sent", "id": envelope_id, "t": t, "p": "smtp", "n": 1, "pid": f"<{t}@x>"})
     return events

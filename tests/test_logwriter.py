@@ -18,13 +18,17 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from django.conf import settings
 from django.core.mail import EmailMessage
 from django.core.management import call_command
+from django.db import OperationalError, connections, transaction
 
 import mailqueue
 from mailqueue import deadletters, retention
 from mailqueue.deadletters import DeadLetter
 from mailqueue.keys import delivered_key, events_key
+from mailqueue.logrows import fold
+from mailqueue.logsql import UpsertStatements
 from mailqueue.logwriter import GROUP, LogWriter, write
 from mailqueue.models import Message, MessageEvent, MessageRecipient, OutboxMessage
 from mailqueue.monitoring import writer_lag
@@ -332,4 +336,65 @@ def test_a_short_batch_waits_to_fill_and_is_written_in_one_transaction(setup, na
     nothing_waits = writer(namespace, batch_size=100, batch_wait_ms=0, consumer="eager")
     append(redis_client, namespace, queued("alone", NOW))
     nothing_waits._next_claim = time.monotonic() + 3600
+    started = time.monotonic()
     assert nothing_waits.step().entries == 1
+    assert time.monotonic() - started < 0.3
+
+
+class FailingOnce(UpsertStatements):
+    """The real statements, but the first write fails as a database that went away does."""
+
+    failures = 1
+
+    def write(self, batch):  # type: ignore[no-untyped-def]
+        if self.failures:
+            self.failures -= 1
+            raise OperationalError("server closed the connection unexpectedly")
+        return super().write(batch)
+
+
+@pytest.mark.django_db
+def test_a_batch_whose_write_failed_is_written_again_before_anything_new(setup, namespace, redis_client) -> None:
+    first = append(redis_client, namespace, *(queued(f"f{i}", NOW + i) for i in range(3)))
+    running = writer(namespace, batch_wait_ms=0, claim_every=3600)
+    running.ensure_group()
+    running._next_claim = time.monotonic() + 3600
+    running._statements = FailingOnce(connections["default"])
+    with pytest.raises(OperationalError):
+        running.step(block=False)
+    assert redis_client.xpending(events_key(namespace), GROUP)["pending"] == 3  # read, not acknowledged
+    assert Message.objects.count() == 0
+    append(redis_client, namespace, queued("later", NOW + 10))
+
+    retried = running.step(block=False)
+    assert retried.entries == 3 and sorted(MessageEvent.objects.values_list("stream_id", flat=True)) == sorted(first)
+    assert running.step(block=False).entries == 1
+    assert Message.objects.count() == 4 and redis_client.xpending(events_key(namespace), GROUP)["pending"] == 0
+
+
+@pytest.mark.skipif("postgres" not in settings.DATABASES, reason="no PostgreSQL answers")
+@pytest.mark.django_db(databases=["default", "postgres"])
+def test_an_entry_the_database_refuses_is_skipped_and_the_rest_of_its_batch_written(
+    setup, namespace, redis_client, caplog
+) -> None:
+    """PostgreSQL refuses a size past its integer column: that one entry is logged by id and skipped."""
+    good = [queued(f"g{i}", NOW + i) for i in range(9)]
+    poisoned = append(redis_client, namespace, *good[:4], queued("huge", NOW + 5, z=2**40), *good[4:])[4]
+    total = writer(namespace, using="postgres", batch_wait_ms=0).drain()
+
+    assert (total.entries, total.skipped, total.messages) == (10, 1, 9)
+    assert sorted(Message.objects.using("postgres").values_list("envelope_id", flat=True)) == [
+        f"g{i}" for i in range(9)
+    ]
+    assert f"stream entry {poisoned} is refused by the database (DataError): skipped" in caplog.text
+    assert redis_client.xpending(events_key(namespace), GROUP)["pending"] == 0
+
+
+@pytest.mark.django_db
+def test_a_batch_past_the_parameter_limit_is_cut_into_several_statements(setup) -> None:
+    # 50 parameters: 2 message rows, 12 recipient rows, 7 event rows per statement.
+    statements = UpsertStatements(connections["default"], max_parameters=50)
+    batch = fold([(f"{NOW}-{i}", queued(f"p{i}", NOW + i)) for i in range(5)], recipients="store")
+    with transaction.atomic():
+        assert statements.write(batch) == 3 + 1 + 1  # messages 2+2+1, recipients 10 in one, events 5 in one
+    assert Message.objects.count() == 5 and MessageRecipient.objects.count() == 10

@@ -140,22 +140,25 @@ def test_writer_killed_mid_run_then_restarted_writes_every_message_once(database
 def test_two_writers_at_once_and_a_locked_database_leave_every_row_as_one_writer_would(
     database, namespace, redis_url
 ) -> None:
-    """Each message's four events are split between two writers; on SQLite the database is also locked mid-run."""
+    """Each message's five events go to the stream in rounds (every message's first, then every second, ...), so
+    two writers hold events of the same message in different batches and write them in any order; on SQLite the
+    database is also locked mid-run."""
     url, query = database
     env = writer_env(url, namespace, redis_url)
     client = redis.Redis.from_url(redis_url)
     key = events_key(namespace)
     now = int(time.time() * 1000)
+    rounds = [
+        lambda i: {"k": "queued", "id": f"w{i}", "t": now, "q": "default", "m": "default", "to": [f"u{i}@x.org"]},
+        lambda i: {"k": "attempt_failed", "id": f"w{i}", "t": now + 10, "p": "ses", "n": 1, "r": "503 busy"},
+        lambda i: {"k": "deferred", "id": f"w{i}", "t": now + 20, "n": 1, "r": "retry in 15s"},
+        lambda i: {"k": "requeued", "id": f"w{i}", "t": now + 25, "q": "bulk"},
+        lambda i: {"k": "sent", "id": f"w{i}", "t": now + 30, "p": "smtp", "n": 2, "pid": f"<{i}@x>"},
+    ]
     with client.pipeline(transaction=False) as pipe:
-        for i in range(MESSAGES):
-            envelope_id = f"w{i}"
-            for event in (
-                {"k": "queued", "id": envelope_id, "t": now, "q": "default", "m": "default", "to": [f"u{i}@x.org"]},
-                {"k": "attempt_failed", "id": envelope_id, "t": now + 10, "p": "ses", "n": 1, "r": "503 busy"},
-                {"k": "deferred", "id": envelope_id, "t": now + 20, "n": 1, "r": "retry in 15s"},
-                {"k": "sent", "id": envelope_id, "t": now + 30, "p": "smtp", "n": 2, "pid": f"<{i}@x>"},
-            ):
-                pipe.xadd(key, {"e": orjson.dumps(event)})
+        for event in rounds:
+            for i in range(MESSAGES):
+                pipe.xadd(key, {"e": orjson.dumps(event(i))})
         pipe.execute()
 
     command = [sys.executable, "manage.py", "mailqueue", "log", "--batch", "30"]
@@ -176,7 +179,7 @@ def test_two_writers_at_once_and_a_locked_database_leave_every_row_as_one_writer
         lock.close()
         locked_for = time.monotonic() - started
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and query("SELECT count(*) FROM mailqueue_messageevent")[0][0] < 4 * MESSAGES:
+    while time.monotonic() < deadline and query("SELECT count(*) FROM mailqueue_messageevent")[0][0] < 5 * MESSAGES:
         time.sleep(0.05)
     outputs = []
     for writer in writers:
@@ -187,12 +190,16 @@ def test_two_writers_at_once_and_a_locked_database_leave_every_row_as_one_writer
     assert all("wrote " in out and "wrote 0 " not in out for out, _ in outputs), "both writers wrote"
     if locked_for:
         assert any("database is locked" in err for _, err in outputs)
-    assert query("SELECT count(*), count(DISTINCT stream_id) FROM mailqueue_messageevent")[0] == (4 * MESSAGES,) * 2
-    rows = query(
-        "SELECT status, attempts, provider, provider_message_id <> '', last_error, count(*) FROM mailqueue_message "
-        "GROUP BY status, attempts, provider, provider_message_id <> '', last_error"
+    assert query("SELECT count(*), count(DISTINCT stream_id) FROM mailqueue_messageevent")[0] == (5 * MESSAGES,) * 2
+    shape = (
+        "status, attempts, provider, provider_message_id <> '', last_error, queue, mailer, "
+        "status_at = sent_at, provider_at = sent_at, updated_at = sent_at, queue_at < sent_at, "
+        "last_error_at < queue_at, first_attempt_at < last_error_at, queued_at < first_attempt_at"
     )
-    assert [tuple(row) for row in rows] == [("sent", 2, "smtp", True, "retry in 15s", MESSAGES)]
+    rows = query(f"SELECT {shape}, count(*) FROM mailqueue_message GROUP BY {shape}")
+    assert [tuple(row) for row in rows] == [
+        ("sent", 2, "smtp", True, "retry in 15s", "bulk", "default", *([True] * 7), MESSAGES)
+    ]
     assert query("SELECT count(*) FROM mailqueue_messagerecipient")[0] == (MESSAGES,)
     assert client.xpending(key, GROUP)["pending"] == 0
     client.close()
