@@ -40,8 +40,13 @@ def candidates():
 def open_circuit(alias: str, config) -> None:
     provider = config.provider(alias)
     for n in range(provider.failure_threshold):
-        settle(admit(f"fail-{alias}-{n}", provider, config.queues["default"], config), f"fail-{alias}-{n}", provider,
-               "failed", config)  # fmt: skip
+        settle(
+            admit(f"fail-{alias}-{n}", provider, config.queues["default"], config),
+            f"fail-{alias}-{n}",
+            provider,
+            "failed",
+            config,
+        )
 
 
 def test_weighted_draws_follow_the_weights_closely(configure, smtp_server, backup_smtp) -> None:
@@ -97,7 +102,11 @@ def test_spill_over_takes_the_first_provider_with_a_token_within_the_budget(
     configure, smtp_server, backup_smtp
 ) -> None:
     two_providers(
-        configure, smtp_server, backup_smtp, {"strategy": "spill-over", "latency_budget": 1}, {"a": {"rate_limit": "2/s"}}
+        configure,
+        smtp_server,
+        backup_smtp,
+        {"strategy": "spill-over", "latency_budget": 1},
+        {"a": {"rate_limit": "2/s"}},
     )
     providers, queue, config = candidates()
     first = admit("m1", providers, queue, config, budget=0.2)
@@ -256,9 +265,12 @@ def test_routing_rules_and_per_message_overrides_pick_the_queue_whose_strategy_a
         queues={
             "critical": {"providers": ["reliable", "cheap"]},
             "default": {"providers": ["reliable", "cheap"]},
-            "bulk": {"providers": ["reliable", "cheap"], "strategy": "weighted",
-                     "weights": {"reliable": 0, "cheap": 1}},
-        },  # fmt: skip
+            "bulk": {
+                "providers": ["reliable", "cheap"],
+                "strategy": "weighted",
+                "weights": {"reliable": 0, "cheap": 1},
+            },
+        },
         ROUTES=[{"tag": "newsletter", "queue": "bulk"}],
     )
     newsletter = EmailMessage("news", "b", None, ["a@example.com"])
