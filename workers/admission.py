@@ -24,7 +24,6 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Literal
 
 import redis
@@ -393,9 +392,17 @@ def next_draw() -> float:
     return (next(_draws) * GOLDEN) % 1.0
 
 
-@lru_cache(maxsize=512)
+#: Each provider's keys and arguments for ADMIT, by (namespace, alias), with the ProviderConfig they were made
+#: from: a new configuration (a settings change) makes new ones. Looked up by two strings, not by hashing the
+#: whole ProviderConfig, on every admission.
+_candidates: dict[tuple[str, str], tuple[ProviderConfig, tuple[str, ...], tuple[Any, ...]]] = {}
+
+
 def _candidate(provider: ProviderConfig, namespace: str) -> tuple[tuple[str, ...], tuple[Any, ...]]:
     """A provider's keys and arguments for ADMIT (its weight, which is the queue's, goes before them)."""
+    cached = _candidates.get((namespace, provider.alias))
+    if cached is not None and cached[0] is provider:
+        return cached[1], cached[2]
     keys = ProviderKeys.of(namespace, provider.alias)
     quota = provider.quota
     args: list[Any] = [
@@ -409,7 +416,9 @@ def _candidate(provider: ProviderConfig, namespace: str) -> tuple[tuple[str, ...
     for limit in provider.rate_limits:
         args += (limit.interval * 1000, limit.burst)
     rates = tuple(keys.rate(limit.count, limit.period, limit.burst) for limit in provider.rate_limits)
-    return (keys.circuit, keys.in_flight, keys.quota, *rates), tuple(args)
+    provider_keys = (keys.circuit, keys.in_flight, keys.quota, *rates)
+    _candidates[(namespace, provider.alias)] = (provider, provider_keys, tuple(args))
+    return provider_keys, tuple(args)
 
 
 def admit(
