@@ -48,7 +48,7 @@ from mailqueue.exceptions import (
 )
 from mailqueue.signals import AttemptFailed, announce
 
-from .admission import AckTarget, Admission, Result, admit, new_claim, release, settle
+from .admission import AckTarget, Admission, Result, admit, new_claim, next_draw, release, settle
 from .classify import MESSAGE_ERRORS, classify, invalid_field, message_fault
 from .connections import connections
 from .dramatiq_redis import acknowledged_early
@@ -164,14 +164,18 @@ def send_with_retries(provider: ProviderConfig, message: EmailMessage, envelope_
 def _admission(
     envelope: Envelope, candidates: list[ProviderConfig], queue: QueueConfig, config: MailQueueConfig, claim: str
 ) -> Admission:
-    """``admit``, waiting up to RATE_LIMIT_MAX_WAIT for a free concurrency slot."""
+    """``admit``, waiting up to RATE_LIMIT_MAX_WAIT for a free concurrency slot.
+
+    A "weighted" message keeps its draw while it waits: the provider drawn is its provider.
+    """
     deadline = time.monotonic() + config.rate_limit_max_wait
+    draw = next_draw()
     while True:
         budget = None
         if queue.strategy == "spill-over":
             # The budget counts from send_mail(): time the message spent queued is spent of it.
             budget = max(queue.latency_budget - (time.time() - envelope.created_at), 0.0)
-        admission = admit(envelope.id, candidates, queue, config, claim, budget=budget)
+        admission = admit(envelope.id, candidates, queue, config, claim, budget=budget, draw=draw)
         if admission.outcome != "busy" or time.monotonic() >= deadline:
             return admission
         time.sleep(BUSY_POLL)
