@@ -17,7 +17,7 @@ from django.dispatch import receiver
 
 from .config_reader import read_config
 from .exceptions import MailQueueImproperlyConfigured
-from .settings_values import MailQueueConfig, PoolConfig, ProviderConfig, QueueConfig, RateLimit, Route
+from .settings_values import MailQueueConfig, PoolConfig, ProviderConfig, QueueConfig, Quota, RateLimit, Route
 
 __all__ = [
     "HOT_DJANGO_SETTINGS",
@@ -25,6 +25,7 @@ __all__ = [
     "PoolConfig",
     "ProviderConfig",
     "QueueConfig",
+    "Quota",
     "RateLimit",
     "Route",
     "django_setting",

@@ -15,10 +15,12 @@ from django.utils.module_loading import import_string
 
 from .settings_values import (
     LOG_RECIPIENTS,
+    STRATEGIES,
     LogConfig,
     PoolConfig,
     ProviderConfig,
     QueueConfig,
+    Quota,
     RateLimit,
     Route,
     default,
@@ -33,9 +35,14 @@ RATE_RE = re.compile(r"\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s
 RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
 RATE_UNITS |= {"d": 86400, "day": 86400}
 
-QUEUE_KEYS = frozenset({"providers", "max_retries", "min_backoff", "max_backoff", "time_limit"})
+#: The periods a quota can have: a calendar hour or day.
+QUOTA_UNITS = {"h": 3600, "hour": 3600, "d": 86400, "day": 86400}
+
+QUEUE_KEYS = frozenset(
+    {"providers", "max_retries", "min_backoff", "max_backoff", "time_limit", "strategy", "weights", "latency_budget"}
+)
 PROVIDER_KEYS = frozenset(
-    {"attempts", "wait_min", "wait_max", "rate_limit", "max_concurrency", "failure_threshold", "cooldown"}
+    {"attempts", "wait_min", "wait_max", "rate_limit", "max_concurrency", "failure_threshold", "cooldown", "quota"}
 )
 RATE_KEYS = frozenset({"rate", "burst"})
 POOL_KEYS = frozenset({"queues", "processes", "threads"})
@@ -135,7 +142,10 @@ def read_queues(problems: Problems, raw: Any) -> dict[str, QueueConfig]:
             providers = []
         minimums = {"max_retries": 0, "min_backoff": 1, "max_backoff": 1, "time_limit": 1}
         queue = QueueConfig(
-            name=name, providers=tuple(providers), **problems.integers(where, spec, QueueConfig, minimums)
+            name=name,
+            providers=tuple(providers),
+            **problems.integers(where, spec, QueueConfig, minimums),
+            **read_distribution(problems, where, spec, tuple(providers)),
         )
         if queue.min_backoff > queue.max_backoff:
             problems.add(
@@ -145,6 +155,92 @@ def read_queues(problems: Problems, raw: Any) -> dict[str, QueueConfig]:
             )
         queues[name] = queue
     return queues
+
+
+def read_distribution(
+    problems: Problems, where: str, spec: Mapping[str, Any], providers: tuple[str, ...]
+) -> dict[str, Any]:
+    """A queue's strategy and what it takes: weights ("weighted"), a latency budget ("spill-over")."""
+    options: dict[str, Any] = {}
+    strategy = spec.get("strategy", default(QueueConfig, "strategy"))
+    if strategy not in STRATEGIES:
+        problems.add(
+            "mailqueue.E027",
+            f"{where}['strategy'] is {strategy!r}.",
+            hint='Use "failover" (the first provider, the next only when it fails), "weighted" (each message '
+            'drawn by weight) or "spill-over" (the first that can take it within latency_budget).',
+        )
+        return options
+    options["strategy"] = strategy
+    if "weights" in spec:
+        weights = read_weights(problems, where, spec["weights"], providers, strategy)
+        if weights:
+            options["weights"] = weights
+    elif strategy == "weighted":
+        options["weights"] = (1,) * len(providers)  # an even split
+    if "latency_budget" in spec:
+        if strategy != "spill-over":
+            problems.add(
+                "mailqueue.E029",
+                f'{where} has a latency_budget, which only a "spill-over" queue uses; its strategy is {strategy!r}.',
+                hint='Set "strategy": "spill-over", or remove latency_budget.',
+            )
+        budget = problems.seconds(
+            f"{where}['latency_budget']", spec["latency_budget"], fallback=default(QueueConfig, "latency_budget")
+        )
+        if budget is not None:
+            options["latency_budget"] = budget
+    return options
+
+
+def read_weights(
+    problems: Problems, where: str, raw: Any, providers: tuple[str, ...], strategy: str
+) -> tuple[int, ...]:
+    """A weight per provider of the queue, in its order; () and a problem when they do not say that."""
+    where = f"{where}['weights']"
+    example = ", ".join(f"{alias!r}: 1" for alias in providers)
+    if strategy != "weighted":
+        problems.add(
+            "mailqueue.E028",
+            f'{where} is set, but only a "weighted" queue uses weights; its strategy is {strategy!r}.',
+            hint='Set "strategy": "weighted", or remove weights.',
+        )
+        return ()
+    if not isinstance(raw, Mapping):
+        problems.add(
+            "mailqueue.E028",
+            f"{where} must be a dict of provider alias to weight, not {type(raw).__name__}.",
+            hint=f"e.g. {{{example}}}.",
+        )
+        return ()
+    unknown = [alias for alias in raw if alias not in providers]
+    missing = [alias for alias in providers if alias not in raw]
+    if unknown or missing:
+        wrong = [f"names {', '.join(map(repr, unknown))}, not in the queue's providers"] if unknown else []
+        wrong += [f"leaves out {', '.join(map(repr, missing))}"] if missing else []
+        problems.add(
+            "mailqueue.E028",
+            f"{where} {' and '.join(wrong)}.",
+            hint=f"Give every provider of the queue a weight (0: only a failover), e.g. {{{example}}}.",
+        )
+        return ()
+    bad = [alias for alias in providers if isinstance(raw[alias], bool) or not isinstance(raw[alias], int)]
+    bad += [alias for alias in providers if alias not in bad and raw[alias] < 0]
+    if bad:
+        problems.add(
+            "mailqueue.E028",
+            f"{where}[{bad[0]!r}] must be an integer >= 0, not {raw[bad[0]]!r}.",
+            hint="A weight is a whole number: a provider with 3 gets three times the mail of one with 1.",
+        )
+        return ()
+    if not any(raw[alias] for alias in providers):
+        problems.add(
+            "mailqueue.E028",
+            f"{where} are all 0: no provider would ever be drawn.",
+            hint="Give at least one provider a weight above 0.",
+        )
+        return ()
+    return tuple(raw[alias] for alias in providers)
 
 
 def read_providers(problems: Problems, raw: Any) -> dict[str, ProviderConfig]:
@@ -174,6 +270,8 @@ def read_providers(problems: Problems, raw: Any) -> dict[str, ProviderConfig]:
                 options[key] = seconds
         if "rate_limit" in spec:
             options["rate_limits"] = read_rate_limits(problems, f"{where}['rate_limit']", spec["rate_limit"])
+        if "quota" in spec:
+            options["quota"] = read_quota(problems, f"{where}['quota']", spec["quota"])
         provider = providers[alias] = ProviderConfig(alias=alias, **options)
         if provider.wait_min > provider.wait_max:
             problems.add(
@@ -204,6 +302,19 @@ def read_rate_limits(problems: Problems, where: str, raw: Any) -> tuple[RateLimi
         elif problems.integer(f"{where} burst", burst, minimum=1, fallback=default(RateLimit, "burst")):
             limits.append(RateLimit(count=int(match[1]), period=RATE_UNITS[match[2]], burst=burst))
     return tuple(limits)
+
+
+def read_quota(problems: Problems, where: str, raw: Any) -> Quota | None:
+    """``"50000/d"``: a count per calendar day or hour."""
+    match = RATE_RE.fullmatch(raw) if isinstance(raw, str) else None
+    if match is None or match[2] not in QUOTA_UNITS or int(match[1]) < 1:
+        problems.add(
+            "mailqueue.E030",
+            f"{where} is {raw!r}, which is not a quota.",
+            hint='Write a count per calendar day or hour, e.g. "50000/d" or "2000/h" (a pace is a rate_limit).',
+        )
+        return None
+    return Quota(count=int(match[1]), period=QUOTA_UNITS[match[2]])
 
 
 def read_routes(problems: Problems, raw: Any, queues: Mapping[str, QueueConfig]) -> tuple[Route, ...]:

@@ -4,7 +4,7 @@ Queue keys follow Dramatiq's own layout (so its workers consume what we push),
 and Dramatiq's worker bookkeeping (in-progress sets, heartbeats) is named here
 too, for the scripts that touch it; the rest are mailqueue's: dead letters,
 enqueue and delivery records, and each provider's shared state (rate-limit
-buckets, in-flight sends, circuit, stats).
+buckets, in-flight sends, circuit, stats, quota).
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ class ProviderKeys:
     rate_prefix: str
     #: Prefix of one hash per minute: sent / failed counters.
     stats_prefix: str
+    #: Hash: the quota's current period (its number since the epoch) and the sends admitted in it.
+    quota: str
 
     @classmethod
     def of(cls, namespace: str, alias: str) -> ProviderKeys:
@@ -62,6 +64,7 @@ class ProviderKeys:
             in_flight=f"{base}:in-flight",
             rate_prefix=f"{base}:rate:",
             stats_prefix=f"{base}:stats:",
+            quota=f"{base}:quota",
         )
 
     def rate(self, count: int, period: int, burst: int) -> str:

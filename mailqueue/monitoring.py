@@ -1,12 +1,14 @@
-"""What an operator watches: queue depth per queue, each provider's health and the log writer's lag, read from Redis."""
+"""What an operator watches, read from Redis: queue depth per queue, each provider's health and quota, how each
+queue's mail was spread over its providers, and the log writer's lag."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from .client import redis_client
-from .conf import get_config
+from .conf import Quota, get_config
 from .keys import ProviderKeys, QueueKeys, events_key
 
 #: The log writer's consumer group (mailqueue.logwriter.GROUP; named here so monitoring imports no models).
@@ -70,6 +72,14 @@ class ProviderHealth:
     failed_5m: int
     sent_1h: int
     failed_1h: int
+    #: The provider's quota ("50000/d"), None when it has none.
+    quota: str | None = None
+    #: Sends admitted in the quota's current period (a day from midnight UTC, or an hour).
+    quota_used: int | None = None
+    #: Sends the quota still allows in this period; at 0 the provider is skipped until it ends.
+    quota_left: int | None = None
+    #: Seconds until the period ends and the quota is whole again.
+    quota_resets_in: float | None = None
 
     def as_dict(self) -> dict[str, int | str | float | None]:
         return asdict(self)
@@ -93,13 +103,14 @@ def provider_health() -> list[ProviderHealth]:
         for alias in aliases:
             keys = ProviderKeys.of(config.namespace, alias)
             pipe.hmget(keys.circuit, "state", "failures", "reopen_at")
+            pipe.hmget(keys.quota, "window", "used")
             for back in range(STATS_MINUTES):
                 pipe.hmget(keys.stats(minute - back), "sent", "failed")
         replies = pipe.execute()
     health = []
-    per_provider = 1 + STATS_MINUTES
+    per_provider = 2 + STATS_MINUTES
     for index, alias in enumerate(aliases):
-        (state, failures, reopen_at), *minutes = replies[index * per_provider : (index + 1) * per_provider]
+        (state, failures, reopen_at), quota_state, *minutes = replies[index * per_provider : (index + 1) * per_provider]
         counts = [(int(sent or 0), int(failed or 0)) for sent, failed in minutes]
         state_name = state.decode() if state else "closed"
         probe_in = max(float(reopen_at) / 1000 - now, 0.0) if state_name == "open" and reopen_at else None
@@ -113,9 +124,85 @@ def provider_health() -> list[ProviderHealth]:
                 failed_5m=sum(failed for _, failed in counts[:5]),
                 sent_1h=sum(sent for sent, _ in counts),
                 failed_1h=sum(failed for _, failed in counts),
+                **_quota(config.provider(alias).quota, quota_state, now),
             )
         )
     return health
+
+
+def _quota(quota: Quota | None, state: list[bytes | None], now: float) -> dict[str, Any]:
+    """The quota fields of ProviderHealth from the quota hash (its period's number and the sends admitted in it).
+
+    The period is read on this host's clock; admission counts on Redis's, so within a clock skew of a period's
+    end the figures may still show the one before.
+    """
+    if quota is None:
+        return {}
+    window, used = state
+    current = int(now // quota.period)
+    spent = int(used or 0) if window is not None and int(float(window)) == current else 0
+    return {
+        "quota": str(quota),
+        "quota_used": spent,
+        "quota_left": max(quota.count - spent, 0),
+        "quota_resets_in": (current + 1) * quota.period - now,
+    }
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ProviderShare:
+    """One provider of a queue: the share of mail its strategy aims at, and the share it had."""
+
+    provider: str
+    #: "weighted": the provider's weight, and its part of the queue's weights; None otherwise.
+    weight: int | None
+    target: float | None
+    sent_5m: int
+    #: Its part of what the queue's providers sent in the last 5 minutes (None: they sent nothing).
+    share_5m: float | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class QueueDistribution:
+    """How a queue spreads its mail over its providers, and how the last 5 minutes' mail was spread."""
+
+    queue: str
+    strategy: str
+    #: "spill-over": seconds from send_mail() a message may wait for a preferred provider.
+    latency_budget: float | None
+    providers: list[ProviderShare]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def queue_distribution(health: list[ProviderHealth] | None = None) -> list[QueueDistribution]:
+    """Every queue's strategy and each provider's share of the last 5 minutes, from ``health`` (read if not given).
+
+    The counters are the provider's, not the queue's: a provider that serves several queues counts all of
+    their mail in each queue's share.
+    """
+    config = get_config()
+    sent = {each.provider: each.sent_5m for each in (provider_health() if health is None else health)}
+    distribution = []
+    for queue in config.queues.values():
+        total = sum(sent.get(alias, 0) for alias in queue.providers)
+        weights = sum(queue.weights)
+        shares = [
+            ProviderShare(
+                provider=alias,
+                weight=queue.weight(alias) if queue.weights else None,
+                target=queue.weight(alias) / weights if weights else None,
+                sent_5m=sent.get(alias, 0),
+                share_5m=sent.get(alias, 0) / total if total else None,
+            )
+            for alias in queue.providers
+        ]
+        budget = queue.latency_budget if queue.strategy == "spill-over" else None
+        distribution.append(
+            QueueDistribution(queue=queue.name, strategy=queue.strategy, latency_budget=budget, providers=shares)
+        )
+    return distribution
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

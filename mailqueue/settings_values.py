@@ -14,6 +14,9 @@ from typing import Any
 BROKER_FAILURE_POLICIES = ("outbox", "raise")
 #: What the message log keeps of each recipient: the address, a SHA-256 of it, or nothing.
 LOG_RECIPIENTS = ("store", "hash", "off")
+#: How a queue picks each message's provider: the first in order (the others only when it fails), a draw by
+#: weight, or the first in order that can take it within the queue's latency budget.
+STRATEGIES = ("failover", "weighted", "spill-over")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,6 +32,18 @@ class QueueConfig:
     max_backoff: int = 3_600_000
     #: Longest one attempt (all providers, all in-attempt retries) may run, in ms.
     time_limit: int = 300_000
+    #: One of STRATEGIES.
+    strategy: str = "failover"
+    #: "weighted": one weight per provider, in the order of ``providers`` (0: only ever a failover).
+    weights: tuple[int, ...] = ()
+    #: "spill-over": seconds from ``send_mail()`` a message may wait for a provider before going to the next.
+    latency_budget: float = 2.0
+
+    def weight(self, alias: str) -> int:
+        """``alias``'s weight in the draw; 0 for every provider unless the strategy is "weighted"."""
+        if not self.weights or alias not in self.providers:
+            return 0
+        return self.weights[self.providers.index(alias)]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +69,20 @@ class RateLimit:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Quota:
+    """At most ``count`` sends per calendar ``period`` (an hour or a UTC day, on Redis's clock).
+
+    Unlike a RateLimit, which spaces sends evenly, a quota can be used up in minutes; it then starts again whole.
+    """
+
+    count: int
+    period: int
+
+    def __str__(self) -> str:
+        return f"{self.count}/{'d' if self.period == 86400 else 'h'}"
+
+
+@dataclass(frozen=True, kw_only=True)
 class ProviderConfig:
     """How a worker treats one provider (a MAILERS alias)."""
 
@@ -67,6 +96,8 @@ class ProviderConfig:
     rate_limits: tuple[RateLimit, ...] = ()
     #: Sends in flight at once across all workers (None: unlimited).
     max_concurrency: int | None = None
+    #: Sends per calendar hour or day; a provider whose quota is spent is skipped until the next period.
+    quota: Quota | None = None
     #: Consecutive transient failures that open the provider's circuit.
     failure_threshold: int = 5
     #: Seconds an open circuit skips the provider before one probe message is let through.

@@ -11,7 +11,7 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
 from mailqueue.checks import check_configuration
-from mailqueue.conf import RateLimit, get_config
+from mailqueue.conf import Quota, RateLimit, get_config
 from mailqueue.exceptions import MailQueueImproperlyConfigured
 
 SMTP = {"BACKEND": "django.core.mail.backends.smtp.EmailBackend", "OPTIONS": {"host": "127.0.0.1", "timeout": 5}}
@@ -356,6 +356,70 @@ def test_a_valid_configuration_has_no_errors(settings) -> None:
             "RATE_LIMIT_MAX_WAIT'] (1 s) is not below the time_limit of queue 'default' (500 ms)",
         ),
         (
+            {"QUEUES": {"default": {"providers": ["smtp"], "strategy": "round-robin"}}},
+            None,
+            "mailqueue.E027",
+            "MAILQUEUE['QUEUES']['default']['strategy'] is 'round-robin'",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"], "weights": {"smtp": 1}}}},
+            None,
+            "mailqueue.E028",
+            "only a \"weighted\" queue uses weights; its strategy is 'failover'",
+        ),
+        (
+            {
+                "QUEUES": {
+                    "default": {"providers": ["smtp", "b"], "strategy": "weighted", "weights": {"smtp": 1, "c": 2}}
+                }
+            },
+            {"default": {"BACKEND": QUEUED}, "smtp": SMTP, "b": SMTP},
+            "mailqueue.E028",
+            "['weights'] names 'c', not in the queue's providers and leaves out 'b'",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"], "strategy": "weighted", "weights": {"smtp": 1.5}}}},
+            None,
+            "mailqueue.E028",
+            "['weights']['smtp'] must be an integer >= 0, not 1.5",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"], "strategy": "weighted", "weights": {"smtp": 0}}}},
+            None,
+            "mailqueue.E028",
+            "are all 0: no provider would ever be drawn",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"], "strategy": "weighted", "weights": ["smtp"]}}},
+            None,
+            "mailqueue.E028",
+            "must be a dict of provider alias to weight, not list",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"], "latency_budget": 2}}},
+            None,
+            "mailqueue.E029",
+            "has a latency_budget, which only a \"spill-over\" queue uses; its strategy is 'failover'",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"], "strategy": "spill-over", "latency_budget": -1}}},
+            None,
+            "mailqueue.E016",
+            "['latency_budget'] must be seconds >= 0",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "PROVIDERS": {"smtp": {"quota": "50000/week"}}},
+            None,
+            "mailqueue.E030",
+            "MAILQUEUE['PROVIDERS']['smtp']['quota'] is '50000/week', which is not a quota",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "PROVIDERS": {"smtp": {"quota": "100/s"}}},
+            None,
+            "mailqueue.E030",
+            "is '100/s', which is not a quota",
+        ),
+        (
             {"QUEUES": {"default": {"providers": ["postmark"]}}},
             {"default": {"BACKEND": QUEUED}, "postmark": {"BACKEND": "anymail.backends.postmark.EmailBackend"}},
             "mailqueue.E012",
@@ -412,6 +476,37 @@ def test_rate_limits_are_read_into_token_buckets(settings) -> None:
         RateLimit(count=50000, period=86400, burst=1),
         RateLimit(count=600, period=60, burst=1),
     )
+
+
+def test_strategies_weights_budgets_and_quotas_are_read(settings) -> None:
+    mailers = {"default": {"BACKEND": QUEUED}, "ses": SMTP, "sendgrid": SMTP, "postmark": SMTP}
+    found = errors(
+        settings,
+        {
+            "QUEUES": {
+                "critical": {"providers": ["postmark", "ses"]},
+                "bulk": {
+                    "providers": ["ses", "sendgrid"],
+                    "strategy": "weighted",
+                    "weights": {"sendgrid": 1, "ses": 3},
+                },
+                "even": {"providers": ["ses", "sendgrid"], "strategy": "weighted"},
+                "default": {"providers": ["ses", "sendgrid"], "strategy": "spill-over", "latency_budget": 0.5},
+            },
+            "PROVIDERS": {"ses": {"quota": "50000/d"}, "sendgrid": {"quota": "2000 / hour"}},
+        },
+        mailers,
+    )
+    assert found == {}
+    config = get_config()
+    critical, bulk, even, default = (config.queues[name] for name in ("critical", "bulk", "even", "default"))
+    assert (critical.strategy, critical.weights) == ("failover", ())
+    assert (bulk.strategy, bulk.weights, bulk.weight("ses"), bulk.weight("sendgrid")) == ("weighted", (3, 1), 3, 1)
+    assert even.weights == (1, 1)
+    assert (default.strategy, default.latency_budget) == ("spill-over", 0.5)
+    assert config.provider("ses").quota == Quota(count=50000, period=86400)
+    assert str(config.provider("sendgrid").quota) == "2000/h"
+    assert config.provider("postmark").quota is None
 
 
 def test_no_error_when_on_commit_is_off_and_its_database_is_unused(settings) -> None:

@@ -29,7 +29,7 @@ def run(*args: str) -> str:
 def test_status_table_shows_every_queue_provider_and_the_outbox(smtp_setup) -> None:
     send_mail("s", "b", None, ["a@example.com"], using="bulk")
     send_mail("s", "b", None, ["a@example.com"], using="bulk")
-    queues, providers, outbox = run("status").split("\n\n")
+    queues, providers, distribution, outbox = run("status").split("\n\n")
     lines = queues.splitlines()
     assert lines[0].split() == ["queue", "ready", "in_progress", "delayed", "dead"]
     assert [line.split() for line in lines[1:]] == [
@@ -39,9 +39,16 @@ def test_status_table_shows_every_queue_provider_and_the_outbox(smtp_setup) -> N
     ]
     lines = providers.splitlines()
     assert lines[0].split() == [
-        "provider", "state", "failures", "probe_in", "sent_5m", "failed_5m", "sent_1h", "failed_1h"
+        "provider", "state", "failures", "probe_in", "sent_5m", "failed_5m", "sent_1h", "failed_1h", "quota_left"
     ]  # fmt: skip
-    assert lines[1].split() == ["smtp", "closed", "0", "-", "0", "0", "0", "0"]
+    assert lines[1].split() == ["smtp", "closed", "0", "-", "0", "0", "0", "0", "-"]
+    lines = distribution.splitlines()
+    assert [line.split() for line in lines] == [
+        ["queue", "strategy", "provider", "target", "share_5m"],
+        ["critical", "failover", "smtp", "-", "-"],
+        ["default", "failover", "smtp", "-", "-"],
+        ["bulk", "failover", "smtp", "-", "-"],
+    ]
     assert outbox.strip().splitlines() == [
         "outbox: 0 message(s) waiting for Redis",
         "log: no writer has run yet; 2 event(s) in the stream",
@@ -66,8 +73,18 @@ def test_status_json(smtp_setup, run_worker) -> None:
             "failed_5m": 0,
             "sent_1h": 1,
             "failed_1h": 0,
+            "quota": None,
+            "quota_used": None,
+            "quota_left": None,
+            "quota_resets_in": None,
         }
     ]
+    assert data["distribution"][0] == {
+        "queue": "critical",
+        "strategy": "failover",
+        "latency_budget": None,
+        "providers": [{"provider": "smtp", "weight": None, "target": None, "sent_5m": 1, "share_5m": 1.0}],
+    }
     assert data["outbox"] == 0
 
 

@@ -91,6 +91,7 @@ def test_the_settings_modules_import_in_one_direction() -> None:
         "ProviderConfig",
         "PoolConfig",
         "RateLimit",
+        "Quota",
         "Route",
         "get_config",
         "on_config_reset",
@@ -117,3 +118,18 @@ def test_the_log_section_reads_into_a_frozen_log_config(settings) -> None:
         enabled=False, stream_maxlen=5000, recipients="hash", retention_days=7, batch_size=100, batch_wait=0
     )
     assert configure(settings, {"QUEUES": {"default": {"providers": "smtp"}}}).log == LogConfig()
+
+
+def test_a_queue_without_a_strategy_is_a_failover_chain_with_the_value_types_defaults(settings) -> None:
+    queue = configure(settings, {"QUEUES": {"default": {"providers": "smtp"}}}).queues["default"]
+    assert (queue.strategy, queue.weights, queue.latency_budget) == (
+        default(QueueConfig, "strategy"),
+        default(QueueConfig, "weights"),
+        default(QueueConfig, "latency_budget"),
+    )
+    assert queue.strategy == "failover" and queue.weight("smtp") == 0
+
+
+def test_a_spill_over_queue_without_a_budget_gets_the_value_types_budget(settings) -> None:
+    spec = {"QUEUES": {"default": {"providers": "smtp", "strategy": "spill-over"}}}
+    assert configure(settings, spec).queues["default"].latency_budget == default(QueueConfig, "latency_budget")

@@ -1,12 +1,15 @@
-"""May this message go to this provider now? And, afterwards, how did it go?
+"""May this message go to one of these providers now, and to which? And, afterwards, how did it go?
 
 Everything a provider's workers must agree on lives in Redis and changes in
 one Lua script call per step, on Redis's clock (so hosts whose clocks differ
 still share one limit):
 
 * ``admit`` (before a send): was the envelope already delivered (a redelivery
-  after a crash), or is another worker sending it right now? Is the provider's circuit open? Is a concurrency slot free?
-  Which rate-limit token does this send get, and how long until it is due?
+  after a crash), or is another worker sending it right now? Which of the
+  queue's providers takes it, by the queue's strategy (failover, weighted,
+  spill-over): whose circuit is open, whose quota spent, who has a free
+  concurrency slot? Which rate-limit token does this send get, and how long
+  until it is due?
 * ``settle`` (after the send): record the delivery, the provider's health
   (closing or opening its circuit) and its per-minute counters.
 
@@ -15,8 +18,11 @@ Two round trips per delivered message, whatever is configured.
 
 from __future__ import annotations
 
+import itertools
 import math
+import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,85 +43,194 @@ from mailqueue.keys import (
     sending_key,
 )
 
-#: KEYS: delivered, circuit, in-flight, sending claim, Dramatiq's heartbeats, the keepalive marks, then one
-#: bucket per rate limit.
-#: ARGV: lease token, in-flight lease ms, probe lease ms, max concurrency (0: none),
-#: longest wait for a token in ms, claim token, the worker's clock in ms, the heartbeat
-#: timeout in ms, a claim of this worker's that sent nothing ("" if none), then (interval ms,
-#: burst) per rate limit. A claim held by a worker whose heartbeat is older than the timeout
-#: (or gone) is a dead worker's: it is taken over, as is the claim that sent nothing; except after a gap in
-#: every worker's keepalive (Redis was away, see RECOVER in workers/dramatiq_redis.py), when a stale heartbeat
-#: says nothing: until the grace ends, or while the gap lasts, every owner counts as alive (the copy asks
-#: again one heartbeat timeout after the grace, not when the claim expires).
-#: Returns {outcome, number, text}: {"delivered", 0, provider}, {"claimed", retry ms, ""},
-#: {"open", retry ms, ""}, {"busy", 0, ""}, {"later", wait ms, ""}, or
-#: {"go", wait in µs, "closed" | "probe"}.
+#: KEYS: delivered, sending claim, Dramatiq's heartbeats, the keepalive marks, then per candidate provider:
+#: its circuit, in-flight set, quota hash and one bucket per rate limit.
+#: ARGV: lease token, in-flight lease ms, longest wait for a token in ms, claim token, the worker's clock
+#: in ms, the heartbeat timeout in ms, a claim of this worker's that sent nothing ("" if none), the
+#: strategy ("failover", "weighted", "spill-over"), the draw (a number in [0, 1), "weighted"), the latency
+#: budget left in ms ("spill-over"), the number of candidates, then per candidate: weight, alias, probe
+#: lease ms, max concurrency (0: none), quota count (0: none), quota period ms, number of rate limits,
+#: then (interval ms, burst) per rate limit.
+#: A claim held by a worker whose heartbeat is older than the timeout (or gone) is a dead worker's: it is
+#: taken over, as is the claim that sent nothing; except after a gap in every worker's keepalive (Redis
+#: was away, see RECOVER in workers/dramatiq_redis.py), when a stale heartbeat says nothing: until the
+#: grace ends, or while the gap lasts, every owner counts as alive (the copy asks again one heartbeat
+#: timeout after the grace, not when the claim expires).
+#: A candidate whose circuit is open (or whose probe is in flight), or whose quota is spent, is skipped.
+#: Of the others, "failover" takes the first, "weighted" draws one by weight (the first if every weight
+#: left is 0), and either waits for it; "spill-over" takes the first that has a token within the budget
+#: (or asks again later for one that will, beyond the longest wait), and when none will, the one whose
+#: token comes soonest.
+#: Returns {outcome, number, text, provider, skipped}: {"delivered", 0, provider, "", ""},
+#: {"claimed", retry ms, "", "", ""}, {"open", retry ms, "", "", skipped}, {"busy", 0, "", provider,
+#: skipped}, {"later", wait ms, "", provider, skipped}, or {"go", wait in µs, "closed" | "probe",
+#: provider, skipped}; skipped lists "alias:open" or "alias:quota", comma-separated.
 ADMIT_SCRIPT = """
 local delivered = redis.call("get", KEYS[1])
-if delivered then return {"delivered", 0, delivered} end
+if delivered then return {"delivered", 0, delivered, "", ""} end
 local clock = redis.call("time")
 local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
-local holder = redis.call("get", KEYS[4])
-if holder and holder ~= ARGV[6] and holder ~= ARGV[9] then
+local holder = redis.call("get", KEYS[2])
+if holder and holder ~= ARGV[4] and holder ~= ARGV[7] then
   local owner = string.match(holder, "@(.+)$")
   local alive = not owner
-  local wait = math.max(redis.call("pttl", KEYS[4]), 1)
+  local wait = math.max(redis.call("pttl", KEYS[2]), 1)
   if owner then
-    local beat = redis.call("zscore", KEYS[5], owner)
-    alive = beat and tonumber(beat) >= tonumber(ARGV[7]) - tonumber(ARGV[8])
+    local beat = redis.call("zscore", KEYS[3], owner)
+    alive = beat and tonumber(beat) >= tonumber(ARGV[5]) - tonumber(ARGV[6])
   end
   if not alive then
-    local marks = redis.call("hmget", KEYS[6], "last", "grace_until", "gap")
+    local marks = redis.call("hmget", KEYS[4], "last", "grace_until", "gap")
     local last, grace_until = tonumber(marks[1]), tonumber(marks[2]) or 0
     alive = (last and now - last > tonumber(marks[3])) or now < grace_until
     -- Ask again once the owner's heartbeat tells the truth, not when its claim expires (the time limit).
-    if alive then wait = math.min(wait, math.ceil(math.max(grace_until - now, 0)) + tonumber(ARGV[8])) end
+    if alive then wait = math.min(wait, math.ceil(math.max(grace_until - now, 0)) + tonumber(ARGV[6])) end
   end
-  if alive then return {"claimed", wait, ""} end
+  if alive then return {"claimed", wait, "", "", ""} end
 end
 
-local role = "closed"
-local circuit = redis.call("hmget", KEYS[2], "state", "reopen_at", "probe_until")
-if circuit[1] == "open" then
-  local reopen_at = tonumber(circuit[2]) or 0
-  if now < reopen_at then return {"open", math.ceil(reopen_at - now), ""} end
-  role = "probe"
-elseif circuit[1] == "half-open" then
-  local probe_until = tonumber(circuit[3]) or 0
-  if now < probe_until then return {"open", math.ceil(probe_until - now), ""} end
-  role = "probe"
+local strategy, max_wait, budget = ARGV[8], tonumber(ARGV[3]), tonumber(ARGV[10])
+local candidates = {}
+local a, k = 12, 5
+for c = 1, tonumber(ARGV[11]) do
+  local limits = tonumber(ARGV[a + 6])
+  candidates[c] = {weight = tonumber(ARGV[a]), alias = ARGV[a + 1], cooldown = tonumber(ARGV[a + 2]),
+    concurrency = tonumber(ARGV[a + 3]), quota = tonumber(ARGV[a + 4]), period = tonumber(ARGV[a + 5]),
+    limits = limits, arg = a + 7, key = k}
+  a = a + 7 + 2 * limits
+  k = k + 3 + limits
 end
 
-local concurrency = tonumber(ARGV[4])
-if concurrency > 0 then
-  redis.call("zremrangebyscore", KEYS[3], "-inf", now)
-  if redis.call("zcard", KEYS[3]) >= concurrency then return {"busy", 0, ""} end
+local skipped, soonest = {}, nil
+local function answer(outcome, number, text, provider)
+  return {outcome, number, text, provider, table.concat(skipped, ",")}
+end
+
+-- May the candidate be sent to at all: its circuit closed or a probe due, its quota not spent?
+local function usable(c)
+  local circuit = redis.call("hmget", KEYS[c.key], "state", "reopen_at", "probe_until")
+  local blocked_until, reason = nil, "open"
+  c.role = "closed"
+  if circuit[1] == "open" then
+    local reopen_at = tonumber(circuit[2]) or 0
+    if now < reopen_at then blocked_until = reopen_at end
+    c.role = "probe"
+  elseif circuit[1] == "half-open" then
+    local probe_until = tonumber(circuit[3]) or 0
+    if now < probe_until then blocked_until = probe_until end
+    c.role = "probe"
+  end
+  if not blocked_until and c.quota > 0 then
+    -- Calendar periods on Redis's clock: a day starts at midnight UTC.
+    c.window = math.floor(now / c.period)
+    local used = redis.call("hmget", KEYS[c.key + 2], "window", "used")
+    if tonumber(used[1]) == c.window and (tonumber(used[2]) or 0) >= c.quota then
+      blocked_until, reason = (c.window + 1) * c.period, "quota"
+    end
+  end
+  if not blocked_until then return true end
+  skipped[#skipped + 1] = c.alias .. ":" .. reason
+  soonest = math.min(soonest or (blocked_until - now), blocked_until - now)
+  return false
 end
 
 -- GCRA: a bucket's theoretical arrival time (tat) advances by one interval per
--- send; a send may go at tat - (burst - 1) * interval. Reserve the slot even if
--- it is in the future, as long as the wait is short: threads then sleep until
--- their own slot and the sustained rate is exact.
-local wait = 0
-local tats = {}
-for i = 7, #KEYS do
-  local interval = tonumber(ARGV[10 + 2 * (i - 7)])
-  local burst = tonumber(ARGV[11 + 2 * (i - 7)])
-  local tat = math.max(tonumber(redis.call("get", KEYS[i])) or now, now)
-  wait = math.max(wait, tat - (burst - 1) * interval - now)
-  tats[i] = tat + interval
+-- send; a send may go at tat - (burst - 1) * interval. The wait until every limit
+-- grants the candidate a token (nil when no concurrency slot is free).
+local function capacity(c)
+  if c.concurrency > 0 then
+    redis.call("zremrangebyscore", KEYS[c.key + 1], "-inf", now)
+    if redis.call("zcard", KEYS[c.key + 1]) >= c.concurrency then return nil end
+  end
+  local wait = 0
+  c.tats = {}
+  for j = 0, c.limits - 1 do
+    local interval, burst = tonumber(ARGV[c.arg + 2 * j]), tonumber(ARGV[c.arg + 2 * j + 1])
+    local tat = math.max(tonumber(redis.call("get", KEYS[c.key + 3 + j])) or now, now)
+    wait = math.max(wait, tat - (burst - 1) * interval - now)
+    c.tats[j] = tat + interval
+  end
+  c.wait = wait
+  return wait
 end
--- Too long to sleep on: nothing is reserved, the message asks again after the wait.
-if wait > tonumber(ARGV[5]) then return {"later", math.ceil(wait), ""} end
-for i = 7, #KEYS do
-  redis.call("set", KEYS[i], tostring(tats[i]), "px", math.ceil(tats[i] - now) + 1000)
+
+-- Reserve the slot even if it is in the future (the wait is short): threads then
+-- sleep until their own slot and the sustained rate is exact.
+local function take(c)
+  for j = 0, c.limits - 1 do
+    redis.call("set", KEYS[c.key + 3 + j], tostring(c.tats[j]), "px", math.ceil(c.tats[j] - now) + 1000)
+  end
+  if c.quota > 0 then
+    if tonumber(redis.call("hget", KEYS[c.key + 2], "window")) == c.window then
+      redis.call("hincrby", KEYS[c.key + 2], "used", 1)
+    else
+      redis.call("hset", KEYS[c.key + 2], "window", tostring(c.window), "used", 1)
+    end
+    redis.call("expire", KEYS[c.key + 2], math.ceil(2 * c.period / 1000))
+  end
+  redis.call("set", KEYS[2], ARGV[4], "px", ARGV[2])
+  if c.concurrency > 0 then redis.call("zadd", KEYS[c.key + 1], now + tonumber(ARGV[2]), ARGV[1]) end
+  if c.role == "probe" then
+    redis.call("hset", KEYS[c.key], "state", "half-open", "probe_until", tostring(now + c.cooldown))
+  end
+  return answer("go", math.floor(c.wait * 1000), c.role, c.alias)
 end
-redis.call("set", KEYS[4], ARGV[6], "px", ARGV[2])
-if concurrency > 0 then redis.call("zadd", KEYS[3], now + tonumber(ARGV[2]), ARGV[1]) end
-if role == "probe" then
-  redis.call("hset", KEYS[2], "state", "half-open", "probe_until", tostring(now + tonumber(ARGV[3])))
+
+-- The one provider chosen waits for its token; too long to sleep on: nothing is reserved, ask again later.
+local function wait_for(c)
+  local wait = capacity(c)
+  if not wait then return answer("busy", 0, "", c.alias) end
+  if wait > max_wait then return answer("later", math.ceil(wait), "", c.alias) end
+  return take(c)
 end
-return {"go", math.floor(wait * 1000), role}
+
+if strategy == "weighted" then
+  local eligible, total = {}, 0
+  for _, c in ipairs(candidates) do
+    if usable(c) then
+      eligible[#eligible + 1] = c
+      total = total + c.weight
+    end
+  end
+  if #eligible == 0 then return answer("open", math.ceil(soonest), "", "") end
+  local chosen, point = eligible[1], tonumber(ARGV[9]) * total
+  if total > 0 then
+    for _, c in ipairs(eligible) do
+      if c.weight > 0 then
+        chosen = c
+        point = point - c.weight
+        if point < 0 then break end
+      end
+    end
+  end
+  return wait_for(chosen)
+elseif strategy == "spill-over" then
+  local soonest_token, busy = nil, nil
+  for _, c in ipairs(candidates) do
+    if usable(c) then
+      local wait = capacity(c)
+      if not wait then
+        busy = busy or c
+      elseif wait <= budget then
+        if wait <= max_wait then return take(c) end
+        return answer("later", math.ceil(wait), "", c.alias)
+      elseif not soonest_token or wait < soonest_token.wait then
+        soonest_token = c
+      end
+    end
+  end
+  -- Every provider is at its limit: the message waits as it would for one.
+  if soonest_token then
+    if soonest_token.wait <= max_wait then return take(soonest_token) end
+    return answer("later", math.ceil(soonest_token.wait), "", soonest_token.alias)
+  end
+  if busy then return answer("busy", 0, "", busy.alias) end
+  return answer("open", math.ceil(soonest), "", "")
+end
+for _, c in ipairs(candidates) do
+  if usable(c) then return wait_for(c) end
+end
+return answer("open", math.ceil(soonest), "", "")
 """
 
 #: KEYS: delivered, circuit, in-flight, this minute's counters, sending claim, the message
@@ -211,7 +326,7 @@ Result = Literal["sent", "failed", "rejected", "faulted", "aborted"]
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """The answer of ``admit``: go (after ``wait`` seconds), or why not and for how long."""
+    """The answer of ``admit``: go (after ``wait`` seconds) through ``provider``, or why not and for how long."""
 
     outcome: Outcome
     #: go: seconds to sleep until the reserved token is due; otherwise seconds until worth asking again.
@@ -220,6 +335,10 @@ class Admission:
     detail: str
     #: Identifies this send's in-flight slot, released by ``settle``.
     token: str
+    #: go: the provider admitted; busy, later: the one at its limit ("" otherwise).
+    provider: str = ""
+    #: The candidates passed over, each with why: "open" (its circuit) or "quota" (spent for this period).
+    skipped: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,46 +380,98 @@ def new_claim(owner: str | None = None) -> str:
     return f"{random_id()}@{owner}" if owner else random_id()
 
 
-def admit(
-    envelope_id: str, provider: ProviderConfig, queue: QueueConfig, config: MailQueueConfig, claim: str | None = None
-) -> Admission:
-    """Ask whether ``envelope_id`` may be sent through ``provider`` now, reserving what it needs.
+#: The golden ratio's fractional part. The draws k·φ (mod 1), k = 1, 2, ..., fall evenly over [0, 1): each
+#: process's shares follow the weights within a message or two, without any state shared through Redis.
+GOLDEN = (math.sqrt(5) - 1) / 2
+#: Each process starts its sequence elsewhere, so processes do not draw in step.
+_draws = itertools.count(random.randrange(1 << 24))
 
-    ``claim`` (from ``new_claim``) names the attempt; a go claims the envelope
-    for the queue's time limit, so another copy of it (a redelivery while this
+
+def next_draw() -> float:
+    """The next number in [0, 1) for a weighted draw."""
+    return (next(_draws) * GOLDEN) % 1.0
+
+
+#: Each provider's keys and arguments for ADMIT, by (namespace, alias), with the ProviderConfig they were made
+#: from: a new configuration (a settings change) makes new ones. Looked up by two strings, not by hashing the
+#: whole ProviderConfig, on every admission.
+_candidates: dict[tuple[str, str], tuple[ProviderConfig, tuple[str, ...], tuple[Any, ...]]] = {}
+
+
+def _candidate(provider: ProviderConfig, namespace: str) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """A provider's keys and arguments for ADMIT (its weight, which is the queue's, goes before them)."""
+    cached = _candidates.get((namespace, provider.alias))
+    if cached is not None and cached[0] is provider:
+        return cached[1], cached[2]
+    keys = ProviderKeys.of(namespace, provider.alias)
+    quota = provider.quota
+    args: list[Any] = [
+        provider.alias,
+        math.ceil(provider.cooldown * 1000),
+        provider.max_concurrency or 0,
+        quota.count if quota else 0,
+        quota.period * 1000 if quota else 0,
+        len(provider.rate_limits),
+    ]
+    for limit in provider.rate_limits:
+        args += (limit.interval * 1000, limit.burst)
+    rates = tuple(keys.rate(limit.count, limit.period, limit.burst) for limit in provider.rate_limits)
+    provider_keys = (keys.circuit, keys.in_flight, keys.quota, *rates)
+    _candidates[(namespace, provider.alias)] = (provider, provider_keys, tuple(args))
+    return provider_keys, tuple(args)
+
+
+def admit(
+    envelope_id: str,
+    providers: ProviderConfig | Sequence[ProviderConfig],
+    queue: QueueConfig,
+    config: MailQueueConfig,
+    claim: str | None = None,
+    *,
+    budget: float | None = None,
+    draw: float | None = None,
+) -> Admission:
+    """Ask whether ``envelope_id`` may be sent now through one of ``providers``, and reserve what it needs.
+
+    ``providers`` are the candidates, in the queue's order (one provider: just
+    that one); the queue's strategy picks among them. ``budget`` is the
+    seconds the message may still wait for a provider ("spill-over"; the
+    queue's latency budget if not given), ``draw`` a number in [0, 1) for a
+    "weighted" pick (the next of ``next_draw()`` if not given). ``claim``
+    (from ``new_claim``) names the attempt; a go claims the envelope for the
+    queue's time limit, so another copy of it (a redelivery while this
     attempt still runs) waits instead of sending too.
     """
-    limits = provider.rate_limits
-    keys = ProviderKeys.of(config.namespace, provider.alias)
+    if isinstance(providers, ProviderConfig):
+        providers = (providers,)
     token = random_id()
-    rate_args: list[float] = []
-    for limit in limits:
-        rate_args += (limit.interval * 1000, limit.burst)
+    keys: list[Any] = [
+        delivered_key(config.namespace, envelope_id),
+        sending_key(config.namespace, envelope_id),
+        heartbeats_key(config.namespace),
+        keepalive_key(config.namespace),
+    ]
     unanswered = _unanswered.get(envelope_id, "")
+    args: list[Any] = [
+        token,
+        queue.time_limit,
+        math.ceil(config.rate_limit_max_wait * 1000),
+        claim or token,
+        current_millis(),
+        config.heartbeat_timeout,
+        unanswered,
+        queue.strategy,
+        (next_draw() if draw is None else draw) if queue.strategy == "weighted" else 0,
+        math.floor((queue.latency_budget if budget is None else budget) * 1000),
+        len(providers),
+    ]
+    for provider in providers:
+        provider_keys, provider_args = _candidate(provider, config.namespace)
+        keys += provider_keys
+        args.append(queue.weight(provider.alias))
+        args += provider_args
     try:
-        outcome, number, detail = ADMIT(
-            [
-                delivered_key(config.namespace, envelope_id),
-                keys.circuit,
-                keys.in_flight,
-                sending_key(config.namespace, envelope_id),
-                heartbeats_key(config.namespace),
-                keepalive_key(config.namespace),
-                *(keys.rate(limit.count, limit.period, limit.burst) for limit in limits),
-            ],
-            args=[
-                token,
-                queue.time_limit,
-                math.ceil(provider.cooldown * 1000),
-                provider.max_concurrency or 0,
-                math.ceil(config.rate_limit_max_wait * 1000),
-                claim or token,
-                current_millis(),
-                config.heartbeat_timeout,
-                unanswered,
-                *rate_args,
-            ],
-        )
+        outcome, number, detail, chosen, skipped = ADMIT(keys, args)
     except (redis.ConnectionError, redis.TimeoutError):
         if len(_unanswered) < UNANSWERED_LIMIT:
             _unanswered[envelope_id] = claim or token
@@ -309,7 +480,16 @@ def admit(
         _unanswered.pop(envelope_id, None)  # taken over
     outcome = outcome.decode()
     scale = 1_000_000 if outcome == "go" else 1000
-    return Admission(outcome=outcome, wait=int(number) / scale, detail=detail.decode(), token=token)
+    return Admission(
+        outcome=outcome,
+        wait=int(number) / scale,
+        detail=detail.decode(),
+        token=token,
+        provider=chosen.decode(),
+        skipped=tuple(
+            (alias, why) for alias, _, why in (each.partition(":") for each in skipped.decode().split(",") if each)
+        ),
+    )
 
 
 def settle(

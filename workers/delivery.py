@@ -1,20 +1,24 @@
-"""Sending one envelope through its queue's provider chain, written once, in the order a reader expects.
+"""Sending one envelope through its queue's providers, written once, in the order a reader expects.
 
-For each provider in the queue's chain, primary first: ask for admission
-(already delivered? circuit open? a rate-limit token and a concurrency
-slot); send over this thread's open connection; a transient failure is
-retried a few times with tenacity (reconnecting each time); a refusal by that
-provider, or transient failures beyond its tries, move on to the next
-provider; a permanent failure stops everything. Every outcome is recorded for
-the provider's circuit and counters (a message fault only frees its slot: it
-says nothing about the provider), and each provider's failure is announced
-(``attempt_failed``).
+Ask for admission: the queue's strategy picks a provider among those not
+tried yet in this attempt (``admit`` in workers/admission.py skips the ones
+whose circuit is open or whose quota is spent, and reserves a rate-limit
+token and a concurrency slot); send over this thread's open connection; a
+transient failure is retried a few times with tenacity (reconnecting each
+time); a refusal by that provider, or transient failures beyond its tries,
+ask for admission again among the providers left; a permanent failure stops
+everything. Every outcome is recorded for the provider's circuit and counters
+(a message fault only frees its slot: it says nothing about the provider),
+and each provider's failure is announced (``attempt_failed``).
 
-A provider at its limit defers the message (no failover, no retry used up);
-a provider with an open circuit is skipped. When no provider took the
-message, ``AllProvidersFailed`` says to retry later, and
-``AllProvidersRefused`` (every provider refused) to dead-letter it: what
-follows is decided in workers/outcomes.py.
+With "failover" the provider is the first of the chain, with "weighted" one
+drawn by weight, with "spill-over" the first that can take the message within
+the queue's latency budget (counted from ``send_mail()``). A provider picked
+but at its limit defers the message (no retry used up): under "spill-over"
+only once every provider is. When no provider took the message,
+``AllProvidersFailed`` says to retry later, and ``AllProvidersRefused``
+(every provider refused) to dead-letter it: what follows is decided in
+workers/outcomes.py.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from mailqueue.exceptions import (
 )
 from mailqueue.signals import AttemptFailed, announce
 
-from .admission import AckTarget, Admission, Result, admit, new_claim, release, settle
+from .admission import AckTarget, Admission, Result, admit, new_claim, next_draw, release, settle
 from .classify import MESSAGE_ERRORS, classify, invalid_field, message_fault
 from .connections import connections
 from .dramatiq_redis import acknowledged_early
@@ -158,12 +162,20 @@ def send_with_retries(provider: ProviderConfig, message: EmailMessage, envelope_
 
 
 def _admission(
-    envelope_id: str, provider: ProviderConfig, queue: QueueConfig, config: MailQueueConfig, claim: str
+    envelope: Envelope, candidates: list[ProviderConfig], queue: QueueConfig, config: MailQueueConfig, claim: str
 ) -> Admission:
-    """``admit``, waiting up to RATE_LIMIT_MAX_WAIT for a free concurrency slot."""
+    """``admit``, waiting up to RATE_LIMIT_MAX_WAIT for a free concurrency slot.
+
+    A "weighted" message keeps its draw while it waits: the provider drawn is its provider.
+    """
     deadline = time.monotonic() + config.rate_limit_max_wait
+    draw = next_draw()
     while True:
-        admission = admit(envelope_id, provider, queue, config, claim)
+        budget = None
+        if queue.strategy == "spill-over":
+            # The budget counts from send_mail(): time the message spent queued is spent of it.
+            budget = max(queue.latency_budget - (time.time() - envelope.created_at), 0.0)
+        admission = admit(envelope.id, candidates, queue, config, claim, budget=budget, draw=draw)
         if admission.outcome != "busy" or time.monotonic() >= deadline:
             return admission
         time.sleep(BUSY_POLL)
@@ -240,6 +252,18 @@ def _log_failures(failures: list[DeliveryError], envelope_id: str, next_step: st
     failures.clear()
 
 
+#: Why admission passed a provider over, as a log line says it.
+SKIP_REASONS = {"open": "its circuit is open", "quota": "its quota is spent"}
+
+
+def _log_skips(admission: Admission, envelope_id: str, logged: set[str]) -> None:
+    """One line per provider passed over, the first time in this attempt."""
+    for alias, why in admission.skipped:
+        if alias not in logged:
+            logged.add(alias)
+            logger.info("provider %s is skipped for %s: %s", alias, envelope_id, SKIP_REASONS.get(why, why))
+
+
 def _through_chain(
     envelope: Envelope,
     message: EmailMessage,
@@ -252,10 +276,15 @@ def _through_chain(
     failures: list[DeliveryError] = []
     #: Failures not logged yet: see _log_failures.
     unlogged: list[DeliveryError] = []
+    #: When admission found no provider left to ask: seconds until the first skipped one may be asked again.
     skipped: list[float] = []
-    for alias in queue.providers:
-        provider = config.provider(alias)
-        admission = _admission(envelope.id, provider, queue, config, claim)
+    #: The providers not tried yet in this attempt, in the queue's order; admission picks among them.
+    candidates = [config.provider(alias) for alias in queue.providers]
+    logged_skips: set[str] = set()
+    why: set[str] = set()
+    while candidates:
+        admission = _admission(envelope, candidates, queue, config, claim)
+        _log_skips(admission, envelope.id, logged_skips)
         if admission.outcome == "delivered":
             _log_failures(unlogged, envelope.id, f"and it was already delivered via {admission.detail}")
             logger.warning("%s was already delivered via %s: not sending it again", envelope.id, admission.detail)
@@ -266,11 +295,13 @@ def _through_chain(
                 f"another worker is sending {envelope.id} right now", envelope_id=envelope.id, delay=admission.wait
             )
         if admission.outcome == "open":
-            logger.info("provider %s is skipped for %s: its circuit is open", alias, envelope.id)
             skipped.append(admission.wait)
-            continue
+            why = {why for _, why in admission.skipped}
+            break
+        alias = admission.provider
         if admission.outcome in ("busy", "later"):
-            # The provider is healthy, only at its limit: wait for it rather than fail over.
+            # The provider is healthy, only at its limit: wait for it rather than fail over (with "spill-over",
+            # admission hands the message to another provider while one can take it in time).
             limit = "concurrency" if admission.outcome == "busy" else "rate"
             _log_failures(unlogged, envelope.id, f"deferred: provider {alias} is at its {limit} limit")
             raise DeliveryDeferred(
@@ -278,6 +309,8 @@ def _through_chain(
                 envelope_id=envelope.id,
                 delay=max(admission.wait, MIN_DEFERRAL),
             )
+        provider = next(candidate for candidate in candidates if candidate.alias == alias)
+        candidates.remove(provider)
         if unlogged:
             _log_failures(unlogged, envelope.id, f"trying {alias}")
         if admission.wait:
@@ -349,14 +382,19 @@ def _through_chain(
             logger.warning("%s was sent via %s; the time limit interrupted recording it", envelope.id, alias)
         return delivered
     if skipped and not failures:
+        has = {"open": "an open circuit", "quota": "a spent quota"}
         raise DeliveryDeferred(
-            f"every provider of queue {queue.name} has an open circuit", envelope_id=envelope.id, delay=min(skipped)
+            f"every provider of queue {queue.name} has {' or '.join(has[each] for each in sorted(why))}",
+            envelope_id=envelope.id,
+            delay=min(skipped),
         )
     refused = all(isinstance(failure, ProviderRefused) for failure in failures)
     if skipped and refused:
-        # Every provider asked refused, but one whose circuit is open was not asked yet.
+        # Every provider asked refused, but one whose circuit is open (or quota spent) was not asked yet.
+        are = {"open": "circuits are open", "quota": "quotas are spent"}
         raise DeliveryDeferred(
-            f"refused by {', '.join(str(f.provider) for f in failures)}; the others' circuits are open",
+            f"refused by {', '.join(str(f.provider) for f in failures)}; the others' "
+            + " or ".join(are[each] for each in sorted(why)),
             envelope_id=envelope.id,
             delay=min(skipped),
         )

@@ -19,10 +19,13 @@ from mailqueue.client import access_problem, exchange, redacted_url
 from mailqueue.conf import get_config
 from mailqueue.exceptions import BrokerAccessDenied, BrokerUnavailable, EnvelopeError
 from mailqueue.logwriter import LogWriter
-from mailqueue.monitoring import provider_health, queue_depths, writer_lag
+from mailqueue.monitoring import provider_health, queue_depths, queue_distribution, writer_lag
 
 DEPTH_COLUMNS = ("queue", "ready", "in_progress", "delayed", "dead")
-HEALTH_COLUMNS = ("provider", "state", "failures", "probe_in", "sent_5m", "failed_5m", "sent_1h", "failed_1h")
+HEALTH_COLUMNS = (
+    "provider", "state", "failures", "probe_in", "sent_5m", "failed_5m", "sent_1h", "failed_1h", "quota_left"
+)  # fmt: skip
+DISTRIBUTION_COLUMNS = ("queue", "strategy", "provider", "target", "share_5m")
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -45,7 +48,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True, parser_class=argparse.ArgumentParser)
         status = sub.add_parser(
-            "status", help="queue depth per queue, each provider's health, and mail waiting in the outbox"
+            "status",
+            help="queue depth per queue, each provider's health and quota, each queue's strategy and providers' "
+            "shares, and mail waiting in the outbox",
         )
         status.add_argument("--json", action="store_true", help="machine-readable output")
         dead = sub.add_parser("dead", help="list dead-lettered messages with their reason")
@@ -91,12 +96,14 @@ class Command(BaseCommand):
             # One PING on this thread's connection first: it fails once, where the pool's client would retry.
             exchange((("PING",),), lambda wire: wire.read())
             depths: list[dict[str, Any]] | None = [depth.as_dict() for depth in queue_depths()]
-            health: list[dict[str, Any]] | None = [provider.as_dict() for provider in provider_health()]
+            providers = provider_health()
+            health: list[dict[str, Any]] | None = [provider.as_dict() for provider in providers]
+            spread: list[dict[str, Any]] | None = [queue.as_dict() for queue in queue_distribution(providers)]
             lag: dict[str, Any] | None = writer_lag().as_dict()
             problem = None
         except redis.RedisError as error:
             # An operator's first question during an outage: no traceback, the URL (password hidden) and the error.
-            depths = health = lag = None
+            depths = health = spread = lag = None
             problem = {
                 "url": redacted_url(get_config().broker_url),
                 "error": str(error).rstrip(".") or type(error).__name__,
@@ -105,21 +112,27 @@ class Command(BaseCommand):
         if json:
             self.stdout.write(
                 _dumps(
-                    {"queues": depths, "providers": health, "outbox": waiting, "outbox_reason": reason, "log": lag}
+                    {
+                        "queues": depths,
+                        "providers": health,
+                        "distribution": spread,
+                        "outbox": waiting,
+                        "outbox_reason": reason,
+                        "log": lag,
+                    }
                     | ({"redis": problem} if problem else {})
                 )
             )
         else:
-            if depths is not None and health is not None:
+            if depths is not None and health is not None and spread is not None:
                 self.stdout.write(
                     _table([list(DEPTH_COLUMNS), *([_cell(row[column]) for column in DEPTH_COLUMNS] for row in depths)])
                 )
                 self.stdout.write("")
-                self.stdout.write(
-                    _table(
-                        [list(HEALTH_COLUMNS), *([_cell(row[column]) for column in HEALTH_COLUMNS] for row in health)]
-                    )
-                )
+                self.stdout.write(_table([list(HEALTH_COLUMNS), *map(_health_row, health)]))
+                self.stdout.write("")
+                rows = [_share_row(queue, share) for queue in spread for share in queue["providers"]]
+                self.stdout.write(_table([list(DISTRIBUTION_COLUMNS), *rows]))
                 self.stdout.write("")
             self.stdout.write(f"outbox: {waiting} message(s) waiting for Redis")
             if reason:
@@ -256,6 +269,23 @@ def _lag_line(lag: dict[str, Any]) -> str:
         f"log: {unwritten} event(s) not yet written ({lag['pending']} pending, {_cell(lag['undelivered'])} not yet "
         f"read); oldest {oldest}; {lag['stream_length']} in the stream"
     )
+
+
+def _health_row(row: dict[str, Any]) -> list[str]:
+    quota = f"{row['quota_left']}/{row['quota']}" if row["quota"] else None
+    return [_cell(row[column]) for column in HEALTH_COLUMNS[:-1]] + [_cell(quota)]
+
+
+def _share_row(queue: dict[str, Any], share: dict[str, Any]) -> list[str]:
+    """One provider of a queue: the strategy (with its budget), the share aimed at and the share it had."""
+    strategy = queue["strategy"]
+    if queue["latency_budget"] is not None:
+        strategy += f"({queue['latency_budget']:g}s)"
+    return [queue["queue"], strategy, share["provider"], _percent(share["target"]), _percent(share["share_5m"])]
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
 
 
 def _cell(value: Any) -> str:

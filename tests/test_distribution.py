@@ -1,0 +1,310 @@
+"""A queue's strategy picks each message's provider inside the one ``admit`` call (real Redis, real scripts).
+
+The end-to-end proofs, with worker processes and SMTP servers, are in tests/test_distribution_processes.py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pytest
+from django.core.mail import EmailMessage, send_mass_mail
+
+from mailqueue.client import redis_client
+from mailqueue.conf import get_config
+from mailqueue.keys import ProviderKeys
+from mailqueue.monitoring import provider_health, queue_distribution
+from workers import delivery
+from workers.admission import admit, next_draw, settle
+
+THREE_QUEUES = ("critical", "default", "bulk")
+
+
+def two_providers(configure, smtp_server, backup_smtp, queue: dict, providers: dict | None = None, **options) -> None:
+    """Every queue delivers through "a" then "b" (two real SMTP servers) with the strategy ``queue`` gives."""
+    configure(
+        providers={"a": smtp_server.mailer(), "b": backup_smtp.mailer()},
+        queues={name: {"providers": ["a", "b"], "max_retries": 0, **queue} for name in THREE_QUEUES},
+        PROVIDERS={"a": {}, "b": {}} | (providers or {}),
+        **options,
+    )
+
+
+def candidates():
+    config = get_config()
+    queue = config.queues["default"]
+    return [config.provider(alias) for alias in queue.providers], queue, config
+
+
+def open_circuit(alias: str, config) -> None:
+    provider = config.provider(alias)
+    for n in range(provider.failure_threshold):
+        settle(
+            admit(f"fail-{alias}-{n}", provider, config.queues["default"], config),
+            f"fail-{alias}-{n}",
+            provider,
+            "failed",
+            config,
+        )
+
+
+def test_weighted_draws_follow_the_weights_closely(configure, smtp_server, backup_smtp) -> None:
+    two_providers(configure, smtp_server, backup_smtp, {"strategy": "weighted", "weights": {"a": 3, "b": 1}})
+    providers, queue, config = candidates()
+    picks = Counter(admit(f"m{n}", providers, queue, config).provider for n in range(400))
+    # The draws are spread evenly over [0, 1), not at random: 400 messages split 300/100 within a message or two.
+    assert abs(picks["a"] - 300) <= 2 and picks["a"] + picks["b"] == 400
+
+
+def test_weighted_a_draw_picks_by_cumulative_weight(configure, smtp_server, backup_smtp) -> None:
+    two_providers(configure, smtp_server, backup_smtp, {"strategy": "weighted", "weights": {"a": 3, "b": 1}})
+    providers, queue, config = candidates()
+    assert admit("m1", providers, queue, config, draw=0.0).provider == "a"
+    assert admit("m2", providers, queue, config, draw=0.74).provider == "a"
+    assert admit("m3", providers, queue, config, draw=0.76).provider == "b"
+    assert admit("m4", providers, queue, config, draw=0.999).provider == "b"
+
+
+def test_weighted_an_open_circuit_takes_a_provider_out_of_the_draw(configure, smtp_server, backup_smtp) -> None:
+    two_providers(
+        configure,
+        smtp_server,
+        backup_smtp,
+        {"strategy": "weighted", "weights": {"a": 3, "b": 1}},
+        {"a": {"failure_threshold": 2, "cooldown": 30}},
+    )
+    providers, queue, config = candidates()
+    open_circuit("a", config)
+    answers = [admit(f"m{n}", providers, queue, config) for n in range(20)]
+    assert {answer.provider for answer in answers} == {"b"}
+    assert answers[0].skipped == (("a", "open"),)
+    open_circuit("b", config)
+    none = admit("m-last", providers, queue, config)
+    assert none.outcome == "open" and 29 < none.wait <= 30  # until the first circuit lets a probe through
+
+
+def test_weighted_a_weight_of_0_is_only_a_failover(configure, smtp_server, backup_smtp) -> None:
+    two_providers(
+        configure,
+        smtp_server,
+        backup_smtp,
+        {"strategy": "weighted", "weights": {"a": 1, "b": 0}},
+        {"a": {"failure_threshold": 1}},
+    )
+    providers, queue, config = candidates()
+    assert {admit(f"m{n}", providers, queue, config, draw=n / 10).provider for n in range(10)} == {"a"}
+    open_circuit("a", config)
+    assert admit("m-after", providers, queue, config).provider == "b"
+
+
+def test_spill_over_takes_the_first_provider_with_a_token_within_the_budget(
+    configure, smtp_server, backup_smtp
+) -> None:
+    two_providers(
+        configure,
+        smtp_server,
+        backup_smtp,
+        {"strategy": "spill-over", "latency_budget": 1},
+        {"a": {"rate_limit": "2/s"}},
+    )
+    providers, queue, config = candidates()
+    first = admit("m1", providers, queue, config, budget=0.2)
+    assert (first.outcome, first.provider, first.wait) == ("go", "a", 0)
+    # a's next token is 0.5 s away: beyond a 0.2 s budget, so b (no limit) takes it at once.
+    spilled = admit("m2", providers, queue, config, budget=0.2)
+    assert (spilled.outcome, spilled.provider, spilled.wait) == ("go", "b", 0)
+    # Within a 1 s budget the message waits for a's token instead.
+    waits = admit("m3", providers, queue, config, budget=1.0)
+    assert (waits.outcome, waits.provider) == ("go", "a")
+    assert waits.wait == pytest.approx(0.5, abs=0.05)
+
+
+def test_spill_over_within_the_budget_but_beyond_the_longest_sleep_asks_again_later(
+    configure, smtp_server, backup_smtp
+) -> None:
+    two_providers(
+        configure,
+        smtp_server,
+        backup_smtp,
+        {"strategy": "spill-over", "latency_budget": 60},
+        {"a": {"rate_limit": "1/s"}},
+        RATE_LIMIT_MAX_WAIT=0.25,
+    )
+    providers, queue, config = candidates()
+    assert admit("m1", providers, queue, config).provider == "a"
+    later = admit("m2", providers, queue, config)
+    # The preferred provider takes it within the budget: the message comes back for it, it does not spill.
+    assert (later.outcome, later.provider) == ("later", "a")
+    assert later.wait == pytest.approx(1.0, abs=0.05)
+
+
+def test_spill_over_when_every_provider_is_at_its_limit_the_soonest_token_is_waited_for(
+    configure, smtp_server, backup_smtp
+) -> None:
+    two_providers(
+        configure,
+        smtp_server,
+        backup_smtp,
+        {"strategy": "spill-over", "latency_budget": 0.1},
+        {"a": {"rate_limit": "1/s"}, "b": {"rate_limit": "4/s"}},
+    )
+    providers, queue, config = candidates()
+    assert [admit(f"m{n}", providers, queue, config).provider for n in range(2)] == ["a", "b"]
+    # a's token is 1 s away, b's 0.25 s: both beyond the budget; b's is the sooner, and short enough to sleep on.
+    third = admit("m3", providers, queue, config)
+    assert (third.outcome, third.provider) == ("go", "b")
+    assert third.wait == pytest.approx(0.25, abs=0.05)
+
+
+def test_spill_over_passes_a_provider_with_no_free_slot(configure, smtp_server, backup_smtp) -> None:
+    two_providers(
+        configure, smtp_server, backup_smtp, {"strategy": "spill-over"}, {"a": {"max_concurrency": 1}, "b": {}}
+    )
+    providers, queue, config = candidates()
+    first = admit("m1", providers, queue, config)
+    assert [first.provider, admit("m2", providers, queue, config).provider] == ["a", "b"]
+    settle(first, "m1", config.provider("a"), "sent", config)
+    assert admit("m3", providers, queue, config).provider == "a"
+
+
+def test_failover_keeps_to_the_first_provider_at_its_limit(configure, smtp_server, backup_smtp) -> None:
+    two_providers(configure, smtp_server, backup_smtp, {}, {"a": {"rate_limit": "1/s"}}, RATE_LIMIT_MAX_WAIT=0.25)
+    providers, queue, config = candidates()
+    assert admit("m1", providers, queue, config).provider == "a"
+    later = admit("m2", providers, queue, config)
+    assert (later.outcome, later.provider) == ("later", "a")  # a rate limit is not a failure: no failover
+
+
+@pytest.mark.parametrize("strategy", [{}, {"strategy": "weighted"}, {"strategy": "spill-over"}])
+def test_a_spent_quota_hands_the_message_to_the_next_provider_under_every_strategy(
+    configure, smtp_server, backup_smtp, strategy
+) -> None:
+    weights = {"weights": {"a": 1, "b": 0}} if strategy.get("strategy") == "weighted" else {}
+    two_providers(configure, smtp_server, backup_smtp, strategy | weights, {"a": {"quota": "3/d"}})
+    providers, queue, config = candidates()
+    picks = [admit(f"m{n}", providers, queue, config) for n in range(5)]
+    assert [pick.provider for pick in picks] == ["a", "a", "a", "b", "b"]
+    assert picks[3].skipped == (("a", "quota"),)
+    (a, _) = provider_health()
+    assert (a.quota, a.quota_used, a.quota_left) == ("3/d", 3, 0)
+    assert 0 < a.quota_resets_in <= 86400
+
+
+def test_a_provider_whose_quota_is_spent_waits_for_the_next_day_when_it_is_the_only_one(configure, smtp_server) -> None:
+    configure(providers={"a": smtp_server.mailer()}, PROVIDERS={"a": {"quota": "1/d"}})
+    config = get_config()
+    provider, queue = config.provider("a"), config.queues["default"]
+    assert admit("m1", provider, queue, config).outcome == "go"
+    spent = admit("m2", provider, queue, config)
+    assert spent.outcome == "open"
+    assert spent.wait == pytest.approx(86400 - time.time() % 86400, abs=2)  # midnight UTC
+
+
+def test_a_quota_starts_again_whole_in_the_next_period(configure, smtp_server, backup_smtp) -> None:
+    two_providers(configure, smtp_server, backup_smtp, {}, {"a": {"quota": "2/h"}})
+    providers, queue, config = candidates()
+    key = ProviderKeys.of(config.namespace, "a").quota
+    # Two sends counted in the hour before this one: spent then, whole now.
+    redis_client().hset(key, mapping={"window": int(time.time() // 3600) - 1, "used": 2})
+    assert [admit(f"m{n}", providers, queue, config).provider for n in range(3)] == ["a", "a", "b"]
+    assert redis_client().hget(key, "used") == b"2"
+
+
+def test_a_delivered_envelope_is_not_sent_again_whichever_provider_would_be_picked(
+    configure, smtp_server, backup_smtp
+) -> None:
+    two_providers(configure, smtp_server, backup_smtp, {"strategy": "weighted", "weights": {"a": 1, "b": 1}})
+    providers, queue, config = candidates()
+    first = admit("once", providers, queue, config, draw=0.9)
+    assert first.provider == "b"
+    settle(first, "once", config.provider("b"), "sent", config)
+    again = admit("once", providers, queue, config, draw=0.1)  # would draw a
+    assert (again.outcome, again.detail) == ("delivered", "b")
+
+
+def test_next_draw_stays_in_the_unit_interval() -> None:
+    draws = [next_draw() for _ in range(1000)]
+    assert all(0 <= draw < 1 for draw in draws)
+    # Evenly spread: every tenth of the interval holds about a tenth of them.
+    assert all(90 <= sum(1 for draw in draws if tenth / 10 <= draw < (tenth + 1) / 10) <= 110 for tenth in range(10))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_spill_over_message_costs_one_admission_even_when_it_spills(
+    configure, smtp_server, backup_smtp, run_worker, monkeypatch
+) -> None:
+    two_providers(
+        configure,
+        smtp_server,
+        backup_smtp,
+        {"strategy": "spill-over", "latency_budget": 0.05},
+        {"a": {"rate_limit": "1/m"}},
+    )
+    calls = Counter()
+    real_admit = delivery.admit
+
+    def counting_admit(envelope_id, *args, **kwargs):
+        calls[envelope_id] += 1
+        return real_admit(envelope_id, *args, **kwargs)
+
+    monkeypatch.setattr(delivery, "admit", counting_admit)
+    send_mass_mail([(f"m{i}", "b", None, ["a@example.com"]) for i in range(30)])
+    with run_worker(threads=4) as worker:
+        worker.drain()
+    assert len(smtp_server.received) == 1 and len(backup_smtp.received) == 29
+    assert set(calls.values()) == {1}, "a spilled message was admitted in one call"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_routing_rules_and_per_message_overrides_pick_the_queue_whose_strategy_applies(
+    configure, smtp_server, backup_smtp, run_worker
+) -> None:
+    configure(
+        providers={"reliable": smtp_server.mailer(), "cheap": backup_smtp.mailer()},
+        queues={
+            "critical": {"providers": ["reliable", "cheap"]},
+            "default": {"providers": ["reliable", "cheap"]},
+            "bulk": {
+                "providers": ["reliable", "cheap"],
+                "strategy": "weighted",
+                "weights": {"reliable": 0, "cheap": 1},
+            },
+        },
+        ROUTES=[{"tag": "newsletter", "queue": "bulk"}],
+    )
+    newsletter = EmailMessage("news", "b", None, ["a@example.com"])
+    newsletter.tags = ["newsletter"]
+    override = EmailMessage("digest", "b", None, ["a@example.com"])
+    override.queue = "bulk"
+    reset = EmailMessage("reset", "b", None, ["a@example.com"])
+    for message in (newsletter, override, reset):
+        message.send()
+    with run_worker() as worker:
+        worker.drain()
+    assert [m.parsed["Subject"] for m in smtp_server.received] == ["reset"]
+    assert sorted(m.parsed["Subject"] for m in backup_smtp.received) == ["digest", "news"]
+
+
+def test_the_distribution_shows_each_queues_strategy_and_shares(configure, smtp_server, backup_smtp) -> None:
+    configure(
+        providers={"a": smtp_server.mailer(), "b": backup_smtp.mailer()},
+        queues={
+            "critical": {"providers": ["a", "b"]},
+            "default": {"providers": ["a", "b"], "strategy": "spill-over", "latency_budget": 1.5},
+            "bulk": {"providers": ["a", "b"], "strategy": "weighted", "weights": {"a": 3, "b": 1}},
+        },
+    )
+    providers, queue, config = candidates()
+    for n, alias in enumerate("aaab"):
+        provider = config.provider(alias)
+        settle(admit(f"m{n}", provider, queue, config), f"m{n}", provider, "sent", config)
+    spread = {each.queue: each for each in queue_distribution()}
+    assert (spread["critical"].strategy, spread["critical"].latency_budget) == ("failover", None)
+    assert (spread["default"].strategy, spread["default"].latency_budget) == ("spill-over", 1.5)
+    bulk = spread["bulk"]
+    assert [(share.provider, share.weight, share.target) for share in bulk.providers] == [
+        ("a", 3, 0.75),
+        ("b", 1, 0.25),
+    ]
+    assert [(share.sent_5m, share.share_5m) for share in bulk.providers] == [(3, 0.75), (1, 0.25)]
