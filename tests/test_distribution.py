@@ -5,14 +5,20 @@ The end-to-end proofs, with worker processes and SMTP servers, are in tests/test
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
+from anymail.message import AnymailMessage
 from django.core.mail import EmailMessage, send_mass_mail
+from dramatiq.middleware import TimeLimitExceeded, raise_thread_exception
 
 from mailqueue.client import redis_client
 from mailqueue.conf import get_config
+from mailqueue.envelope import Envelope
+from mailqueue.exceptions import PermanentDeliveryError
 from mailqueue.keys import ProviderKeys
 from mailqueue.monitoring import provider_health, queue_distribution
 from workers import delivery
@@ -209,6 +215,83 @@ def test_a_quota_starts_again_whole_in_the_next_period(configure, smtp_server, b
     redis_client().hset(key, mapping={"window": int(time.time() // 3600) - 1, "used": 2})
     assert [admit(f"m{n}", providers, queue, config).provider for n in range(3)] == ["a", "a", "b"]
     assert redis_client().hget(key, "used") == b"2"
+
+
+def quota_used(alias: str) -> int | None:
+    return {each.provider: each for each in provider_health()}[alias].quota_used
+
+
+def envelope_of(message: EmailMessage, **headers: str) -> Envelope:
+    """``message`` as the worker reads it; ``headers`` go in past send_mail()'s checks, as an older client's could."""
+    envelope = Envelope.from_message(message, queue="default", mailer="default")
+    fields = {**envelope.message, "headers": {**envelope.message["headers"], **headers}}
+    return Envelope(envelope.id, envelope.queue, envelope.mailer, envelope.created_at, fields)
+
+
+def test_a_message_fault_found_before_sending_gives_the_quota_back(configure, smtp_server) -> None:
+    configure(providers={"a": smtp_server.mailer()}, PROVIDERS={"a": {"quota": "5/d"}})
+    config = get_config()
+    broken = envelope_of(EmailMessage("broken", "b", None, ["x@example.com"]), **{"X-Bad": "a\nb"})
+    with pytest.raises(PermanentDeliveryError):
+        delivery.deliver_envelope(broken, config.queues["default"], config)
+    # The provider never saw it: it must not use up the provider's day (nor count against it in any way).
+    assert smtp_server.received == [] and quota_used("a") == 0
+    delivery.deliver_envelope(
+        envelope_of(EmailMessage("ok", "b", None, ["x@example.com"])), config.queues["default"], config
+    )
+    assert quota_used("a") == 1
+
+
+def test_a_message_fault_the_esp_found_in_its_answer_still_counts(configure, postmark_api) -> None:
+    configure(providers={"pm": postmark_api.mailer()}, PROVIDERS={"pm": {"quota": "5/d"}})
+    config = get_config()
+    postmark_api.responses.append((422, {"ErrorCode": 300, "Message": "Invalid 'From' address."}))
+    refused = envelope_of(AnymailMessage("refused", "b", "shop@example.com", ["x@example.com"]))
+    with pytest.raises(PermanentDeliveryError):
+        delivery.deliver_envelope(refused, config.queues["default"], config)
+    # The ESP had the message: its count of the day may well include it.
+    assert len(postmark_api.requests) == 1 and quota_used("pm") == 1
+
+
+def test_a_send_interrupted_while_it_sleeps_for_its_token_gives_the_quota_back(configure, smtp_server) -> None:
+    configure(providers={"a": smtp_server.mailer()}, PROVIDERS={"a": {"quota": "5/d", "rate_limit": "1/s"}})
+    config = get_config()
+    queue = config.queues["default"]
+    delivery.deliver_envelope(envelope_of(EmailMessage("first", "b", None, ["x@example.com"])), queue, config)
+    outcome: dict[str, Any] = {}
+
+    def second() -> None:
+        try:
+            delivery.deliver_envelope(envelope_of(EmailMessage("second", "b", None, ["x@example.com"])), queue, config)
+        except BaseException as error:  # noqa: BLE001  (the test reports what escaped)
+            outcome["raised"] = error
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    time.sleep(0.3)  # it sleeps about 1 s for a's next token, admitted and counted
+    assert thread.is_alive()
+    raise_thread_exception(thread.ident, TimeLimitExceeded)  # as Dramatiq's time limit does
+    thread.join(10)
+    assert isinstance(outcome.get("raised"), TimeLimitExceeded)
+    assert len(smtp_server.received) == 1 and quota_used("a") == 1
+
+
+def test_a_send_given_back_is_taken_off_this_periods_count_only(configure, smtp_server) -> None:
+    configure(providers={"a": smtp_server.mailer()}, PROVIDERS={"a": {"quota": "5/h"}})
+    config = get_config()
+    provider, queue = config.provider("a"), config.queues["default"]
+    key = ProviderKeys.of(config.namespace, "a").quota
+    admitted = admit("m1", provider, queue, config)
+    # The hour turned between admission and settle: the send counted in the hour before; this one owes nothing.
+    redis_client().hset(key, mapping={"window": int(time.time() // 3600) - 1, "used": 3})
+    settle(admitted, "m1", provider, "aborted", config, unsent=True)
+    assert redis_client().hmget(key, "window", "used")[1] == b"3"
+    redis_client().delete(key)
+    admitted = admit("m2", provider, queue, config)
+    settle(admitted, "m2", provider, "aborted", config)  # interrupted mid-send: the provider may have it
+    assert quota_used("a") == 1
+    settle(admit("m3", provider, queue, config), "m3", provider, "aborted", config, unsent=True)
+    assert quota_used("a") == 1
 
 
 def test_a_delivered_envelope_is_not_sent_again_whichever_provider_would_be_picked(

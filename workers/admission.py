@@ -234,14 +234,15 @@ return answer("open", math.ceil(soonest), "", "")
 """
 
 #: KEYS: delivered, circuit, in-flight, this minute's counters, sending claim, the message
-#: log's stream, and with an early acknowledgement Dramatiq's in-progress set, message hash
-#: and heartbeats.
-#: ARGV: outcome ("sent", "failed", "rejected", "aborted"), provider alias, lease token,
-#: dedup window s, failure threshold, cooldown ms, counters' ttl s, the stream's MAXLEN, the
-#: message log's event ("" for none), and with an early acknowledgement the Redis message id,
-#: the worker's broker id and its clock in ms. The event is appended first, whatever the
-#: outcome; a "sent" event only when the delivery record is not there yet: a settle run
-#: again (its reply lost) logs the delivery once.
+#: log's stream, the quota hash, and with an early acknowledgement Dramatiq's in-progress
+#: set, message hash and heartbeats.
+#: ARGV: outcome ("sent", "failed", "rejected", "faulted", "aborted"), provider alias, lease
+#: token, dedup window s, failure threshold, cooldown ms, counters' ttl s, the stream's
+#: MAXLEN, the message log's event ("" for none), the quota's period in ms to give a send
+#: back to (0: none), and with an early acknowledgement the Redis message id, the worker's
+#: broker id and its clock in ms. The event is appended first, whatever the outcome; a
+#: "sent" event only when the delivery record is not there yet: a settle run again (its
+#: reply lost) logs the delivery once.
 #: "failed" is a transient provider failure (it counts towards opening the circuit);
 #: "rejected" means the provider answered but refused this message (it is up);
 #: "faulted" means the message itself is at fault (it cannot be rendered, addressed,
@@ -250,6 +251,9 @@ return answer("open", math.ceil(soonest), "", "")
 #: "aborted" only releases the in-flight slot. "sent" also drops the sending claim,
 #: which the delivery record replaces. Each outcome but "aborted" is counted in this
 #: minute's counters under its own name ("sent", "failed", "rejected", "faulted").
+#: A quota period given ("aborted" or "faulted" only: the provider never saw the message)
+#: gives back the send admission counted, if the count is still this period's on
+#: Redis's clock (a send admitted in the period before counts in that one, not this).
 #: Returns {the circuit's state, 1 if the Dramatiq message was acknowledged here else 0}.
 SETTLE_SCRIPT = """
 local outcome = ARGV[1]
@@ -257,6 +261,12 @@ local acked = 0
 redis.call("zrem", KEYS[3], ARGV[3])
 if ARGV[9] ~= "" and not (outcome == "sent" and redis.call("exists", KEYS[1]) == 1) then
   redis.call("xadd", KEYS[6], "maxlen", "~", ARGV[8], "*", "e", ARGV[9])
+end
+if ARGV[10] ~= "0" and (outcome == "aborted" or outcome == "faulted") then
+  local clock = redis.call("time")
+  local window = math.floor((tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000) / tonumber(ARGV[10]))
+  local quota = redis.call("hmget", KEYS[7], "window", "used")
+  if tonumber(quota[1]) == window and (tonumber(quota[2]) or 0) > 0 then redis.call("hincrby", KEYS[7], "used", -1) end
 end
 if outcome == "aborted" then return {redis.call("hget", KEYS[2], "state") or "closed", acked} end
 if outcome == "faulted" then
@@ -271,11 +281,11 @@ local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
 if outcome == "sent" then
   redis.call("set", KEYS[1], ARGV[2], "ex", ARGV[4])
   redis.call("del", KEYS[5])
-  if #KEYS == 9 then
+  if #KEYS == 10 then
     -- Dramatiq's own ack (dispatch.lua), done here to save the worker a round trip.
-    redis.call("zadd", KEYS[9], ARGV[12], ARGV[11])
-    if redis.call("srem", KEYS[7], ARGV[10]) > 0 then
-      redis.call("hdel", KEYS[8], ARGV[10])
+    redis.call("zadd", KEYS[10], ARGV[13], ARGV[12])
+    if redis.call("srem", KEYS[8], ARGV[11]) > 0 then
+      redis.call("hdel", KEYS[9], ARGV[11])
       acked = 1
     end
   end
@@ -500,6 +510,8 @@ def settle(
     config: MailQueueConfig,
     ack: AckTarget | None = None,
     event: bytes = b"",
+    *,
+    unsent: bool = False,
 ) -> Settled:
     """Record how the send went: the provider's circuit state afterwards, and whether ``ack`` was acknowledged.
 
@@ -509,7 +521,9 @@ def settle(
     the message's acknowledgement waits for Redis anyway. With ``ack``, a
     "sent" also acknowledges the Dramatiq message in the same call. ``event``
     (from ``mailqueue.eventlog``) is appended to the message log's stream in
-    that call too.
+    that call too. ``unsent`` (an "aborted" or "faulted" result only) says the
+    provider never saw the message: the send admission counted against its
+    quota is given back, in the same call.
     """
     keys = ProviderKeys.of(config.namespace, provider.alias)
     script_keys = [
@@ -519,7 +533,10 @@ def settle(
         keys.stats(int(time.time() // 60)),
         sending_key(config.namespace, envelope_id),
         events_key(config.namespace),
+        keys.quota,
     ]
+    # The provider never saw the message: the quota it was counted against is given back.
+    given_back = provider.quota if unsent and result in ("aborted", "faulted") else None
     script_args: list[Any] = [
         result,
         provider.alias,
@@ -530,6 +547,7 @@ def settle(
         STATS_TTL,
         config.log.stream_maxlen,
         event,
+        given_back.period * 1000 if given_back else 0,
     ]
     if ack is not None and result == "sent":
         script_keys += (ack.in_progress, ack.messages, ack.heartbeats)

@@ -49,7 +49,7 @@ from mailqueue.exceptions import (
 from mailqueue.signals import AttemptFailed, announce
 
 from .admission import AckTarget, Admission, Result, admit, new_claim, next_draw, release, settle
-from .classify import MESSAGE_ERRORS, classify, invalid_field, message_fault
+from .classify import MESSAGE_ERRORS, classify, found_before_sending, invalid_field, message_fault
 from .connections import connections
 from .dramatiq_redis import acknowledged_early
 from .redaction import redact_addresses
@@ -188,10 +188,12 @@ def _settle_quietly(
     result: Result,
     config: MailQueueConfig,
     event: bytes = b"",
+    *,
+    unsent: bool = False,
 ) -> None:
     """``settle`` for an outcome that is already being raised: its own failure must not hide that."""
     try:
-        settle(admission, envelope_id, provider, result, config, event=event)
+        settle(admission, envelope_id, provider, result, config, event=event, unsent=unsent)
     except Exception:
         logger.exception("could not record the %s outcome of %s at provider %s", result, envelope_id, provider.alias)
 
@@ -317,8 +319,8 @@ def _through_chain(
             try:
                 time.sleep(admission.wait)
             except BaseException:
-                # Interrupted before sending (time limit, shutdown): free the slot and the claim now.
-                _settle_quietly(admission, envelope.id, provider, "aborted", config)
+                # Interrupted before sending (time limit, shutdown): free the slot, the quota and the claim now.
+                _settle_quietly(admission, envelope.id, provider, "aborted", config, unsent=True)
                 _release_quietly(envelope.id, claim, config)
                 raise
         started = time.monotonic()
@@ -334,7 +336,7 @@ def _through_chain(
                 if config.log.enabled
                 else b""
             )
-            _settle_quietly(admission, envelope.id, provider, result, config, event)
+            _settle_quietly(admission, envelope.id, provider, result, config, event, unsent=found_before_sending(error))
             _announce_failure(error, envelope, attempt)
             if isinstance(error.cause, ImproperlyConfigured):
                 # Said at once and loudly: it fails every message until someone fixes the settings.
@@ -350,10 +352,11 @@ def _through_chain(
             failures.append(error)
             continue
         except PermanentDeliveryError as error:
-            # A message fault frees the provider's slot and leaves its circuit and failure counters alone.
+            # A message fault frees the provider's slot and leaves its circuit and failure counters alone (and
+            # its quota, when the provider never saw the message).
             result = "faulted" if error.message_fault else "rejected"
             event = eventlog.failed(envelope.id, attempt, str(error), alias) if config.log.enabled else b""
-            _settle_quietly(admission, envelope.id, provider, result, config, event)
+            _settle_quietly(admission, envelope.id, provider, result, config, event, unsent=found_before_sending(error))
             _announce_failure(error, envelope, attempt)
             raise
         except BaseException:
