@@ -21,6 +21,7 @@ from mailqueue.envelope import Envelope
 from mailqueue.exceptions import PermanentDeliveryError
 from mailqueue.keys import ProviderKeys
 from mailqueue.monitoring import provider_health, queue_distribution
+from mailqueue.signals import MessageDeferred
 from workers import delivery
 from workers.admission import admit, next_draw, settle
 
@@ -102,6 +103,29 @@ def test_weighted_a_weight_of_0_is_only_a_failover(configure, smtp_server, backu
     assert {admit(f"m{n}", providers, queue, config, draw=n / 10).provider for n in range(10)} == {"a"}
     open_circuit("a", config)
     assert admit("m-after", providers, queue, config).provider == "b"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_weighted_a_message_deferred_at_its_providers_rate_limit_keeps_its_draw(
+    configure, smtp_server, backup_smtp, run_worker, recorder
+) -> None:
+    count = 120
+    two_providers(
+        configure,
+        smtp_server,
+        backup_smtp,
+        {"strategy": "weighted", "weights": {"a": 3, "b": 1}},
+        {"a": {"rate_limit": "40/s"}},
+        RATE_LIMIT_MAX_WAIT=0.05,
+    )
+    send_mass_mail([(f"m{i}", "b", None, ["a@example.com"]) for i in range(count)])
+    with run_worker(threads=4) as worker:
+        worker.drain(timeout=30)
+    assert len(smtp_server.received) + len(backup_smtp.received) == count
+    # a, at its limit, deferred most of its share, some of it several times; drawn again each time, a quarter
+    # of what came back went to b. Each message keeps its draw: the split is its draws', within a message or two.
+    assert len(recorder.of(MessageDeferred)) > count / 4
+    assert abs(len(smtp_server.received) - count * 3 / 4) <= 3, (len(smtp_server.received), len(backup_smtp.received))
 
 
 def test_spill_over_takes_the_first_provider_with_a_token_within_the_budget(

@@ -15,7 +15,7 @@ With "failover" the provider is the first of the chain, with "weighted" one
 drawn by weight, with "spill-over" the first that can take the message within
 the queue's latency budget (counted from ``send_mail()``). A provider picked
 but at its limit defers the message (no retry used up): under "spill-over"
-only once every provider is. When no provider took the message,
+only once every provider is; under "weighted" the message keeps its draw. When no provider took the message,
 ``AllProvidersFailed`` says to retry later, and ``AllProvidersRefused``
 (every provider refused) to dead-letter it: what follows is decided in
 workers/outcomes.py.
@@ -162,14 +162,18 @@ def send_with_retries(provider: ProviderConfig, message: EmailMessage, envelope_
 
 
 def _admission(
-    envelope: Envelope, candidates: list[ProviderConfig], queue: QueueConfig, config: MailQueueConfig, claim: str
+    envelope: Envelope,
+    candidates: list[ProviderConfig],
+    queue: QueueConfig,
+    config: MailQueueConfig,
+    claim: str,
+    draw: float,
 ) -> Admission:
     """``admit``, waiting up to RATE_LIMIT_MAX_WAIT for a free concurrency slot.
 
-    A "weighted" message keeps its draw while it waits: the provider drawn is its provider.
+    A "weighted" message keeps its ``draw`` while it waits: the provider drawn is its provider.
     """
     deadline = time.monotonic() + config.rate_limit_max_wait
-    draw = next_draw()
     while True:
         budget = None
         if queue.strategy == "spill-over":
@@ -199,19 +203,27 @@ def _settle_quietly(
 
 
 def deliver_envelope(
-    envelope: Envelope, queue: QueueConfig, config: MailQueueConfig, *, attempt: int = 1, ack: AckTarget | None = None
+    envelope: Envelope,
+    queue: QueueConfig,
+    config: MailQueueConfig,
+    *,
+    attempt: int = 1,
+    ack: AckTarget | None = None,
+    draw: float | None = None,
 ) -> Delivered:
     """Send ``envelope`` through ``queue``'s provider chain; say which provider took it.
 
     Raises PermanentDeliveryError (do not retry; AllProvidersRefused is one),
     AllProvidersFailed (retry later), DeliveryDeferred (re-schedule without
     using a retry), or EnvelopeError (cannot be rebuilt). With ``ack``, the
-    delivery record also acknowledges the Dramatiq message.
+    delivery record also acknowledges the Dramatiq message. ``draw`` is the
+    message's draw for a "weighted" queue, kept from an earlier attempt that
+    was deferred (a new one if None); a deferral carries it on.
     """
     message = envelope.to_message()
     claim = new_claim(ack.broker_id if ack is not None else None)
     try:
-        return _through_chain(envelope, message, queue, config, claim, ack, attempt)
+        return _through_chain(envelope, message, queue, config, claim, ack, attempt, draw)
     except MailQueueError:
         # Not delivered: let the next attempt (or another copy) send it without waiting out the claim.
         # An interruption mid-send (time limit, shutdown) keeps the claim: the provider may have taken it.
@@ -274,7 +286,11 @@ def _through_chain(
     claim: str,
     ack: AckTarget | None,
     attempt: int,
+    draw: float | None,
 ) -> Delivered:
+    #: The message's own draw ("weighted"): a deferral keeps it, so the provider drawn stays its provider.
+    draw = next_draw() if draw is None else draw
+    carried = draw if queue.strategy == "weighted" else None
     failures: list[DeliveryError] = []
     #: Failures not logged yet: see _log_failures.
     unlogged: list[DeliveryError] = []
@@ -285,7 +301,7 @@ def _through_chain(
     logged_skips: set[str] = set()
     why: set[str] = set()
     while candidates:
-        admission = _admission(envelope, candidates, queue, config, claim)
+        admission = _admission(envelope, candidates, queue, config, claim, draw)
         _log_skips(admission, envelope.id, logged_skips)
         if admission.outcome == "delivered":
             _log_failures(unlogged, envelope.id, f"and it was already delivered via {admission.detail}")
@@ -294,7 +310,10 @@ def _through_chain(
         if admission.outcome == "claimed":
             _log_failures(unlogged, envelope.id, "deferred: another worker is sending it")
             raise DeliveryDeferred(
-                f"another worker is sending {envelope.id} right now", envelope_id=envelope.id, delay=admission.wait
+                f"another worker is sending {envelope.id} right now",
+                envelope_id=envelope.id,
+                delay=admission.wait,
+                draw=carried,
             )
         if admission.outcome == "open":
             skipped.append(admission.wait)
@@ -310,6 +329,7 @@ def _through_chain(
                 f"provider {alias} is at its {limit} limit",
                 envelope_id=envelope.id,
                 delay=max(admission.wait, MIN_DEFERRAL),
+                draw=carried,
             )
         provider = next(candidate for candidate in candidates if candidate.alias == alias)
         candidates.remove(provider)
@@ -350,6 +370,7 @@ def _through_chain(
             else:
                 unlogged.append(error)
             failures.append(error)
+            draw = next_draw()  # the next provider is drawn afresh among those left
             continue
         except PermanentDeliveryError as error:
             # A message fault frees the provider's slot and leaves its circuit and failure counters alone (and
@@ -390,6 +411,7 @@ def _through_chain(
             f"every provider of queue {queue.name} has {' or '.join(has[each] for each in sorted(why))}",
             envelope_id=envelope.id,
             delay=min(skipped),
+            draw=carried,
         )
     refused = all(isinstance(failure, ProviderRefused) for failure in failures)
     if skipped and refused:
@@ -400,6 +422,7 @@ def _through_chain(
             + " or ".join(are[each] for each in sorted(why)),
             envelope_id=envelope.id,
             delay=min(skipped),
+            draw=carried,
         )
     if failures and refused:
         raise AllProvidersRefused(envelope.id, failures)
