@@ -402,10 +402,14 @@ def test_the_distribution_shows_each_queues_strategy_and_shares(configure, smtp_
             "bulk": {"providers": ["a", "b"], "strategy": "weighted", "weights": {"a": 3, "b": 1}},
         },
     )
-    providers, queue, config = candidates()
-    for n, alias in enumerate("aaab"):
-        provider = config.provider(alias)
-        settle(admit(f"m{n}", provider, queue, config), f"m{n}", provider, "sent", config)
+    config = get_config()
+    # The same two providers serve every queue: each queue's shares count that queue's mail only.
+    for queue, sends in (("bulk", "aaab"), ("default", "ab")):
+        for n, alias in enumerate(sends):
+            provider = config.provider(alias)
+            settle(
+                admit(f"{queue}{n}", provider, config.queues[queue], config), f"{queue}{n}", provider, "sent", config
+            )
     spread = {each.queue: each for each in queue_distribution()}
     assert (spread["critical"].strategy, spread["critical"].latency_budget) == ("failover", None)
     assert (spread["default"].strategy, spread["default"].latency_budget) == ("spill-over", 1.5)
@@ -415,3 +419,7 @@ def test_the_distribution_shows_each_queues_strategy_and_shares(configure, smtp_
         ("b", 1, 0.25),
     ]
     assert [(share.sent_5m, share.share_5m) for share in bulk.providers] == [(3, 0.75), (1, 0.25)]
+    assert [(share.sent_5m, share.share_5m) for share in spread["default"].providers] == [(1, 0.5), (1, 0.5)]
+    assert [(share.sent_5m, share.share_5m) for share in spread["critical"].providers] == [(0, None), (0, None)]
+    # The providers' own counters still count all of it.
+    assert [(each.provider, each.sent_5m) for each in provider_health()] == [("a", 4), ("b", 2)]

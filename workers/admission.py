@@ -40,6 +40,7 @@ from mailqueue.keys import (
     events_key,
     heartbeats_key,
     keepalive_key,
+    queue_sent_field,
     sending_key,
 )
 
@@ -239,8 +240,9 @@ return answer("open", math.ceil(soonest), "", "")
 #: ARGV: outcome ("sent", "failed", "rejected", "faulted", "aborted"), provider alias, lease
 #: token, dedup window s, failure threshold, cooldown ms, counters' ttl s, the stream's
 #: MAXLEN, the message log's event ("" for none), the quota's period in ms to give a send
-#: back to (0: none), and with an early acknowledgement the Redis message id, the worker's
-#: broker id and its clock in ms. The event is appended first, whatever the outcome; a
+#: back to (0: none), the field counting the queue's sends in this minute's counters ("" for
+#: none), and with an early acknowledgement the Redis message id, the worker's broker id and
+#: its clock in ms. The event is appended first, whatever the outcome; a
 #: "sent" event only when the delivery record is not there yet: a settle run again (its
 #: reply lost) logs the delivery once.
 #: "failed" is a transient provider failure (it counts towards opening the circuit);
@@ -250,7 +252,8 @@ return answer("open", math.ceil(soonest), "", "")
 #: the circuit is left as it is, except that a probe that was one hands the probe on;
 #: "aborted" only releases the in-flight slot. "sent" also drops the sending claim,
 #: which the delivery record replaces. Each outcome but "aborted" is counted in this
-#: minute's counters under its own name ("sent", "failed", "rejected", "faulted").
+#: minute's counters under its own name ("sent", "failed", "rejected", "faulted"), and
+#: "sent" under the queue's field too: the queue's share of the provider's mail.
 #: A quota period given ("aborted" or "faulted" only: the provider never saw the message)
 #: gives back the send admission counted, if the count is still this period's on
 #: Redis's clock (a send admitted in the period before counts in that one, not this).
@@ -281,11 +284,12 @@ local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
 if outcome == "sent" then
   redis.call("set", KEYS[1], ARGV[2], "ex", ARGV[4])
   redis.call("del", KEYS[5])
+  if ARGV[11] ~= "" then redis.call("hincrby", KEYS[4], ARGV[11], 1) end
   if #KEYS == 10 then
     -- Dramatiq's own ack (dispatch.lua), done here to save the worker a round trip.
-    redis.call("zadd", KEYS[10], ARGV[13], ARGV[12])
-    if redis.call("srem", KEYS[8], ARGV[11]) > 0 then
-      redis.call("hdel", KEYS[9], ARGV[11])
+    redis.call("zadd", KEYS[10], ARGV[14], ARGV[13])
+    if redis.call("srem", KEYS[8], ARGV[12]) > 0 then
+      redis.call("hdel", KEYS[9], ARGV[12])
       acked = 1
     end
   end
@@ -349,6 +353,8 @@ class Admission:
     provider: str = ""
     #: The candidates passed over, each with why: "open" (its circuit) or "quota" (spent for this period).
     skipped: tuple[tuple[str, str], ...] = ()
+    #: The queue the message is sent from: ``settle`` counts a delivery in the queue's share of the provider's mail.
+    queue: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,6 +505,7 @@ def admit(
         skipped=tuple(
             (alias, why) for alias, _, why in (each.partition(":") for each in skipped.decode().split(",") if each)
         ),
+        queue=queue.name,
     )
 
 
@@ -548,6 +555,7 @@ def settle(
         config.log.stream_maxlen,
         event,
         given_back.period * 1000 if given_back else 0,
+        queue_sent_field(admission.queue) if admission.queue else "",
     ]
     if ack is not None and result == "sent":
         script_keys += (ack.in_progress, ack.messages, ack.heartbeats)
