@@ -187,6 +187,40 @@ def test_spill_over_when_every_provider_is_at_its_limit_the_soonest_token_is_wai
     assert third.wait == pytest.approx(0.25, abs=0.05)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_spill_over_a_message_deferred_within_its_budget_comes_back_within_it(
+    configure, smtp_server, run_worker, recorder
+) -> None:
+    budget = 1.02
+    configure(
+        providers={"a": smtp_server.mailer()},
+        queues={
+            name: {"providers": ["a"], "strategy": "spill-over", "latency_budget": budget} for name in THREE_QUEUES
+        },
+        PROVIDERS={"a": {"rate_limit": "1/s"}},
+        RATE_LIMIT_MAX_WAIT=0.05,
+    )
+    config = get_config()
+    provider, queue = config.provider("a"), config.queues["default"]
+    with run_worker() as worker:
+        for n in range(4):
+            taken = admit(f"token-{n}", provider, queue, config)
+            assert (taken.outcome, taken.wait) == ("go", 0)  # a's next token: 1 s from now
+            sent_at = time.time()
+            send_mass_mail([(f"m{n}", "b", None, ["a@example.com"])])
+            sent_by = time.time()
+            # Its token is due within its budget (by 20 ms and the time it took to queue it): it is deferred for it.
+            while len(recorder.of(MessageDeferred)) <= n:
+                assert time.time() - sent_at < 5, "not deferred"
+                time.sleep(0.005)
+            deferred = recorder.of(MessageDeferred)[n]
+            # Up to 10 % of jitter would have carried it up to 0.08 s past its budget (in 4 of 5 tries).
+            assert deferred.until <= sent_by + budget + 0.001, f"back {deferred.until - sent_at - budget:.3f}s late"
+            worker.drain()
+            time.sleep(1)  # until a's next token is free
+    assert len(smtp_server.received) == 4  # none spilled, and each through a when its token came
+
+
 def test_spill_over_passes_a_provider_with_no_free_slot(configure, smtp_server, backup_smtp) -> None:
     two_providers(
         configure, smtp_server, backup_smtp, {"strategy": "spill-over"}, {"a": {"max_concurrency": 1}, "b": {}}

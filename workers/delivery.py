@@ -168,20 +168,25 @@ def _admission(
     config: MailQueueConfig,
     claim: str,
     draw: float,
-) -> Admission:
-    """``admit``, waiting up to RATE_LIMIT_MAX_WAIT for a free concurrency slot.
+) -> tuple[Admission, float | None]:
+    """``admit``, waiting up to RATE_LIMIT_MAX_WAIT for a free concurrency slot; and when a deferral must end.
 
-    A "weighted" message keeps its ``draw`` while it waits: the provider drawn is its provider.
+    A "weighted" message keeps its ``draw`` while it waits: the provider drawn
+    is its provider. The time returned (this worker's clock, None if there is
+    none) is when a "spill-over" message's budget runs out, given when the
+    provider it waits for takes it within the budget: deferred, it must be
+    back by then.
     """
     deadline = time.monotonic() + config.rate_limit_max_wait
     while True:
         budget = None
+        now = time.time()
         if queue.strategy == "spill-over":
             # The budget counts from send_mail(): time the message spent queued is spent of it.
-            budget = max(queue.latency_budget - (time.time() - envelope.created_at), 0.0)
+            budget = max(queue.latency_budget - (now - envelope.created_at), 0.0)
         admission = admit(envelope.id, candidates, queue, config, claim, budget=budget, draw=draw)
         if admission.outcome != "busy" or time.monotonic() >= deadline:
-            return admission
+            return admission, now + budget if budget is not None and admission.wait <= budget else None
         time.sleep(BUSY_POLL)
 
 
@@ -301,7 +306,7 @@ def _through_chain(
     logged_skips: set[str] = set()
     why: set[str] = set()
     while candidates:
-        admission = _admission(envelope, candidates, queue, config, claim, draw)
+        admission, not_after = _admission(envelope, candidates, queue, config, claim, draw)
         _log_skips(admission, envelope.id, logged_skips)
         if admission.outcome == "delivered":
             _log_failures(unlogged, envelope.id, f"and it was already delivered via {admission.detail}")
@@ -330,6 +335,7 @@ def _through_chain(
                 envelope_id=envelope.id,
                 delay=max(admission.wait, MIN_DEFERRAL),
                 draw=carried,
+                not_after=not_after,
             )
         provider = next(candidate for candidate in candidates if candidate.alias == alias)
         candidates.remove(provider)

@@ -203,6 +203,9 @@ def _defer(attempt: Attempt, deferred: DeliveryDeferred) -> None:
     deferrals = (attempt.message.options.get(DEFERRALS, 0) if attempt.message is not None else 0) + 1
     # Jitter, so messages held back together do not all come back in the same instant.
     delay = deferred.delay * (1 + random.random() / 10)
+    if deferred.not_after is not None:
+        # A spill-over message waiting for a token due within its budget: jitter must not carry it past the budget.
+        delay = min(delay, max(deferred.delay, deferred.not_after - time.time()))
     options: dict[str, Any] = {DEFERRALS: deferrals}
     if deferred.draw is not None:
         options[DRAW] = deferred.draw
