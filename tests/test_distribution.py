@@ -221,6 +221,26 @@ def test_spill_over_a_message_deferred_within_its_budget_comes_back_within_it(
     assert len(smtp_server.received) == 4  # none spilled, and each through a when its token came
 
 
+def test_spill_over_a_message_from_a_clock_ahead_gets_no_more_than_the_budget(
+    configure, smtp_server, backup_smtp
+) -> None:
+    two_providers(
+        configure,
+        smtp_server,
+        backup_smtp,
+        {"strategy": "spill-over", "latency_budget": 0.2},
+        {"a": {"rate_limit": "1/s"}},
+    )
+    providers, queue, config = candidates()
+    assert admit("first", providers, queue, config).provider == "a"  # a's next token: 1 s away
+    message = envelope_of(EmailMessage("ahead", "b", None, ["x@example.com"]))
+    # Queued on a web host whose clock is 100 s ahead: 100.2 s of budget left, read naively, so it would wait for a.
+    ahead = Envelope(message.id, message.queue, message.mailer, time.time() + 100, message.message)
+    started = time.monotonic()
+    assert delivery.deliver_envelope(ahead, queue, config).provider == "b"
+    assert time.monotonic() - started < 0.5 and len(backup_smtp.received) == 1
+
+
 def test_spill_over_passes_a_provider_with_no_free_slot(configure, smtp_server, backup_smtp) -> None:
     two_providers(
         configure, smtp_server, backup_smtp, {"strategy": "spill-over"}, {"a": {"max_concurrency": 1}, "b": {}}

@@ -182,8 +182,9 @@ def _admission(
         budget = None
         now = time.time()
         if queue.strategy == "spill-over":
-            # The budget counts from send_mail(): time the message spent queued is spent of it.
-            budget = max(queue.latency_budget - (now - envelope.created_at), 0.0)
+            # The budget counts from send_mail(): time the message spent queued is spent of it. The web host's
+            # clock set that time: a clock ahead of this one must not lengthen the budget (nor a negative one).
+            budget = min(max(queue.latency_budget - (now - envelope.created_at), 0.0), queue.latency_budget)
         admission = admit(envelope.id, candidates, queue, config, claim, budget=budget, draw=draw)
         if admission.outcome != "busy" or time.monotonic() >= deadline:
             return admission, now + budget if budget is not None and admission.wait <= budget else None
