@@ -18,10 +18,11 @@ from dramatiq.middleware import TimeLimitExceeded, raise_thread_exception
 from mailqueue.client import redis_client
 from mailqueue.conf import get_config
 from mailqueue.envelope import Envelope
-from mailqueue.exceptions import PermanentDeliveryError
+from mailqueue.exceptions import DeliveryDeferred, PermanentDeliveryError
 from mailqueue.keys import ProviderKeys
 from mailqueue.monitoring import provider_health, queue_distribution
 from mailqueue.signals import MessageDeferred
+from tests.servers import SMTPServer, free_port
 from workers import delivery
 from workers.admission import admit, next_draw, settle
 
@@ -258,6 +259,51 @@ def test_failover_keeps_to_the_first_provider_at_its_limit(configure, smtp_serve
     assert admit("m1", providers, queue, config).provider == "a"
     later = admit("m2", providers, queue, config)
     assert (later.outcome, later.provider) == ("later", "a")  # a rate limit is not a failure: no failover
+
+
+def test_failover_does_not_go_back_to_a_provider_passed_over_when_the_chosen_one_fails(
+    configure, smtp_server, backup_smtp
+) -> None:
+    third = SMTPServer().start()
+    try:
+        nobody = {"BACKEND": "workers.smtp.EmailBackend", "OPTIONS": {"host": "127.0.0.1", "port": free_port()}}
+        configure(
+            providers={"a": smtp_server.mailer(), "b": nobody, "c": third.mailer()},
+            queues={name: {"providers": ["a", "b", "c"], "max_retries": 0} for name in THREE_QUEUES},
+            PROVIDERS={
+                "a": {"failure_threshold": 1, "cooldown": 0.3},
+                # Nothing listens: b fails, after a wait between its two tries that outlasts a's cooldown.
+                "b": {"attempts": 2, "wait_min": 0.5, "wait_max": 0.5},
+                "c": {},
+            },
+        )
+        config = get_config()
+        open_circuit("a", config)
+        envelope = envelope_of(EmailMessage("m", "b", None, ["x@example.com"]))
+        delivered = delivery.deliver_envelope(envelope, config.queues["default"], config)
+        # a was passed over (its circuit open), b failed; a's cooldown has ended since, but the chain goes on to c,
+        # as it always has: a's probe is a later message's.
+        assert delivered.provider == "c"
+        assert (len(smtp_server.received), len(third.received)) == (0, 1)
+        assert provider_health()[0].state == "open"
+    finally:
+        third.stop()
+
+
+def test_failover_refused_by_every_provider_asked_waits_for_the_one_passed_over(configure, smtp_server) -> None:
+    configure(
+        providers={"a": smtp_server.mailer(), "b": {"BACKEND": "tests.providers.RefusingBackend"}},
+        queues={name: {"providers": ["a", "b"], "max_retries": 0} for name in THREE_QUEUES},
+        PROVIDERS={"a": {"failure_threshold": 1, "cooldown": 30}, "b": {}},
+    )
+    config = get_config()
+    open_circuit("a", config)
+    envelope = envelope_of(EmailMessage("m", "b", None, ["x@example.com"]))
+    # b refused it, and a was not asked: not a dead letter, but a deferral until a's circuit lets a probe through.
+    with pytest.raises(DeliveryDeferred) as deferred:
+        delivery.deliver_envelope(envelope, config.queues["default"], config)
+    assert 29 < deferred.value.delay <= 30
+    assert "refused by b; the others' circuits are open" in str(deferred.value)
 
 
 @pytest.mark.parametrize("strategy", [{}, {"strategy": "weighted"}, {"strategy": "spill-over"}])

@@ -62,13 +62,14 @@ from mailqueue.keys import (
 #: left is 0), and either waits for it; "spill-over" takes the first that has a token within the budget
 #: (or asks again later for one that will, beyond the longest wait), and when none will, the one whose
 #: token comes soonest.
-#: Returns {outcome, number, text, provider, skipped}: {"delivered", 0, provider, "", ""},
-#: {"claimed", retry ms, "", "", ""}, {"open", retry ms, "", "", skipped}, {"busy", 0, "", provider,
-#: skipped}, {"later", wait ms, "", provider, skipped}, or {"go", wait in µs, "closed" | "probe",
-#: provider, skipped}; skipped lists "alias:open" or "alias:quota", comma-separated.
+#: Returns {outcome, number, text, provider, skipped, reopens}: {"delivered", 0, provider, "", "", 0},
+#: {"claimed", retry ms, "", "", "", 0}, {"open", retry ms, "", "", skipped, reopens}, {"busy", 0, "",
+#: provider, skipped, reopens}, {"later", wait ms, "", provider, skipped, reopens}, or {"go", wait in µs,
+#: "closed" | "probe", provider, skipped, reopens}; skipped lists "alias:open" or "alias:quota",
+#: comma-separated, and reopens is the ms until the first of them may be asked again (0: none skipped).
 ADMIT_SCRIPT = """
 local delivered = redis.call("get", KEYS[1])
-if delivered then return {"delivered", 0, delivered, "", ""} end
+if delivered then return {"delivered", 0, delivered, "", "", 0} end
 local clock = redis.call("time")
 local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
 local holder = redis.call("get", KEYS[2])
@@ -87,7 +88,7 @@ if holder and holder ~= ARGV[4] and holder ~= ARGV[7] then
     -- Ask again once the owner's heartbeat tells the truth, not when its claim expires (the time limit).
     if alive then wait = math.min(wait, math.ceil(math.max(grace_until - now, 0)) + tonumber(ARGV[6])) end
   end
-  if alive then return {"claimed", wait, "", "", ""} end
+  if alive then return {"claimed", wait, "", "", "", 0} end
 end
 
 local strategy, max_wait, budget = ARGV[8], tonumber(ARGV[3]), tonumber(ARGV[10])
@@ -104,7 +105,7 @@ end
 
 local skipped, soonest = {}, nil
 local function answer(outcome, number, text, provider)
-  return {outcome, number, text, provider, table.concat(skipped, ",")}
+  return {outcome, number, text, provider, table.concat(skipped, ","), math.ceil(soonest or 0)}
 end
 
 -- May the candidate be sent to at all: its circuit closed or a probe due, its quota not spent?
@@ -353,6 +354,8 @@ class Admission:
     provider: str = ""
     #: The candidates passed over, each with why: "open" (its circuit) or "quota" (spent for this period).
     skipped: tuple[tuple[str, str], ...] = ()
+    #: Seconds until the first of ``skipped`` may be asked again (0 when none was skipped).
+    reopens_in: float = 0.0
     #: The queue the message is sent from: ``settle`` counts a delivery in the queue's share of the provider's mail.
     queue: str = ""
 
@@ -487,7 +490,7 @@ def admit(
         args.append(queue.weight(provider.alias))
         args += provider_args
     try:
-        outcome, number, detail, chosen, skipped = ADMIT(keys, args)
+        outcome, number, detail, chosen, skipped, reopens = ADMIT(keys, args)
     except (redis.ConnectionError, redis.TimeoutError):
         if len(_unanswered) < UNANSWERED_LIMIT:
             _unanswered[envelope_id] = claim or token
@@ -505,6 +508,7 @@ def admit(
         skipped=tuple(
             (alias, why) for alias, _, why in (each.partition(":") for each in skipped.decode().split(",") if each)
         ),
+        reopens_in=int(reopens) / 1000,
         queue=queue.name,
     )
 

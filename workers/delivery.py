@@ -1,7 +1,7 @@
 """Sending one envelope through its queue's providers, written once, in the order a reader expects.
 
 Ask for admission: the queue's strategy picks a provider among those not
-tried yet in this attempt (``admit`` in workers/admission.py skips the ones
+tried yet in this attempt (with "failover", nor passed over) (``admit`` in workers/admission.py skips the ones
 whose circuit is open or whose quota is spent, and reserves a rate-limit
 token and a concurrency slot); send over this thread's open connection; a
 transient failure is retried a few times with tenacity (reconnecting each
@@ -300,7 +300,7 @@ def _through_chain(
     failures: list[DeliveryError] = []
     #: Failures not logged yet: see _log_failures.
     unlogged: list[DeliveryError] = []
-    #: When admission found no provider left to ask: seconds until the first skipped one may be asked again.
+    #: For the providers passed over (open circuit, spent quota): seconds until the first may be asked again.
     skipped: list[float] = []
     #: The providers not tried yet in this attempt, in the queue's order; admission picks among them.
     candidates = [config.provider(alias) for alias in queue.providers]
@@ -323,8 +323,15 @@ def _through_chain(
             )
         if admission.outcome == "open":
             skipped.append(admission.wait)
-            why = {why for _, why in admission.skipped}
+            why |= {why for _, why in admission.skipped}
             break
+        if admission.skipped and queue.strategy == "failover":
+            # As the chain always walked: a provider passed over is not asked again in this attempt, so one whose
+            # cooldown ends meanwhile does not get the message as its probe when the provider chosen fails.
+            passed_over = {alias for alias, _ in admission.skipped}
+            candidates = [candidate for candidate in candidates if candidate.alias not in passed_over]
+            skipped.append(admission.reopens_in)
+            why |= {why for _, why in admission.skipped}
         alias = admission.provider
         if admission.outcome in ("busy", "later"):
             # The provider is healthy, only at its limit: wait for it rather than fail over (with "spill-over",
