@@ -24,6 +24,7 @@ from .settings_values import (
     Quota,
     RateLimit,
     Route,
+    Strategy,
     default,
 )
 
@@ -206,7 +207,7 @@ def read_distribution(
 
 
 def read_weights(
-    problems: Problems, where: str, raw: Any, providers: tuple[str, ...], strategy: str
+    problems: Problems, where: str, raw: Any, providers: tuple[str, ...], strategy: Strategy
 ) -> tuple[int, ...]:
     """A weight per provider of the queue, in its order; () and a problem when they do not say that."""
     where = f"{where}['weights']"

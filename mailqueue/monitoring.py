@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .client import redis_client
-from .conf import Quota, get_config
+from .conf import Quota, Strategy, get_config
 from .keys import ProviderKeys, QueueKeys, events_key, queue_sent_field
 
 #: The log writer's consumer group (mailqueue.logwriter.GROUP; named here so monitoring imports no models).
@@ -168,7 +168,7 @@ class QueueDistribution:
     """How a queue spreads its mail over its providers, and how the last 5 minutes' mail was spread."""
 
     queue: str
-    strategy: str
+    strategy: Strategy
     #: "spill-over": seconds from send_mail() a message may wait for a preferred provider.
     latency_budget: float | None
     providers: list[ProviderShare]

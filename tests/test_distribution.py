@@ -400,6 +400,21 @@ def test_a_send_interrupted_while_it_sleeps_for_its_token_gives_the_quota_back(c
     assert len(smtp_server.received) == 1 and quota_used("a") == 1
 
 
+@pytest.mark.parametrize(
+    "limit, outcome", [({"max_concurrency": 1}, "busy"), ({"rate_limit": "1/s"}, "later")], ids=["busy", "later"]
+)
+def test_an_admission_that_waits_for_a_limit_uses_no_quota(configure, smtp_server, limit, outcome) -> None:
+    configure(
+        providers={"a": smtp_server.mailer()}, PROVIDERS={"a": {"quota": "5/d", **limit}}, RATE_LIMIT_MAX_WAIT=0.25
+    )
+    config = get_config()
+    provider, queue = config.provider("a"), config.queues["default"]
+    assert admit("m1", provider, queue, config).outcome == "go"
+    # Nothing is reserved for a message told to wait: it is counted when it goes.
+    assert [admit(f"m{n}", provider, queue, config).outcome for n in range(2, 5)] == [outcome] * 3
+    assert quota_used("a") == 1
+
+
 def test_a_send_given_back_is_taken_off_this_periods_count_only(configure, smtp_server) -> None:
     configure(providers={"a": smtp_server.mailer()}, PROVIDERS={"a": {"quota": "5/h"}})
     config = get_config()

@@ -271,7 +271,8 @@ def _lag_line(lag: dict[str, Any]) -> str:
 
 
 def _health_row(row: dict[str, Any]) -> list[str]:
-    quota = f"{row['quota_left']}/{row['quota']}" if row["quota"] else None
+    # "49920 of 50000/d": what is left of the quota (a bare "49920/50000/d" read as a fraction of a rate).
+    quota = f"{row['quota_left']} of {row['quota']}" if row["quota"] else None
     return [_cell(row[column]) for column in HEALTH_COLUMNS[:-1]] + [_cell(quota)]
 
 
