@@ -17,7 +17,16 @@ from django.dispatch import receiver
 
 from .config_reader import read_config
 from .exceptions import MailQueueImproperlyConfigured
-from .settings_values import MailQueueConfig, PoolConfig, ProviderConfig, QueueConfig, Quota, RateLimit, Route
+from .settings_values import (
+    MailQueueConfig,
+    PoolConfig,
+    ProviderConfig,
+    QueueConfig,
+    Quota,
+    RateLimit,
+    Route,
+    Strategy,
+)
 
 __all__ = [
     "HOT_DJANGO_SETTINGS",
@@ -28,6 +37,7 @@ __all__ = [
     "Quota",
     "RateLimit",
     "Route",
+    "Strategy",
     "django_setting",
     "get_config",
     "on_config_reset",

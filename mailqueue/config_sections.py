@@ -6,6 +6,7 @@ wrong in a ``Problems``; ``mailqueue.config_reader`` runs them and checks them a
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from .settings_values import (
     Quota,
     RateLimit,
     Route,
+    Strategy,
     default,
 )
 
@@ -92,7 +94,18 @@ class Problems:
         }
 
     def seconds(self, where: str, value: Any, *, fallback: float) -> float | None:
-        """``value`` as float seconds, or None (and a problem) when it is not a number >= 0."""
+        """``value`` as float seconds, or None (and a problem) when it is not a finite number >= 0.
+
+        Infinity or NaN would pass a comparison and then fail at run time, on every message (turned into
+        milliseconds for Redis, ``math.ceil`` raises OverflowError or ValueError).
+        """
+        if isinstance(value, float) and not math.isfinite(value):
+            self.add(
+                "mailqueue.E016",
+                f"{where} must be a finite number of seconds, not {value!r}.",
+                hint=f"Set a number of seconds, or leave it out for the default, {fallback:g}.",
+            )
+            return None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             self.add(
                 "mailqueue.E016",
@@ -194,7 +207,7 @@ def read_distribution(
 
 
 def read_weights(
-    problems: Problems, where: str, raw: Any, providers: tuple[str, ...], strategy: str
+    problems: Problems, where: str, raw: Any, providers: tuple[str, ...], strategy: Strategy
 ) -> tuple[int, ...]:
     """A weight per provider of the queue, in its order; () and a problem when they do not say that."""
     where = f"{where}['weights']"

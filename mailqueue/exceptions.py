@@ -177,10 +177,25 @@ class DeliveryDeferred(MailQueueError):
     """Not a failure: the providers are at their rate or concurrency limit, or their circuits are open.
 
     The worker re-schedules the message ``delay`` seconds later without using
-    up one of its retries.
+    up one of its retries. ``draw`` is a "weighted" message's draw, which the
+    copy put back keeps: drawn again, a message waiting for a provider at its
+    limit would leave it, and the split would drift from the weights.
+    ``not_after`` (a time, the worker's clock) is when a "spill-over"
+    message's latency budget runs out: the jitter added to ``delay`` must not
+    carry the copy past it.
     """
 
-    def __init__(self, reason: str, *, envelope_id: str, delay: float):
+    def __init__(
+        self,
+        reason: str,
+        *,
+        envelope_id: str,
+        delay: float,
+        draw: float | None = None,
+        not_after: float | None = None,
+    ):
         super().__init__(reason)
         self.envelope_id = envelope_id
         self.delay = delay
+        self.draw = draw
+        self.not_after = not_after

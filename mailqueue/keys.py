@@ -50,7 +50,8 @@ class ProviderKeys:
     in_flight: str
     #: Prefix of one string per rate limit: its theoretical arrival time (GCRA), in ms.
     rate_prefix: str
-    #: Prefix of one hash per minute: sent / failed counters.
+    #: Prefix of one hash per minute: sent / failed / rejected / faulted counters, and what was sent for each
+    #: queue (``queue_sent_field``).
     stats_prefix: str
     #: Hash: the quota's current period (its number since the epoch) and the sends admitted in it.
     quota: str
@@ -73,6 +74,11 @@ class ProviderKeys:
 
     def stats(self, minute: int) -> str:
         return f"{self.stats_prefix}{minute}"
+
+
+def queue_sent_field(queue: str) -> str:
+    """The field of a provider's per-minute counters counting what it sent for ``queue`` (queue names hold no ':')."""
+    return f"sent:{queue}"
 
 
 def delivered_key(namespace: str, envelope_id: str) -> str:

@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .client import redis_client
-from .conf import Quota, get_config
-from .keys import ProviderKeys, QueueKeys, events_key
+from .conf import Quota, Strategy, get_config
+from .keys import ProviderKeys, QueueKeys, events_key, queue_sent_field
 
 #: The log writer's consumer group (mailqueue.logwriter.GROUP; named here so monitoring imports no models).
 LOG_GROUP = "mailqueue-log"
@@ -157,8 +157,9 @@ class ProviderShare:
     #: "weighted": the provider's weight, and its part of the queue's weights; None otherwise.
     weight: int | None
     target: float | None
+    #: The queue's messages the provider delivered in the last 5 minutes (not other queues').
     sent_5m: int
-    #: Its part of what the queue's providers sent in the last 5 minutes (None: they sent nothing).
+    #: Its part of what the queue's providers sent for the queue in the last 5 minutes (None: they sent nothing).
     share_5m: float | None
 
 
@@ -167,7 +168,7 @@ class QueueDistribution:
     """How a queue spreads its mail over its providers, and how the last 5 minutes' mail was spread."""
 
     queue: str
-    strategy: str
+    strategy: Strategy
     #: "spill-over": seconds from send_mail() a message may wait for a preferred provider.
     latency_budget: float | None
     providers: list[ProviderShare]
@@ -176,25 +177,41 @@ class QueueDistribution:
         return asdict(self)
 
 
-def queue_distribution(health: list[ProviderHealth] | None = None) -> list[QueueDistribution]:
-    """Every queue's strategy and each provider's share of the last 5 minutes, from ``health`` (read if not given).
+def queue_distribution() -> list[QueueDistribution]:
+    """Every queue's strategy and each provider's share of the queue's mail in the last 5 minutes, in one round trip.
 
-    The counters are the provider's, not the queue's: a provider that serves several queues counts all of
-    their mail in each queue's share.
+    A provider's per-minute counters count what it sent for each queue (``settle`` adds one to the queue's field
+    in the call that records the delivery): a provider that serves several queues counts each queue's mail in
+    that queue's share only.
     """
     config = get_config()
-    sent = {each.provider: each.sent_5m for each in (provider_health() if health is None else health)}
+    minute = int(time.time() // 60)
+    served: dict[str, list[str]] = {}
+    for queue in config.queues.values():
+        for alias in queue.providers:
+            served.setdefault(alias, []).append(queue.name)
+    with redis_client().pipeline(transaction=False) as pipe:
+        for alias, queues in served.items():
+            keys = ProviderKeys.of(config.namespace, alias)
+            for back in range(5):
+                pipe.hmget(keys.stats(minute - back), [queue_sent_field(name) for name in queues])
+        replies = iter(pipe.execute())
+    sent: dict[tuple[str, str], int] = {}
+    for alias, queues in served.items():
+        for counts in (next(replies) for _ in range(5)):
+            for name, count in zip(queues, counts, strict=True):
+                sent[(name, alias)] = sent.get((name, alias), 0) + int(count or 0)
     distribution = []
     for queue in config.queues.values():
-        total = sum(sent.get(alias, 0) for alias in queue.providers)
+        total = sum(sent[(queue.name, alias)] for alias in queue.providers)
         weights = sum(queue.weights)
         shares = [
             ProviderShare(
                 provider=alias,
                 weight=queue.weight(alias) if queue.weights else None,
                 target=queue.weight(alias) / weights if weights else None,
-                sent_5m=sent.get(alias, 0),
-                share_5m=sent.get(alias, 0) / total if total else None,
+                sent_5m=sent[(queue.name, alias)],
+                share_5m=sent[(queue.name, alias)] / total if total else None,
             )
             for alias in queue.providers
         ]

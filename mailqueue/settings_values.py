@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal, get_args
 
 #: What the backend does when Redis refuses a batch: keep it in the outbox table, or raise.
 BROKER_FAILURE_POLICIES = ("outbox", "raise")
@@ -16,7 +16,8 @@ BROKER_FAILURE_POLICIES = ("outbox", "raise")
 LOG_RECIPIENTS = ("store", "hash", "off")
 #: How a queue picks each message's provider: the first in order (the others only when it fails), a draw by
 #: weight, or the first in order that can take it within the queue's latency budget.
-STRATEGIES = ("failover", "weighted", "spill-over")
+Strategy = Literal["failover", "weighted", "spill-over"]
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,8 +33,7 @@ class QueueConfig:
     max_backoff: int = 3_600_000
     #: Longest one attempt (all providers, all in-attempt retries) may run, in ms.
     time_limit: int = 300_000
-    #: One of STRATEGIES.
-    strategy: str = "failover"
+    strategy: Strategy = "failover"
     #: "weighted": one weight per provider, in the order of ``providers`` (0: only ever a failover).
     weights: tuple[int, ...] = ()
     #: "spill-over": seconds from ``send_mail()`` a message may wait for a provider before going to the next.

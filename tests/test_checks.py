@@ -408,6 +408,42 @@ def test_a_valid_configuration_has_no_errors(settings) -> None:
             "['latency_budget'] must be seconds >= 0",
         ),
         (
+            {"QUEUES": {"default": {"providers": ["smtp"], "strategy": "spill-over", "latency_budget": float("inf")}}},
+            None,
+            "mailqueue.E016",
+            "['latency_budget'] must be a finite number of seconds, not inf",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"], "strategy": "spill-over", "latency_budget": float("nan")}}},
+            None,
+            "mailqueue.E016",
+            "['latency_budget'] must be a finite number of seconds, not nan",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "PROVIDERS": {"smtp": {"cooldown": float("inf")}}},
+            None,
+            "mailqueue.E016",
+            "['cooldown'] must be a finite number of seconds, not inf",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "PROVIDERS": {"smtp": {"wait_max": float("inf")}}},
+            None,
+            "mailqueue.E016",
+            "['wait_max'] must be a finite number of seconds, not inf",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "RATE_LIMIT_MAX_WAIT": float("inf")},
+            None,
+            "mailqueue.E016",
+            "MAILQUEUE['RATE_LIMIT_MAX_WAIT'] must be a finite number of seconds, not inf",
+        ),
+        (
+            {"QUEUES": {"default": {"providers": ["smtp"]}}, "BROKER_COOLDOWN": float("nan")},
+            None,
+            "mailqueue.E016",
+            "MAILQUEUE['BROKER_COOLDOWN'] must be a finite number of seconds, not nan",
+        ),
+        (
             {"QUEUES": {"default": {"providers": ["smtp"]}}, "PROVIDERS": {"smtp": {"quota": "50000/week"}}},
             None,
             "mailqueue.E030",

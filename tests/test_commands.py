@@ -56,6 +56,18 @@ def test_status_table_shows_every_queue_provider_and_the_outbox(smtp_setup) -> N
 
 
 @pytest.mark.django_db(transaction=True)
+def test_status_shows_what_is_left_of_a_quota(configure, smtp_server, run_worker) -> None:
+    configure(providers={"smtp": smtp_server.mailer()}, PROVIDERS={"smtp": {"quota": "50/d"}})
+    send_mail("s", "b", None, ["a@example.com"])
+    with run_worker() as worker:
+        worker.drain()
+    _, providers, _, _ = run("status").split("\n\n")
+    header, row = providers.splitlines()
+    assert header.split()[-1] == "quota_left"
+    assert row.split()[0] == "smtp" and row.endswith("  49 of 50/d")
+
+
+@pytest.mark.django_db(transaction=True)
 def test_status_json(smtp_setup, run_worker) -> None:
     send_mail("s", "b", None, ["a@example.com"], using="transactional")
     with run_worker() as worker:

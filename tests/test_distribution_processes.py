@@ -158,30 +158,29 @@ def test_spill_over_1_s_budget_the_primary_runs_at_its_limit_the_rest_spills_and
 ) -> None:
     count, budget = 600, 1.0
     spill_over(configure, smtp_server, backup_smtp, budget)
-    # Up and waiting, so the batches wait for providers, not for the workers' start-up. A thread sleeps until the
+    # Up and waiting, so the batch waits for providers, not for the workers' start-up. A thread sleeps until the
     # primary's token it reserved (up to the budget): 16 threads a process leave some free for the secondary.
-    start_workers(threads=16, queues=("bulk", "default"))
-    # How long these workers need to get through the batch at all, on this machine now: the same messages
-    # through the secondary alone (the default queue), where no provider limit holds anything back.
-    queued_at = send_batch(count, using="default")
-    wait_for_all(count, backup_smtp, timeout=30)
-    unlimited = max(mail.received_at for mail in backup_smtp.received) - queued_at
-    backup_smtp.received.clear()
-
+    start_workers(threads=16)
     queued_at = send_batch(count)
     wait_for_all(count, smtp_server, backup_smtp, timeout=30)
     assert_each_exactly_once(count, smtp_server, backup_smtp)
+    # What the budget controls: how long a message waits for the primary. Each one the primary took arrived
+    # within the budget of its send_mail() (the queued event's time: its envelope's), give or take half a second
+    # for the SMTP exchange and a loaded machine.
+    accepted = {event["s"]: event["t"] / 1000 for event in logged_events("queued")}
+    primary_waits = [mail.received_at - accepted[mail.parsed["Subject"]] for mail in smtp_server.received]
+    assert max(primary_waits) <= budget + 0.5, f"a message waited {max(primary_waits):.2f}s for the primary"
+    # Nothing waited for a token beyond the budget: nothing was re-scheduled.
+    assert logged_events("deferred") == []
+    # The batch as a whole: the workers' own pace for 600 messages on a loaded 2-core machine, not the budget's.
     longest = max(mail.received_at for server in (smtp_server, backup_smtp) for mail in server.received) - queued_at
-    # No message waited for the primary beyond the budget: the batch took no longer than the budget (or than
-    # the workers need for 600 messages anyway, on a loaded machine), give or take half a second.
-    assert longest <= max(budget, unlimited) + 0.5, f"a message waited {longest:.2f}s (unlimited: {unlimited:.2f}s)"
-    # The primary took what its limit allowed while the batch lasted, no more and not much less.
+    assert longest < 15, f"the batch took {longest:.2f}s"
+    # The primary took what its limit allowed while it was offered mail, no more and not much less.
     primary = len(smtp_server.received)
     assert primary >= 5
     assert sustained_rate(smtp_server) == pytest.approx(PRIMARY_RATE, rel=0.25)
-    assert primary <= PRIMARY_RATE * longest + 1
+    assert primary <= PRIMARY_RATE * (max(mail.received_at for mail in smtp_server.received) - queued_at) + 1
     assert len(backup_smtp.received) == count - primary
-    assert logged_events("deferred") == []
 
 
 def test_spill_over_60_s_budget_everything_goes_through_the_primary(

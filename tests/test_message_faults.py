@@ -101,7 +101,7 @@ def test_five_hostile_messages_are_dead_lettered_and_good_mail_behind_them_arriv
         assert re.search(field, reason), (subject, reason)
     (health,) = provider_health()
     assert (health.state, health.failures, health.failed_5m, health.sent_5m) == ("closed", 0, 0, 3)
-    assert minute_counters("smtp") == {"sent": 3, "faulted": len(HOSTILE)}
+    assert minute_counters("smtp") == {"sent": 3, "sent:default": 3, "faulted": len(HOSTILE)}
     depth = next(d for d in queue_depths() if d.queue == "default")
     assert (depth.ready, depth.in_progress, depth.delayed, depth.dead) == (0, 0, 0, len(HOSTILE))
 
@@ -133,7 +133,7 @@ def test_an_esps_per_message_rejection_is_dead_lettered_without_counting_against
     assert all(letter.attempts == 1 and text in letter.reason for letter in letters)
     (health,) = provider_health()
     assert (health.state, health.failures, health.failed_5m, health.sent_5m) == ("closed", 0, 0, 1)
-    assert minute_counters("postmark") == {"sent": 1, "faulted": 3}
+    assert minute_counters("postmark") == {"sent": 1, "sent:default": 1, "faulted": 3}
 
 
 def test_a_feature_one_provider_lacks_fails_over_without_counting_against_it(

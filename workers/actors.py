@@ -43,7 +43,12 @@ def run_attempt(payload: Any, queue: QueueConfig, config: MailQueueConfig, *, pr
             raise EnvelopeError(problem, payload)
         envelope = Envelope.decode(payload)
         outcome = deliver_envelope(
-            envelope, queue, config, attempt=attempt.number, ack=ack_target(current) if current else None
+            envelope,
+            queue,
+            config,
+            attempt=attempt.number,
+            ack=ack_target(current) if current else None,
+            draw=attempt.draw,
         )
     except (Exception, TimeLimitExceeded) as error:  # noqa: BLE001  (every error is an outcome to conclude)
         outcome = error

@@ -40,6 +40,7 @@ from mailqueue.keys import (
     events_key,
     heartbeats_key,
     keepalive_key,
+    queue_sent_field,
     sending_key,
 )
 
@@ -61,13 +62,14 @@ from mailqueue.keys import (
 #: left is 0), and either waits for it; "spill-over" takes the first that has a token within the budget
 #: (or asks again later for one that will, beyond the longest wait), and when none will, the one whose
 #: token comes soonest.
-#: Returns {outcome, number, text, provider, skipped}: {"delivered", 0, provider, "", ""},
-#: {"claimed", retry ms, "", "", ""}, {"open", retry ms, "", "", skipped}, {"busy", 0, "", provider,
-#: skipped}, {"later", wait ms, "", provider, skipped}, or {"go", wait in µs, "closed" | "probe",
-#: provider, skipped}; skipped lists "alias:open" or "alias:quota", comma-separated.
+#: Returns {outcome, number, text, provider, skipped, reopens}: {"delivered", 0, provider, "", "", 0},
+#: {"claimed", retry ms, "", "", "", 0}, {"open", retry ms, "", "", skipped, reopens}, {"busy", 0, "",
+#: provider, skipped, reopens}, {"later", wait ms, "", provider, skipped, reopens}, or {"go", wait in µs,
+#: "closed" | "probe", provider, skipped, reopens}; skipped lists "alias:open" or "alias:quota",
+#: comma-separated, and reopens is the ms until the first of them may be asked again (0: none skipped).
 ADMIT_SCRIPT = """
 local delivered = redis.call("get", KEYS[1])
-if delivered then return {"delivered", 0, delivered, "", ""} end
+if delivered then return {"delivered", 0, delivered, "", "", 0} end
 local clock = redis.call("time")
 local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
 local holder = redis.call("get", KEYS[2])
@@ -86,7 +88,7 @@ if holder and holder ~= ARGV[4] and holder ~= ARGV[7] then
     -- Ask again once the owner's heartbeat tells the truth, not when its claim expires (the time limit).
     if alive then wait = math.min(wait, math.ceil(math.max(grace_until - now, 0)) + tonumber(ARGV[6])) end
   end
-  if alive then return {"claimed", wait, "", "", ""} end
+  if alive then return {"claimed", wait, "", "", "", 0} end
 end
 
 local strategy, max_wait, budget = ARGV[8], tonumber(ARGV[3]), tonumber(ARGV[10])
@@ -103,7 +105,7 @@ end
 
 local skipped, soonest = {}, nil
 local function answer(outcome, number, text, provider)
-  return {outcome, number, text, provider, table.concat(skipped, ",")}
+  return {outcome, number, text, provider, table.concat(skipped, ","), math.ceil(soonest or 0)}
 end
 
 -- May the candidate be sent to at all: its circuit closed or a probe due, its quota not spent?
@@ -234,14 +236,16 @@ return answer("open", math.ceil(soonest), "", "")
 """
 
 #: KEYS: delivered, circuit, in-flight, this minute's counters, sending claim, the message
-#: log's stream, and with an early acknowledgement Dramatiq's in-progress set, message hash
-#: and heartbeats.
-#: ARGV: outcome ("sent", "failed", "rejected", "aborted"), provider alias, lease token,
-#: dedup window s, failure threshold, cooldown ms, counters' ttl s, the stream's MAXLEN, the
-#: message log's event ("" for none), and with an early acknowledgement the Redis message id,
-#: the worker's broker id and its clock in ms. The event is appended first, whatever the
-#: outcome; a "sent" event only when the delivery record is not there yet: a settle run
-#: again (its reply lost) logs the delivery once.
+#: log's stream, the quota hash, and with an early acknowledgement Dramatiq's in-progress
+#: set, message hash and heartbeats.
+#: ARGV: outcome ("sent", "failed", "rejected", "faulted", "aborted"), provider alias, lease
+#: token, dedup window s, failure threshold, cooldown ms, counters' ttl s, the stream's
+#: MAXLEN, the message log's event ("" for none), the quota's period in ms to give a send
+#: back to (0: none), the field counting the queue's sends in this minute's counters ("" for
+#: none), and with an early acknowledgement the Redis message id, the worker's broker id and
+#: its clock in ms. The event is appended first, whatever the outcome; a
+#: "sent" event only when the delivery record is not there yet: a settle run again (its
+#: reply lost) logs the delivery once.
 #: "failed" is a transient provider failure (it counts towards opening the circuit);
 #: "rejected" means the provider answered but refused this message (it is up);
 #: "faulted" means the message itself is at fault (it cannot be rendered, addressed,
@@ -249,7 +253,11 @@ return answer("open", math.ceil(soonest), "", "")
 #: the circuit is left as it is, except that a probe that was one hands the probe on;
 #: "aborted" only releases the in-flight slot. "sent" also drops the sending claim,
 #: which the delivery record replaces. Each outcome but "aborted" is counted in this
-#: minute's counters under its own name ("sent", "failed", "rejected", "faulted").
+#: minute's counters under its own name ("sent", "failed", "rejected", "faulted"), and
+#: "sent" under the queue's field too: the queue's share of the provider's mail.
+#: A quota period given ("aborted" or "faulted" only: the provider never saw the message)
+#: gives back the send admission counted, if the count is still this period's on
+#: Redis's clock (a send admitted in the period before counts in that one, not this).
 #: Returns {the circuit's state, 1 if the Dramatiq message was acknowledged here else 0}.
 SETTLE_SCRIPT = """
 local outcome = ARGV[1]
@@ -257,6 +265,12 @@ local acked = 0
 redis.call("zrem", KEYS[3], ARGV[3])
 if ARGV[9] ~= "" and not (outcome == "sent" and redis.call("exists", KEYS[1]) == 1) then
   redis.call("xadd", KEYS[6], "maxlen", "~", ARGV[8], "*", "e", ARGV[9])
+end
+if ARGV[10] ~= "0" and (outcome == "aborted" or outcome == "faulted") then
+  local clock = redis.call("time")
+  local window = math.floor((tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000) / tonumber(ARGV[10]))
+  local quota = redis.call("hmget", KEYS[7], "window", "used")
+  if tonumber(quota[1]) == window and (tonumber(quota[2]) or 0) > 0 then redis.call("hincrby", KEYS[7], "used", -1) end
 end
 if outcome == "aborted" then return {redis.call("hget", KEYS[2], "state") or "closed", acked} end
 if outcome == "faulted" then
@@ -271,11 +285,12 @@ local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
 if outcome == "sent" then
   redis.call("set", KEYS[1], ARGV[2], "ex", ARGV[4])
   redis.call("del", KEYS[5])
-  if #KEYS == 9 then
+  if ARGV[11] ~= "" then redis.call("hincrby", KEYS[4], ARGV[11], 1) end
+  if #KEYS == 10 then
     -- Dramatiq's own ack (dispatch.lua), done here to save the worker a round trip.
-    redis.call("zadd", KEYS[9], ARGV[12], ARGV[11])
-    if redis.call("srem", KEYS[7], ARGV[10]) > 0 then
-      redis.call("hdel", KEYS[8], ARGV[10])
+    redis.call("zadd", KEYS[10], ARGV[14], ARGV[13])
+    if redis.call("srem", KEYS[8], ARGV[12]) > 0 then
+      redis.call("hdel", KEYS[9], ARGV[12])
       acked = 1
     end
   end
@@ -339,6 +354,10 @@ class Admission:
     provider: str = ""
     #: The candidates passed over, each with why: "open" (its circuit) or "quota" (spent for this period).
     skipped: tuple[tuple[str, str], ...] = ()
+    #: Seconds until the first of ``skipped`` may be asked again (0 when none was skipped).
+    reopens_in: float = 0.0
+    #: The queue the message is sent from: ``settle`` counts a delivery in the queue's share of the provider's mail.
+    queue: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,7 +490,7 @@ def admit(
         args.append(queue.weight(provider.alias))
         args += provider_args
     try:
-        outcome, number, detail, chosen, skipped = ADMIT(keys, args)
+        outcome, number, detail, chosen, skipped, reopens = ADMIT(keys, args)
     except (redis.ConnectionError, redis.TimeoutError):
         if len(_unanswered) < UNANSWERED_LIMIT:
             _unanswered[envelope_id] = claim or token
@@ -489,6 +508,8 @@ def admit(
         skipped=tuple(
             (alias, why) for alias, _, why in (each.partition(":") for each in skipped.decode().split(",") if each)
         ),
+        reopens_in=int(reopens) / 1000,
+        queue=queue.name,
     )
 
 
@@ -500,6 +521,8 @@ def settle(
     config: MailQueueConfig,
     ack: AckTarget | None = None,
     event: bytes = b"",
+    *,
+    unsent: bool = False,
 ) -> Settled:
     """Record how the send went: the provider's circuit state afterwards, and whether ``ack`` was acknowledged.
 
@@ -509,7 +532,9 @@ def settle(
     the message's acknowledgement waits for Redis anyway. With ``ack``, a
     "sent" also acknowledges the Dramatiq message in the same call. ``event``
     (from ``mailqueue.eventlog``) is appended to the message log's stream in
-    that call too.
+    that call too. ``unsent`` (an "aborted" or "faulted" result only) says the
+    provider never saw the message: the send admission counted against its
+    quota is given back, in the same call.
     """
     keys = ProviderKeys.of(config.namespace, provider.alias)
     script_keys = [
@@ -519,7 +544,10 @@ def settle(
         keys.stats(int(time.time() // 60)),
         sending_key(config.namespace, envelope_id),
         events_key(config.namespace),
+        keys.quota,
     ]
+    # The provider never saw the message: the quota it was counted against is given back.
+    given_back = provider.quota if unsent and result in ("aborted", "faulted") else None
     script_args: list[Any] = [
         result,
         provider.alias,
@@ -530,6 +558,8 @@ def settle(
         STATS_TTL,
         config.log.stream_maxlen,
         event,
+        given_back.period * 1000 if given_back else 0,
+        queue_sent_field(admission.queue) if admission.queue else "",
     ]
     if ack is not None and result == "sent":
         script_keys += (ack.in_progress, ack.messages, ack.heartbeats)

@@ -137,6 +137,17 @@ def classify(error: BaseException, *, provider: str, envelope_id: str) -> Delive
     )
 
 
+def found_before_sending(failure: DeliveryError) -> bool:
+    """Whether ``failure`` is a message fault found before any exchange with the provider about the message.
+
+    anymail's own checks, rendering and preparing the addresses all run before
+    a request or a DATA command: the provider never saw the message, so it must
+    not count against the provider's quota either. An ESP's validation (an
+    ``AnymailAPIError`` in its answer) came after the provider had it.
+    """
+    return failure.message_fault and not isinstance(failure.cause, AnymailAPIError)
+
+
 def invalid_field(message: EmailMessage) -> str | None:
     """What send_mail()'s checks say is wrong with ``message`` (naming the field), or None if they pass.
 

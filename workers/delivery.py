@@ -1,7 +1,7 @@
 """Sending one envelope through its queue's providers, written once, in the order a reader expects.
 
 Ask for admission: the queue's strategy picks a provider among those not
-tried yet in this attempt (``admit`` in workers/admission.py skips the ones
+tried yet in this attempt (with "failover", nor passed over) (``admit`` in workers/admission.py skips the ones
 whose circuit is open or whose quota is spent, and reserves a rate-limit
 token and a concurrency slot); send over this thread's open connection; a
 transient failure is retried a few times with tenacity (reconnecting each
@@ -15,7 +15,7 @@ With "failover" the provider is the first of the chain, with "weighted" one
 drawn by weight, with "spill-over" the first that can take the message within
 the queue's latency budget (counted from ``send_mail()``). A provider picked
 but at its limit defers the message (no retry used up): under "spill-over"
-only once every provider is. When no provider took the message,
+only once every provider is; under "weighted" the message keeps its draw. When no provider took the message,
 ``AllProvidersFailed`` says to retry later, and ``AllProvidersRefused``
 (every provider refused) to dead-letter it: what follows is decided in
 workers/outcomes.py.
@@ -49,7 +49,7 @@ from mailqueue.exceptions import (
 from mailqueue.signals import AttemptFailed, announce
 
 from .admission import AckTarget, Admission, Result, admit, new_claim, next_draw, release, settle
-from .classify import MESSAGE_ERRORS, classify, invalid_field, message_fault
+from .classify import MESSAGE_ERRORS, classify, found_before_sending, invalid_field, message_fault
 from .connections import connections
 from .dramatiq_redis import acknowledged_early
 from .redaction import redact_addresses
@@ -162,22 +162,32 @@ def send_with_retries(provider: ProviderConfig, message: EmailMessage, envelope_
 
 
 def _admission(
-    envelope: Envelope, candidates: list[ProviderConfig], queue: QueueConfig, config: MailQueueConfig, claim: str
-) -> Admission:
-    """``admit``, waiting up to RATE_LIMIT_MAX_WAIT for a free concurrency slot.
+    envelope: Envelope,
+    candidates: list[ProviderConfig],
+    queue: QueueConfig,
+    config: MailQueueConfig,
+    claim: str,
+    draw: float,
+) -> tuple[Admission, float | None]:
+    """``admit``, waiting up to RATE_LIMIT_MAX_WAIT for a free concurrency slot; and when a deferral must end.
 
-    A "weighted" message keeps its draw while it waits: the provider drawn is its provider.
+    A "weighted" message keeps its ``draw`` while it waits: the provider drawn
+    is its provider. The time returned (this worker's clock, None if there is
+    none) is when a "spill-over" message's budget runs out, given when the
+    provider it waits for takes it within the budget: deferred, it must be
+    back by then.
     """
     deadline = time.monotonic() + config.rate_limit_max_wait
-    draw = next_draw()
     while True:
         budget = None
+        now = time.time()
         if queue.strategy == "spill-over":
-            # The budget counts from send_mail(): time the message spent queued is spent of it.
-            budget = max(queue.latency_budget - (time.time() - envelope.created_at), 0.0)
+            # The budget counts from send_mail(): time the message spent queued is spent of it. The web host's
+            # clock set that time: a clock ahead of this one must not lengthen the budget (nor a negative one).
+            budget = min(max(queue.latency_budget - (now - envelope.created_at), 0.0), queue.latency_budget)
         admission = admit(envelope.id, candidates, queue, config, claim, budget=budget, draw=draw)
         if admission.outcome != "busy" or time.monotonic() >= deadline:
-            return admission
+            return admission, now + budget if budget is not None and admission.wait <= budget else None
         time.sleep(BUSY_POLL)
 
 
@@ -188,28 +198,38 @@ def _settle_quietly(
     result: Result,
     config: MailQueueConfig,
     event: bytes = b"",
+    *,
+    unsent: bool = False,
 ) -> None:
     """``settle`` for an outcome that is already being raised: its own failure must not hide that."""
     try:
-        settle(admission, envelope_id, provider, result, config, event=event)
+        settle(admission, envelope_id, provider, result, config, event=event, unsent=unsent)
     except Exception:
         logger.exception("could not record the %s outcome of %s at provider %s", result, envelope_id, provider.alias)
 
 
 def deliver_envelope(
-    envelope: Envelope, queue: QueueConfig, config: MailQueueConfig, *, attempt: int = 1, ack: AckTarget | None = None
+    envelope: Envelope,
+    queue: QueueConfig,
+    config: MailQueueConfig,
+    *,
+    attempt: int = 1,
+    ack: AckTarget | None = None,
+    draw: float | None = None,
 ) -> Delivered:
     """Send ``envelope`` through ``queue``'s provider chain; say which provider took it.
 
     Raises PermanentDeliveryError (do not retry; AllProvidersRefused is one),
     AllProvidersFailed (retry later), DeliveryDeferred (re-schedule without
     using a retry), or EnvelopeError (cannot be rebuilt). With ``ack``, the
-    delivery record also acknowledges the Dramatiq message.
+    delivery record also acknowledges the Dramatiq message. ``draw`` is the
+    message's draw for a "weighted" queue, kept from an earlier attempt that
+    was deferred (a new one if None); a deferral carries it on.
     """
     message = envelope.to_message()
     claim = new_claim(ack.broker_id if ack is not None else None)
     try:
-        return _through_chain(envelope, message, queue, config, claim, ack, attempt)
+        return _through_chain(envelope, message, queue, config, claim, ack, attempt, draw)
     except MailQueueError:
         # Not delivered: let the next attempt (or another copy) send it without waiting out the claim.
         # An interruption mid-send (time limit, shutdown) keeps the claim: the provider may have taken it.
@@ -272,18 +292,22 @@ def _through_chain(
     claim: str,
     ack: AckTarget | None,
     attempt: int,
+    draw: float | None,
 ) -> Delivered:
+    #: The message's own draw ("weighted"): a deferral keeps it, so the provider drawn stays its provider.
+    draw = next_draw() if draw is None else draw
+    carried = draw if queue.strategy == "weighted" else None
     failures: list[DeliveryError] = []
     #: Failures not logged yet: see _log_failures.
     unlogged: list[DeliveryError] = []
-    #: When admission found no provider left to ask: seconds until the first skipped one may be asked again.
+    #: For the providers passed over (open circuit, spent quota): seconds until the first may be asked again.
     skipped: list[float] = []
     #: The providers not tried yet in this attempt, in the queue's order; admission picks among them.
     candidates = [config.provider(alias) for alias in queue.providers]
     logged_skips: set[str] = set()
     why: set[str] = set()
     while candidates:
-        admission = _admission(envelope, candidates, queue, config, claim)
+        admission, not_after = _admission(envelope, candidates, queue, config, claim, draw)
         _log_skips(admission, envelope.id, logged_skips)
         if admission.outcome == "delivered":
             _log_failures(unlogged, envelope.id, f"and it was already delivered via {admission.detail}")
@@ -292,12 +316,22 @@ def _through_chain(
         if admission.outcome == "claimed":
             _log_failures(unlogged, envelope.id, "deferred: another worker is sending it")
             raise DeliveryDeferred(
-                f"another worker is sending {envelope.id} right now", envelope_id=envelope.id, delay=admission.wait
+                f"another worker is sending {envelope.id} right now",
+                envelope_id=envelope.id,
+                delay=admission.wait,
+                draw=carried,
             )
         if admission.outcome == "open":
             skipped.append(admission.wait)
-            why = {why for _, why in admission.skipped}
+            why |= {why for _, why in admission.skipped}
             break
+        if admission.skipped and queue.strategy == "failover":
+            # As the chain always walked: a provider passed over is not asked again in this attempt, so one whose
+            # cooldown ends meanwhile does not get the message as its probe when the provider chosen fails.
+            passed_over = {alias for alias, _ in admission.skipped}
+            candidates = [candidate for candidate in candidates if candidate.alias not in passed_over]
+            skipped.append(admission.reopens_in)
+            why |= {why for _, why in admission.skipped}
         alias = admission.provider
         if admission.outcome in ("busy", "later"):
             # The provider is healthy, only at its limit: wait for it rather than fail over (with "spill-over",
@@ -308,6 +342,8 @@ def _through_chain(
                 f"provider {alias} is at its {limit} limit",
                 envelope_id=envelope.id,
                 delay=max(admission.wait, MIN_DEFERRAL),
+                draw=carried,
+                not_after=not_after,
             )
         provider = next(candidate for candidate in candidates if candidate.alias == alias)
         candidates.remove(provider)
@@ -317,8 +353,8 @@ def _through_chain(
             try:
                 time.sleep(admission.wait)
             except BaseException:
-                # Interrupted before sending (time limit, shutdown): free the slot and the claim now.
-                _settle_quietly(admission, envelope.id, provider, "aborted", config)
+                # Interrupted before sending (time limit, shutdown): free the slot, the quota and the claim now.
+                _settle_quietly(admission, envelope.id, provider, "aborted", config, unsent=True)
                 _release_quietly(envelope.id, claim, config)
                 raise
         started = time.monotonic()
@@ -334,7 +370,7 @@ def _through_chain(
                 if config.log.enabled
                 else b""
             )
-            _settle_quietly(admission, envelope.id, provider, result, config, event)
+            _settle_quietly(admission, envelope.id, provider, result, config, event, unsent=found_before_sending(error))
             _announce_failure(error, envelope, attempt)
             if isinstance(error.cause, ImproperlyConfigured):
                 # Said at once and loudly: it fails every message until someone fixes the settings.
@@ -348,12 +384,14 @@ def _through_chain(
             else:
                 unlogged.append(error)
             failures.append(error)
+            draw = next_draw()  # the next provider is drawn afresh among those left
             continue
         except PermanentDeliveryError as error:
-            # A message fault frees the provider's slot and leaves its circuit and failure counters alone.
+            # A message fault frees the provider's slot and leaves its circuit and failure counters alone (and
+            # its quota, when the provider never saw the message).
             result = "faulted" if error.message_fault else "rejected"
             event = eventlog.failed(envelope.id, attempt, str(error), alias) if config.log.enabled else b""
-            _settle_quietly(admission, envelope.id, provider, result, config, event)
+            _settle_quietly(admission, envelope.id, provider, result, config, event, unsent=found_before_sending(error))
             _announce_failure(error, envelope, attempt)
             raise
         except BaseException:
@@ -387,6 +425,7 @@ def _through_chain(
             f"every provider of queue {queue.name} has {' or '.join(has[each] for each in sorted(why))}",
             envelope_id=envelope.id,
             delay=min(skipped),
+            draw=carried,
         )
     refused = all(isinstance(failure, ProviderRefused) for failure in failures)
     if skipped and refused:
@@ -397,6 +436,7 @@ def _through_chain(
             + " or ".join(are[each] for each in sorted(why)),
             envelope_id=envelope.id,
             delay=min(skipped),
+            draw=carried,
         )
     if failures and refused:
         raise AllProvidersRefused(envelope.id, failures)

@@ -61,6 +61,8 @@ logger = logging.getLogger(__name__)
 
 #: Message option counting how often the message was deferred (rate limits, open circuits).
 DEFERRALS = "mailqueue_deferrals"
+#: Message option keeping a "weighted" message's draw across deferrals (see DeliveryDeferred).
+DRAW = "mailqueue_draw"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,12 @@ class Attempt:
     def number(self) -> int:
         """1 for the first attempt."""
         return self.retries + 1
+
+    @property
+    def draw(self) -> float | None:
+        """The draw an earlier attempt of a "weighted" message was deferred with; None for a new draw."""
+        draw = self.message.options.get(DRAW) if self.message is not None else None
+        return draw if isinstance(draw, float) and 0 <= draw < 1 else None
 
     @property
     def message_id(self) -> str:
@@ -195,7 +203,13 @@ def _defer(attempt: Attempt, deferred: DeliveryDeferred) -> None:
     deferrals = (attempt.message.options.get(DEFERRALS, 0) if attempt.message is not None else 0) + 1
     # Jitter, so messages held back together do not all come back in the same instant.
     delay = deferred.delay * (1 + random.random() / 10)
-    _put_back(attempt, deferred, delay, {DEFERRALS: deferrals})
+    if deferred.not_after is not None:
+        # A spill-over message waiting for a token due within its budget: jitter must not carry it past the budget.
+        delay = min(delay, max(deferred.delay, deferred.not_after - time.time()))
+    options: dict[str, Any] = {DEFERRALS: deferrals}
+    if deferred.draw is not None:
+        options[DRAW] = deferred.draw
+    _put_back(attempt, deferred, delay, options)
     until = time.time() + delay
     _tell(lambda: _log_deferral(deferred.envelope_id, attempt, str(deferred), until), "logging the deferral")
 

@@ -96,9 +96,8 @@ class Command(BaseCommand):
             # One PING on this thread's connection first: it fails once, where the pool's client would retry.
             exchange((("PING",),), lambda wire: wire.read())
             depths: list[dict[str, Any]] | None = [depth.as_dict() for depth in queue_depths()]
-            providers = provider_health()
-            health: list[dict[str, Any]] | None = [provider.as_dict() for provider in providers]
-            spread: list[dict[str, Any]] | None = [queue.as_dict() for queue in queue_distribution(providers)]
+            health: list[dict[str, Any]] | None = [provider.as_dict() for provider in provider_health()]
+            spread: list[dict[str, Any]] | None = [queue.as_dict() for queue in queue_distribution()]
             lag: dict[str, Any] | None = writer_lag().as_dict()
             problem = None
         except redis.RedisError as error:
@@ -272,7 +271,8 @@ def _lag_line(lag: dict[str, Any]) -> str:
 
 
 def _health_row(row: dict[str, Any]) -> list[str]:
-    quota = f"{row['quota_left']}/{row['quota']}" if row["quota"] else None
+    # "49920 of 50000/d": what is left of the quota (a bare "49920/50000/d" read as a fraction of a rate).
+    quota = f"{row['quota_left']} of {row['quota']}" if row["quota"] else None
     return [_cell(row[column]) for column in HEALTH_COLUMNS[:-1]] + [_cell(quota)]
 
 
