@@ -248,12 +248,7 @@ class LogWriter:
             return Written()
         if self._statements is None:
             self._statements = statements_for(self.using)
-        try:
-            written = self.write(entries)
-        except (OperationalError, InterfaceError):
-            raise
-        except DatabaseError:
-            written = self.write_apart(entries)
+        written = self.write_or_split(entries)
         self.client.xack(self.key, GROUP, *(stream_id for stream_id, _ in entries))
         self._in_hand = []
         self.total.add(written)
@@ -272,32 +267,30 @@ class LogWriter:
     def write(self, entries: Entries) -> Written:
         return write(entries, recipients=self.recipients, using=self.using, statements=self._statements)
 
-    def write_apart(self, entries: Entries) -> Written:
-        """Write ``entries`` in halves, each in its own transaction; skip (and log) an entry refused on its own."""
-        if len(entries) == 1:
-            ((stream_id, _),) = entries
-            try:
-                return self.write(entries)
-            except (OperationalError, InterfaceError):
-                raise
-            except DatabaseError as error:
+    def write_or_split(self, entries: Entries) -> Written:
+        """Write ``entries`` in one transaction; refused for their content, in halves, down to the entry refused.
+
+        An outage (OperationalError, InterfaceError) is raised: the batch stays
+        in hand. Any other database error is the data's: a lone entry refused is
+        logged by id (never its content) and skipped.
+        """
+        try:
+            return self.write(entries)
+        except (OperationalError, InterfaceError):
+            raise
+        except DatabaseError as error:
+            if len(entries) == 1:
                 logger.error(
                     "log writer %s: stream entry %s is refused by the database (%s): skipped",
                     self.consumer,
-                    stream_id,
+                    entries[0][0],
                     type(error).__name__,
                 )
                 return Written(entries=1, skipped=1)
         middle = len(entries) // 2
         written = Written()
         for half in (entries[:middle], entries[middle:]):
-            try:
-                part = self.write(half)
-            except (OperationalError, InterfaceError):
-                raise
-            except DatabaseError:
-                part = self.write_apart(half)
-            written.add(part)
+            written.add(self.write_or_split(half))
         return written
 
     def drain(self) -> Written:
