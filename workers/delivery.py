@@ -1,9 +1,10 @@
 """Sending one envelope through its queue's providers, written once, in the order a reader expects.
 
 Ask for admission: the queue's strategy picks a provider among those not
-tried yet in this attempt (with "failover", nor passed over) (``admit`` in workers/admission.py skips the ones
-whose circuit is open or whose quota is spent, and reserves a rate-limit
-token and a concurrency slot); send over this thread's open connection; a
+tried yet in this attempt (``admit`` in workers/admission.py passes over the
+ones whose circuit is open or whose quota is spent, which "failover" then
+leaves out for the rest of the attempt, and reserves a rate-limit token and a
+concurrency slot); send over this thread's open connection; a
 transient failure is retried a few times with tenacity (reconnecting each
 time); a refusal by that provider, or transient failures beyond its tries,
 ask for admission again among the providers left; a permanent failure stops
@@ -15,7 +16,8 @@ With "failover" the provider is the first of the chain, with "weighted" one
 drawn by weight, with "spill-over" the first that can take the message within
 the queue's latency budget (counted from ``send_mail()``). A provider picked
 but at its limit defers the message (no retry used up): under "spill-over"
-only once every provider is; under "weighted" the message keeps its draw. When no provider took the message,
+only once every provider is; under "weighted" the message keeps its draw.
+When no provider took the message,
 ``AllProvidersFailed`` says to retry later, and ``AllProvidersRefused``
 (every provider refused) to dead-letter it: what follows is decided in
 workers/outcomes.py.
