@@ -20,6 +20,7 @@ from .config_sections import (
     Problem,
     Problems,
     read_log,
+    read_monitor,
     read_pools,
     read_providers,
     read_queues,
@@ -70,6 +71,7 @@ TOP_LEVEL_KEYS = frozenset(
         "RECOVERY_INTERVAL",
         "MAINTENANCE_CHANCE",
         "LOG",
+        "MONITOR",
     }
 )
 
@@ -159,6 +161,7 @@ class _Reader:
         databases = getattr(settings, "DATABASES", {})
         values |= self.read_durability(raw, databases)
         values["log"] = read_log(self.problems, raw.get("LOG"))
+        values["monitor"] = read_monitor(self.problems, raw.get("MONITOR"))
 
         config = MailQueueConfig(**values)
         self.check_on_commit_database(config, databases)

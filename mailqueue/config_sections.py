@@ -16,8 +16,10 @@ from django.utils.module_loading import import_string
 
 from .settings_values import (
     LOG_RECIPIENTS,
+    MONITOR_FLAGS,
     STRATEGIES,
     LogConfig,
+    MonitorConfig,
     PoolConfig,
     ProviderConfig,
     QueueConfig,
@@ -30,6 +32,8 @@ from .settings_values import (
 
 #: Dramatiq's own rule for queue names (they become Redis key parts).
 QUEUE_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9._-]*")
+#: A Django permission as ``User.has_perm`` takes it: "app_label.codename".
+PERMISSION_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\.[a-zA-Z0-9_]+")
 NAME_HINT = "Use letters, digits, '.', '_' or '-', starting with a letter or '_'."
 
 #: ``"14/s"``, ``"50000/d"``: a count per unit of time.
@@ -50,6 +54,7 @@ RATE_KEYS = frozenset({"rate", "burst"})
 POOL_KEYS = frozenset({"queues", "processes", "threads"})
 ROUTE_KEYS = frozenset({"queue", "tag", "header", "value", "callable"})
 LOG_KEYS = frozenset({"ENABLED", "STREAM_MAXLEN", "RECIPIENTS", "RETENTION_DAYS", "BATCH_SIZE", "BATCH_WAIT"})
+MONITOR_KEYS = frozenset({"COUNTERS", "PERMISSION", "METRICS_TOKEN", "REFRESH", "SCALE_TARGET"})
 
 
 @dataclass(frozen=True)
@@ -442,3 +447,55 @@ def read_log(problems: Problems, raw: Any) -> LogConfig:
                 'the exact address) or "off" (no recipients kept).',
             )
     return LogConfig(**options)
+
+
+def read_monitor(problems: Problems, raw: Any) -> MonitorConfig:
+    """MAILQUEUE['MONITOR']: the dashboard, /metrics and the workers' cluster counters."""
+    where = "MAILQUEUE['MONITOR']"
+    if raw is None:
+        return MonitorConfig()
+    if not isinstance(raw, Mapping):
+        problems.add("mailqueue.E031", f"{where} must be a dict, not {type(raw).__name__}.")
+        return MonitorConfig()
+    problems.unknown_keys(where, raw, MONITOR_KEYS)
+    options: dict[str, Any] = {}
+    if "COUNTERS" in raw:
+        if isinstance(raw["COUNTERS"], bool):
+            options["counters"] = raw["COUNTERS"]
+        else:
+            problems.add(
+                "mailqueue.E031",
+                f"{where}['COUNTERS'] must be True or False, not {raw['COUNTERS']!r}.",
+                hint="False stops the workers from keeping delivery counters and histograms in Redis.",
+            )
+    permission = raw.get("PERMISSION", MonitorConfig.permission)
+    if isinstance(permission, str) and (permission in MONITOR_FLAGS or PERMISSION_RE.fullmatch(permission)):
+        options["permission"] = permission
+    else:
+        problems.add(
+            "mailqueue.E032",
+            f"{where}['PERMISSION'] is {permission!r}.",
+            hint='Use "is_staff" (the default), "is_superuser", or a permission as "app_label.codename".',
+        )
+    token = raw.get("METRICS_TOKEN")
+    if token is None or (isinstance(token, str) and len(token) >= 16 and token == token.strip()):
+        options["metrics_token"] = token
+    else:
+        problems.add(
+            "mailqueue.E033",
+            f"{where}['METRICS_TOKEN'] must be a string of at least 16 characters without surrounding spaces.",
+            hint="Generate one (python -c 'import secrets; print(secrets.token_urlsafe(32))') and read it from "
+            "the environment; leave it out (None) to allow only staff sessions.",
+        )
+    for key, minimum in (("REFRESH", 0.5), ("SCALE_TARGET", 1.0)):
+        if key in raw:
+            seconds = problems.seconds(f"{where}[{key!r}]", raw[key], fallback=default(MonitorConfig, key.lower()))
+            if seconds is not None and seconds < minimum:
+                problems.add(
+                    "mailqueue.E016",
+                    f"{where}[{key!r}] must be at least {minimum:g} seconds, not {raw[key]!r}.",
+                    hint=f"Leave it out for the default, {default(MonitorConfig, key.lower()):g}.",
+                )
+            elif seconds is not None:
+                options[key.lower()] = seconds
+    return MonitorConfig(**options)

@@ -145,6 +145,27 @@ class LogConfig:
     batch_wait: int = 500
 
 
+#: What MONITOR["PERMISSION"] may name besides a permission ("app_label.codename").
+MONITOR_FLAGS = ("is_staff", "is_superuser")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MonitorConfig:
+    """The operator's view (MAILQUEUE["MONITOR"]): the dashboard, /metrics and the cluster counters behind them."""
+
+    #: False: the workers keep no counters or histograms in Redis (/metrics then has the gauges only).
+    counters: bool = True
+    #: Who may see the dashboard and /metrics with a session: "is_staff", "is_superuser", or a permission
+    #: ("mailqueue.view_message"). An inactive user never may.
+    permission: str = "is_staff"
+    #: A bearer token that lets a scraper read /metrics without a session (None: sessions only).
+    metrics_token: str | None = None
+    #: Seconds between the dashboard's refreshes.
+    refresh: float = 5.0
+    #: Seconds within which the desired-workers gauge aims to clear a queue's backlog.
+    scale_target: float = 60.0
+
+
 @dataclass(frozen=True, kw_only=True)
 class MailQueueConfig:
     """Everything mailqueue reads from settings, validated.
@@ -187,6 +208,7 @@ class MailQueueConfig:
     #: for dead after a Redis-wide pause, which the keepalive's grace prevents (workers/dramatiq_redis.py).
     maintenance_chance: int = 0
     log: LogConfig = field(default_factory=LogConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def provider(self, alias: str) -> ProviderConfig:
         """Settings for a provider, with defaults for one not listed in PROVIDERS."""
