@@ -1,20 +1,24 @@
-"""``manage.py mailqueue``: status, dead letters, requeue and purge, the outbox relay, the log writer, prune."""
+"""``manage.py mailqueue``: status, dead letters, requeue and purge, the outbox relay, the log writer, prune, and
+the Prometheus metrics served on a port of their own."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import signal
+import socket
+import socketserver
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import redis
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, close_old_connections
 
-from mailqueue import deadletters, outbox, retention
+from mailqueue import deadletters, metrics, outbox, retention
 from mailqueue.client import access_problem, exchange, redacted_url
 from mailqueue.conf import get_config
 from mailqueue.exceptions import BrokerAccessDenied, BrokerUnavailable, EnvelopeError
@@ -78,6 +82,12 @@ class Command(BaseCommand):
         prune = sub.add_parser("prune", help="delete logged messages older than the retention, in short batches")
         prune.add_argument("--days", type=float, metavar="N", help="keep this many days (LOG RETENTION_DAYS)")
         prune.add_argument("--batch", type=int, default=5000, metavar="N", help="messages per transaction")
+        served = sub.add_parser(
+            "metrics",
+            help="serve the Prometheus metrics (the web app's /metrics) on a port of their own; runs until stopped",
+        )
+        served.add_argument("--addr", default="127.0.0.1", help="address to listen on (default: this host only)")
+        served.add_argument("--port", type=int, default=9808, help="port to listen on (0: any free one)")
 
     def handle(self, *args: Any, action: str, **options: Any) -> None:
         queue = options.get("queue")
@@ -212,6 +222,29 @@ class Command(BaseCommand):
             f"older than {keep:g} day(s) in {pruned.batches} batch(es), {time.monotonic() - started:.2f}s"
         )
 
+    def handle_metrics(self, *, addr: str = "127.0.0.1", port: int = 9808, **options: Any) -> None:
+        """Serve the metrics until SIGTERM or SIGINT; with MONITOR["METRICS_TOKEN"] set, only to requests bearing it."""
+        try:
+            server_class = _MetricsServer6 if ":" in addr else _MetricsServer
+            server = make_server(addr, port, metrics.wsgi_app, server_class=server_class, handler_class=_Quiet)
+        except OSError as error:
+            raise CommandError(f"cannot listen on {addr}:{port}: {error}") from error
+        stopping: list[int] = []
+        previous = {number: signal.signal(number, lambda number, frame: stopping.append(number)) for number in STOPS}
+        host = f"[{addr}]" if ":" in addr else addr
+        self.stdout.write(f"serving metrics on http://{host}:{server.server_port}/metrics")
+        if get_config().monitor.metrics_token is None and addr not in ("127.0.0.1", "::1", "localhost"):
+            self.stderr.write("no MONITOR['METRICS_TOKEN']: anyone who reaches this address can read the metrics")
+        self.stdout.flush()
+        try:
+            while not stopping:
+                server.handle_request()  # returns after server.timeout when no request came: the loop sees a stop
+        finally:
+            server.server_close()
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+        self.stdout.write("metrics server stopped")
+
     def handle_dead(self, *, queue: str | None = None, json: bool = False, **options: Any) -> None:
         letters = list(deadletters.iter_dead(queue))
         if json:
@@ -248,8 +281,27 @@ class Command(BaseCommand):
         self.stdout.write(f"purged {count} message(s)")
 
 
-#: The signals that stop the log writer cleanly.
+#: The signals that stop the log writer and the metrics server cleanly.
 STOPS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _MetricsServer(socketserver.ThreadingMixIn, WSGIServer):
+    """A thread per scrape (a slow one must not hold up the next), none left behind at exit."""
+
+    daemon_threads = True
+    #: Seconds handle_request() waits for a request before the serving loop looks at the stop signals again.
+    timeout = 0.5
+
+
+class _MetricsServer6(_MetricsServer):
+    address_family = socket.AF_INET6
+
+
+class _Quiet(WSGIRequestHandler):
+    """No access log line per scrape (Prometheus scrapes every 15 s, forever)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 def _written_line(total: Any) -> str:
