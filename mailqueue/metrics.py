@@ -14,6 +14,7 @@ from functools import cache
 from typing import Any
 
 import redis
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET
@@ -25,6 +26,7 @@ from . import counters
 from .access import may_monitor
 from .client import redis_client
 from .conf import get_config
+from .monitoring import overview
 from .settings_values import MailQueueConfig
 
 logger = logging.getLogger(__name__)
@@ -180,13 +182,13 @@ def gauge_families(overview: Mapping[str, Any]) -> list[Metric]:
     outbox = overview["outbox"]
     writer = overview["writer"]
     families: list[Metric] = [messages, oldest, desired, dead, circuit, in_flight, quota]
-    families.append(
-        GaugeMetricFamily(
-            "mailqueue_outbox_messages",
-            "Messages kept in the database outbox because Redis refused them, waiting for the relay.",
-            value=outbox["waiting"],
-        )
+    waiting = GaugeMetricFamily(
+        "mailqueue_outbox_messages",
+        "Messages kept in the database outbox because Redis refused them, waiting for the relay.",
     )
+    if outbox["waiting"] is not None:
+        waiting.add_metric([], outbox["waiting"])
+    families.append(waiting)
     outbox_oldest = GaugeMetricFamily(
         "mailqueue_outbox_oldest_timestamp_seconds",
         "When the oldest message in the outbox was kept (epoch seconds); absent when the outbox is empty.",
@@ -218,6 +220,7 @@ class ClusterCollector(Collector):
         config = get_config()
         if config.monitor.counters:
             yield from counter_families(config, read_counters(config))
+        yield from gauge_families(overview().as_dict())
 
     def describe(self) -> list[Metric]:
         # Registering must not read Redis (CollectorRegistry calls describe() then, collect() without one).
@@ -242,10 +245,15 @@ def exposition(accept: str | None) -> tuple[bytes, str]:
     return encoder(registry()), content_type
 
 
-def unavailable(error: redis.RedisError) -> str:
-    """The short text a scrape answers when Redis cannot be read (503): no traceback, no URL."""
-    logger.warning("metrics: Redis cannot be read: %s: %s", type(error).__name__, error)
-    return f"metrics unavailable: Redis cannot be read ({type(error).__name__})\n"
+#: What a scrape cannot do without: it answers 503 when one cannot be read.
+UNAVAILABLE: tuple[type[Exception], ...] = (redis.RedisError, DatabaseError)
+
+
+def unavailable(error: Exception) -> str:
+    """The short text a scrape answers when Redis (or the outbox's database) cannot be read: no traceback, no URL."""
+    what = "Redis" if isinstance(error, redis.RedisError) else "the database"
+    logger.warning("metrics: %s cannot be read: %s: %s", what, type(error).__name__, error)
+    return f"metrics unavailable: {what} cannot be read ({type(error).__name__})\n"
 
 
 #: Why a scrape was refused, by status: said without any metric data.
@@ -307,7 +315,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
             return _text(403, REFUSALS[403])
     try:
         body, content_type = exposition(request.headers.get("Accept"))
-    except redis.RedisError as error:
+    except UNAVAILABLE as error:
         return _text(503, unavailable(error))
     return HttpResponse(body, content_type=content_type)
 
@@ -327,7 +335,7 @@ def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> lis
     else:
         try:
             body, content_type = exposition(environ.get("HTTP_ACCEPT"))
-        except redis.RedisError as error:
+        except UNAVAILABLE as error:
             status, text, headers = 503, unavailable(error), []
         else:
             start_response("200 OK", [("Content-Type", content_type), ("Cache-Control", "no-store")])
