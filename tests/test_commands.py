@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
+import time
 from io import StringIO
 
 import pytest
-from django.core.mail import send_mail
+from django.core.mail import send_mail, send_mass_mail
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from mailqueue import deadletters
 from mailqueue.client import redacted_url
+from mailqueue.management.commands import mailqueue as mailqueue_command
 from mailqueue.monitoring import queue_depths
 from tests.worker_processes import settings_env
 
@@ -28,15 +31,20 @@ def run(*args: str) -> str:
 @pytest.mark.django_db(transaction=True)
 def test_status_table_shows_every_queue_provider_and_the_outbox(smtp_setup) -> None:
     send_mail("s", "b", None, ["a@example.com"], using="bulk")
+    sent_at = time.time()
     send_mail("s", "b", None, ["a@example.com"], using="bulk")
     queues, providers, distribution, outbox = run("status").split("\n\n")
+    waited = time.time() - sent_at
     lines = queues.splitlines()
-    assert lines[0].split() == ["queue", "ready", "in_progress", "delayed", "dead"]
-    assert [line.split() for line in lines[1:]] == [
-        ["critical", "0", "0", "0", "0"],
-        ["default", "0", "0", "0", "0"],
-        ["bulk", "2", "0", "0", "0"],
+    assert lines[0].split() == ["queue", "ready", "in_progress", "delayed", "dead", "oldest", "sent_1m", "sent_1h"]
+    rows = [line.split() for line in lines[1:]]
+    assert rows[:2] == [
+        ["critical", "0", "0", "0", "0", "-", "0", "0"],
+        ["default", "0", "0", "0", "0", "-", "0", "0"],
     ]
+    assert rows[2][:5] == ["bulk", "2", "0", "0", "0"] and rows[2][6:] == ["0", "0"]
+    oldest = rows[2][5]
+    assert re.fullmatch(r"\d+\.\ds", oldest) and float(oldest[:-1]) <= waited + 0.1, oldest
     lines = providers.splitlines()
     assert lines[0].split() == [
         "provider", "state", "failures", "probe_in", "sent_5m", "failed_5m", "sent_1h", "failed_1h", "quota_left"
@@ -53,6 +61,23 @@ def test_status_table_shows_every_queue_provider_and_the_outbox(smtp_setup) -> N
         "outbox: 0 message(s) waiting for Redis",
         "log: no writer has run yet; 2 event(s) in the stream",
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_status_shows_each_queues_throughput(smtp_setup, run_worker) -> None:
+    send_mass_mail([(f"m{i}", "b", None, ["a@example.com"]) for i in range(3)])
+    send_mail("s", "b", None, ["a@example.com"], using="transactional")
+    with run_worker() as worker:
+        worker.drain()
+    queues = run("status").split("\n\n")[0]
+    rows = {line.split()[0]: line.split()[5:] for line in queues.splitlines()[1:]}
+    assert rows == {"critical": ["-", "1", "1"], "default": ["-", "3", "3"], "bulk": ["-", "0", "0"]}
+
+
+def test_a_long_wait_reads_in_minutes_or_hours() -> None:
+    assert [mailqueue_command._age(seconds) for seconds in (None, 0.04, 99.94, 150, 7199, 7200, 90061)] == [
+        "-", "0.0s", "99.9s", "2m30s", "119m59s", "2h00m", "25h01m"
+    ]  # fmt: skip
 
 
 @pytest.mark.django_db(transaction=True)
@@ -74,7 +99,15 @@ def test_status_json(smtp_setup, run_worker) -> None:
         worker.drain()
     send_mail("s", "b", None, ["a@example.com"], using="transactional")
     data = json.loads(run("status", "--json"))
-    assert data["queues"][0] == {"queue": "critical", "ready": 1, "in_progress": 0, "delayed": 0, "dead": 0}
+    oldest_age = data["queues"][0].pop("oldest_age")
+    assert data["queues"][0] == {
+        "queue": "critical", "ready": 1, "in_progress": 0, "delayed": 0, "dead": 0, "sent_1m": 1, "sent_1h": 1
+    }  # fmt: skip
+    assert 0 <= oldest_age < 5
+    assert data["queues"][1] == {
+        "queue": "default", "ready": 0, "in_progress": 0, "delayed": 0, "dead": 0, "oldest_age": None, "sent_1m": 0,
+        "sent_1h": 0,
+    }  # fmt: skip
     assert data["providers"] == [
         {
             "provider": "smtp",
@@ -152,7 +185,9 @@ def closed_port_url() -> str:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_status_with_redis_unreachable_names_the_url_and_the_error_and_counts_the_outbox(configure, smtp_server) -> None:
+def test_status_with_redis_unreachable_names_the_url_and_the_error_and_counts_the_outbox(
+    configure, smtp_server
+) -> None:
     url = closed_port_url()
     configure(providers={"smtp": smtp_server.mailer()}, BROKER_URL=url, ON_COMMIT=False)
     send_mail("kept", "b", None, ["a@example.com"])

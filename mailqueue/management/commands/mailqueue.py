@@ -23,9 +23,13 @@ from mailqueue.client import access_problem, exchange, redacted_url
 from mailqueue.conf import get_config
 from mailqueue.exceptions import BrokerAccessDenied, BrokerUnavailable, EnvelopeError
 from mailqueue.logwriter import LogWriter
-from mailqueue.monitoring import provider_health, queue_depths, queue_distribution, writer_lag
+from mailqueue.monitoring import overview, provider_health, queue_depths, queue_distribution, writer_lag
 
 DEPTH_COLUMNS = ("queue", "ready", "in_progress", "delayed", "dead")
+#: After the depth: how long the oldest waiting message has waited, and what the queue sent lately.
+FLOW_COLUMNS = ("oldest", "sent_1m", "sent_1h")
+#: The overview's figures behind FLOW_COLUMNS, as ``status --json`` names them.
+FLOW_FIELDS = ("oldest_age", "sent_1m", "sent_1h")
 HEALTH_COLUMNS = (
     "provider", "state", "failures", "probe_in", "sent_5m", "failed_5m", "sent_1h", "failed_1h", "quota_left"
 )  # fmt: skip
@@ -53,7 +57,7 @@ class Command(BaseCommand):
         sub = parser.add_subparsers(dest="action", required=True, parser_class=argparse.ArgumentParser)
         status = sub.add_parser(
             "status",
-            help="queue depth per queue, each provider's health and quota, each queue's strategy and providers' "
+            help="queue depth per queue with its oldest waiting message and throughput, each provider's health and quota, each queue's strategy and providers' "
             "shares, and mail waiting in the outbox",
         )
         status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -102,10 +106,11 @@ class Command(BaseCommand):
             reason = outbox.latest_reason() if waiting else None
         except DatabaseError as error:
             waiting, reason = f"unknown ({error})", None
+        database = isinstance(waiting, int)
         try:
             # One PING on this thread's connection first: it fails once, where the pool's client would retry.
             exchange((("PING",),), lambda wire: wire.read())
-            depths: list[dict[str, Any]] | None = [depth.as_dict() for depth in queue_depths()]
+            depths: list[dict[str, Any]] | None = _queues(with_outbox=database)
             health: list[dict[str, Any]] | None = [provider.as_dict() for provider in provider_health()]
             spread: list[dict[str, Any]] | None = [queue.as_dict() for queue in queue_distribution()]
             lag: dict[str, Any] | None = writer_lag().as_dict()
@@ -134,9 +139,7 @@ class Command(BaseCommand):
             )
         else:
             if depths is not None and health is not None and spread is not None:
-                self.stdout.write(
-                    _table([list(DEPTH_COLUMNS), *([_cell(row[column]) for column in DEPTH_COLUMNS] for row in depths)])
-                )
+                self.stdout.write(_table([[*DEPTH_COLUMNS, *FLOW_COLUMNS], *map(_queue_row, depths)]))
                 self.stdout.write("")
                 self.stdout.write(_table([list(HEALTH_COLUMNS), *map(_health_row, health)]))
                 self.stdout.write("")
@@ -320,6 +323,37 @@ def _lag_line(lag: dict[str, Any]) -> str:
         f"log: {unwritten} event(s) not yet written ({lag['pending']} pending, {_cell(lag['undelivered'])} not yet "
         f"read); oldest {oldest}; {lag['stream_length']} in the stream"
     )
+
+
+def _queues(*, with_outbox: bool) -> list[dict[str, Any]]:
+    """Each queue's depth and flow (FLOW_FIELDS) from the overview; without them when the overview cannot be read.
+
+    The overview also counts the outbox, in the database: when that cannot be read (already said on the outbox
+    line), the depths still show, the flow as "-".
+    """
+    if not with_outbox:
+        return [depth.as_dict() | dict.fromkeys(FLOW_FIELDS) for depth in queue_depths()]
+    return [{name: queue[name] for name in (*DEPTH_COLUMNS, *FLOW_FIELDS)} for queue in overview().as_dict()["queues"]]
+
+
+def _queue_row(row: dict[str, Any]) -> list[str]:
+    return [_cell(row[column]) for column in DEPTH_COLUMNS] + [
+        _age(row["oldest_age"]),
+        _cell(row["sent_1m"]),
+        _cell(row["sent_1h"]),
+    ]
+
+
+def _age(seconds: float | None) -> str:
+    """A wait as an operator reads it at a glance: "3.2s", "12m05s", "3h07m"; "-" when nothing waits."""
+    if seconds is None:
+        return "-"
+    if seconds < 100:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 7200:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 def _health_row(row: dict[str, Any]) -> list[str]:
