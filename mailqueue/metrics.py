@@ -41,7 +41,7 @@ def read_counters(config: MailQueueConfig) -> dict[str, float]:
     The fields are built from the configuration, so a queue or provider removed from it is no longer reported
     (its fields stay in Redis: put it back and its counters carry on from where they were).
     """
-    fields = list(dict.fromkeys(_counter_fields(config)))
+    fields = list(dict.fromkeys(counter_fields(config)))
     if not fields:
         return {}
     values = redis_client().hmget(counters.counters_key(config.namespace), fields)
@@ -52,7 +52,8 @@ def _providers(config: MailQueueConfig) -> list[str]:
     return list(dict.fromkeys(provider for _, provider in counters.pairs(config)))
 
 
-def _counter_fields(config: MailQueueConfig) -> Iterator[str]:
+def counter_fields(config: MailQueueConfig) -> Iterator[str]:
+    """Every field of the counters hash the configuration can have (a provider's repeat for each of its queues)."""
     for queue, provider in counters.pairs(config):
         for outcome in counters.OUTCOMES:
             yield counters.deliveries_field(queue, provider, outcome)

@@ -57,8 +57,8 @@ class Command(BaseCommand):
         sub = parser.add_subparsers(dest="action", required=True, parser_class=argparse.ArgumentParser)
         status = sub.add_parser(
             "status",
-            help="queue depth per queue with its oldest waiting message and throughput, each provider's health and quota, each queue's strategy and providers' "
-            "shares, and mail waiting in the outbox",
+            help="each queue's depth, oldest waiting message and throughput, each provider's health and quota, "
+            "each queue's strategy and providers' shares, and mail waiting in the outbox",
         )
         status.add_argument("--json", action="store_true", help="machine-readable output")
         dead = sub.add_parser("dead", help="list dead-lettered messages with their reason")
