@@ -5,18 +5,22 @@ peers, PostgreSQL databases of its own (SQLite when no PostgreSQL answers); crea
 environments on first use; measures every system in subprocesses; prints Markdown tables of figures and ratios.
 ``python -m bench.batch_paths`` is a separate, quicker measurement: the batch enqueue by script and by MULTI/EXEC.
 ``--only-log`` runs only the drain with the message log written beside the drain with it off (bench.logged_drain).
+``--only-monitor`` runs only the operator's-view row: the dashboard JSON and a scrape with 1,000,000 messages
+waiting (bench.monitor_cost, in a process of its own: it has its own 10-queue settings).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import logged_drain, report
+from . import logged_drain, monitor_cost, report
 from .harness import (
     BenchError,
     IdleSizes,
@@ -188,6 +192,17 @@ def measure_idle(services: Services, sizes: Sizes, results: dict[str, Any]) -> N
     attempt(results, "idle", lambda: idle_latency(services, MAILQUEUE, DJANGO_SMTP, idle))
 
 
+def measure_monitor(services: Services, messages: int) -> list[str]:
+    """The operator's-view row (bench.monitor_cost) against the run's Redis, as Markdown lines."""
+    progress(f"monitor: dashboard JSON and a scrape with {messages:,} messages waiting (filling takes a while)")
+    command = [sys.executable, "-m", "bench.monitor_cost", "--json", "--redis-url", services.redis_url]
+    done = subprocess.run([*command, "--messages", str(messages)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return [f"Operator's view: not measured: {(done.stderr.strip().splitlines() or ['no output'])[-1]}"]
+    cost = monitor_cost.MonitorCost(**json.loads(done.stdout))
+    return ["", cost.caption(), "", *monitor_cost.HEADER, *cost.rows()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, no peers: only checks the harness works")
@@ -218,6 +233,13 @@ def main() -> None:
     parser.add_argument("--only-log", action="store_true", help="measure only the message-log drain row")
     parser.add_argument("--log-rounds", type=int, help="(off, on) drain pairs in the log row (default 2; smoke: 1)")
     parser.add_argument("--log-batch", type=int, metavar="N", help="the log writer's --batch (default: LOG BATCH_SIZE)")
+    parser.add_argument(
+        "--monitor",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the operator's-view row: dashboard JSON and a scrape, 1,000,000 waiting (default: on, not in --smoke)",
+    )
+    parser.add_argument("--only-monitor", action="store_true", help="measure only the operator's-view row")
     args = parser.parse_args()
 
     base = SMOKE if args.smoke else FULL
@@ -232,9 +254,10 @@ def main() -> None:
         log=max(int(base.log * args.scale), 10),
         log_rounds=base.log_rounds if args.log_rounds is None else args.log_rounds,
     )
-    partial = args.only_idle or args.only_log
+    partial = args.only_idle or args.only_log or args.only_monitor
+    with_monitor = args.only_monitor or (not partial and (not args.smoke if args.monitor is None else args.monitor))
     with_peers = (not args.smoke if args.peers is None else args.peers) and not partial
-    with_log = (args.log or args.only_log) and not args.only_idle and sizes.log_rounds > 0
+    with_log = (args.log or args.only_log) and not (args.only_idle or args.only_monitor) and sizes.log_rounds > 0
     if args.processes is None:
         args.processes = [1] if args.smoke else [1, 2]
     ENVS_DIR.mkdir(exist_ok=True)
@@ -267,7 +290,7 @@ def main() -> None:
     if partial:
         systems = []
     with Services.run(redis_url=args.redis_url, postgres_url=postgres, log=log, grace=grace) as services:
-        if (args.idle and not args.only_log) or args.only_idle:
+        if (args.idle and not (args.only_log or args.only_monitor)) or args.only_idle:
             measure_idle(services, sizes, results)
         for system in systems:
             if system.uses_database:
@@ -289,9 +312,13 @@ def main() -> None:
             measure_floors(services, sizes, results)
         if sizes.soak and MAILQUEUE in systems:
             measure_soak(services, sizes, args, results)
+        monitor = measure_monitor(services, 2_000 if args.smoke else 1_000_000) if with_monitor else []
         database_kind = services.database_kind
     elapsed = time.monotonic() - started
-    for line in report.render(results, sizes=sizes, args=args, database=database_kind, elapsed=elapsed):
+    if not args.only_monitor:
+        for line in report.render(results, sizes=sizes, args=args, database=database_kind, elapsed=elapsed):
+            print(line)  # noqa: T201
+    for line in monitor:
         print(line)  # noqa: T201
     sys.stdout.flush()
 

@@ -23,9 +23,12 @@ from urllib.parse import urlsplit
 import pytest
 from django.core.mail import send_mass_mail
 from django.urls import path
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mailqueue import counters
+from mailqueue import counters, metrics
 from mailqueue.client import redis_client
 from mailqueue.conf import get_config
 from mailqueue.metrics import metrics_view
@@ -204,6 +207,45 @@ def bulk(count: int, start: int = 0) -> None:
 
 def _pool_of(queue: str) -> str:
     return next((pool.name for pool in get_config().pools.values() if queue in pool.queues), "")
+
+
+@pytest.mark.django_db
+def test_the_fast_encoder_writes_what_prometheus_client_writes(configure, smtp_server, backup_smtp) -> None:
+    """Byte for byte, in both formats the view writes itself, on a registry with every kind of family and sample."""
+    configure(
+        providers={"smtp": smtp_server.mailer(), "backup": backup_smtp.mailer()},
+        queues={name: {"providers": ["smtp", "backup"]} for name in QUEUES},
+        PROVIDERS={"backup": {"quota": "50/d", "failure_threshold": 1}},
+    )
+    namespace = get_config().namespace
+    # Counts are integers (HINCRBY), sums are not (HINCRBYFLOAT).
+    values = {
+        field: n + 0.25 if field.partition("|")[0].endswith("_sum") else n
+        for n, field in enumerate(metrics.counter_fields(get_config()))
+    }
+    redis_client().hset(counters.counters_key(namespace), mapping=values)
+    bulk(2)
+    config = get_config()
+    provider, queue = config.provider("backup"), config.queues["default"]
+    settle(admit("f0", provider, queue, config), "f0", provider, "failed", config)
+    odd = GaugeMetricFamily("mailqueue_odd", 'doc with "quotes", a \\ and a\nnewline', labels=["queue"])
+    odd.add_metric(['a "quoted" \\ value\nover two lines'], 1e-9)
+    odd.add_metric(["big"], 123456789.0)
+    families = [*metrics.registry().collect(), odd]
+    assert any(family.unit for family in families) and any(family.type == "counter" for family in families)
+    by_us = {
+        format: metrics.encode(families, openmetrics=format == "openmetrics") for format in ("text", "openmetrics")
+    }
+
+    class Fixed:
+        def collect(self) -> list[Any]:
+            return families
+
+    fixed = CollectorRegistry()
+    fixed.register(Fixed())
+    assert by_us["text"] == generate_latest(fixed)
+    assert by_us["openmetrics"] == openmetrics_latest(fixed)
+    assert b'mailqueue_circuit_open{provider="backup"} 1.0' in by_us["text"]
 
 
 # -- who may scrape ------------------------------------------------------------------------------------------------
