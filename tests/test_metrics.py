@@ -316,11 +316,16 @@ def test_redis_down_answers_503_without_a_traceback(configure, smtp_server, clie
 
 
 class TurnCountingProxy:
-    """A TCP proxy in front of Redis that counts round trips: each time a client speaks after Redis answered.
+    """A TCP proxy in front of Redis that counts round trips: the client's requests, each burst counted once.
 
-    A pipeline is one turn however many commands it carries; each connection's first turn counts too. It sees
-    the bytes on the wire, so it counts every path the code may take to Redis (pooled client or thread wire).
+    A client sends one burst and waits for the answer; a pipeline may leave in several writes, and Redis may
+    start answering before the last arrives, so the proxy holds what the client sends until it has been quiet
+    for a few milliseconds, then forwards it as one request: one round trip. It sees the bytes on the wire, so
+    it counts every path the code may take to Redis (the pooled client or a thread's own connection).
     """
+
+    #: A client that sends nothing more for this long is waiting for the answer.
+    QUIET = 0.005
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -346,25 +351,26 @@ class TurnCountingProxy:
             threading.Thread(target=self._pump, args=(downstream, upstream), daemon=True).start()
 
     def _pump(self, downstream: socket.socket, upstream: socket.socket) -> None:
-        answered = True  # a new connection's first request is a turn
         with downstream, upstream:
-            while True:
+            while not self.closing:
                 readable, _, _ = select.select([downstream, upstream], [], [], 0.5)
-                if self.closing:
-                    return
-                for side in readable:
-                    data = side.recv(65536)
-                    if not data:
+                if upstream in readable:
+                    answer = upstream.recv(65536)
+                    if not answer:
                         return
-                    if side is downstream:
-                        if answered:
-                            with self.lock:
-                                self.turns += 1
-                        answered = False
-                        upstream.sendall(data)
-                    else:
-                        answered = True
-                        downstream.sendall(data)
+                    downstream.sendall(answer)
+                if downstream in readable:
+                    request = downstream.recv(65536)
+                    if not request:
+                        return
+                    while select.select([downstream], [], [], self.QUIET)[0]:
+                        more = downstream.recv(65536)
+                        if not more:
+                            return
+                        request += more
+                    with self.lock:
+                        self.turns += 1
+                    upstream.sendall(request)
 
     def close(self) -> None:
         self.closing = True
