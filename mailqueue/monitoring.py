@@ -95,32 +95,81 @@ def provider_health() -> list[ProviderHealth]:
     config = get_config()
     aliases = provider_aliases()
     now = time.time()
-    minute = int(now // 60)
     with redis_client().pipeline(transaction=False) as pipe:
         for alias in aliases:
-            _ask_health(pipe, ProviderKeys.of(config.namespace, alias), minute, ())
-        replies = iter(pipe.execute())
-    return [_health(config, alias, replies, now, ())[0] for alias in aliases]
+            _ask_health(pipe, ProviderKeys.of(config.namespace, alias))
+        _ask_stats(pipe, config, {alias: [] for alias in aliases}, now)
+        replies = pipe.execute()
+    states, stats = replies[:-1], iter(replies[-1])
+    return [
+        _health(config, alias, states[2 * index], states[2 * index + 1], stats, now, ())[0]
+        for index, alias in enumerate(aliases)
+    ]
 
 
-def _ask_health(pipe: Any, keys: ProviderKeys, minute: int, queues: Sequence[str]) -> None:
-    """Queue the commands ``_health`` reads: circuit, quota, and an hour of per-minute counters (with ``queues``'
-    share of the sends)."""
+#: KEYS: per provider, its per-minute counter hashes, newest first. ARGV: how many minutes each has (STATS_MINUTES),
+#: the number of providers, then per provider: how many queues it serves, then their fields (``queue_sent_field``).
+#: Returns per provider: sent and failed in the last 5 minutes, in the last hour, then per queue: its sends this
+#: minute, in the minute before, and in the hour. Summed here, not in the client: an hour of minutes for every
+#: provider is hundreds of replies to parse at each refresh, and a scrape must stay cheap.
+STATS_SCRIPT = """
+local totals, key, arg, minutes = {}, 1, 3, tonumber(ARGV[1])
+for _ = 1, tonumber(ARGV[2]) do
+  local queues = tonumber(ARGV[arg])
+  local fields = {"sent", "failed"}
+  for q = 1, queues do fields[2 + q] = ARGV[arg + q] end
+  arg = arg + queues + 1
+  local sums = {0, 0, 0, 0}
+  for q = 1, queues do sums[4 + 3 * q - 2], sums[4 + 3 * q - 1], sums[4 + 3 * q] = 0, 0, 0 end
+  for back = 0, minutes - 1 do
+    local counts = redis.call("hmget", KEYS[key + back], unpack(fields))
+    local sent, failed = tonumber(counts[1]) or 0, tonumber(counts[2]) or 0
+    if back < 5 then sums[1], sums[2] = sums[1] + sent, sums[2] + failed end
+    sums[3], sums[4] = sums[3] + sent, sums[4] + failed
+    for q = 1, queues do
+      local count = tonumber(counts[2 + q]) or 0
+      if back < 2 then sums[4 + 3 * q - 2 + back] = sums[4 + 3 * q - 2 + back] + count end
+      sums[4 + 3 * q] = sums[4 + 3 * q] + count
+    end
+  end
+  key = key + minutes
+  for _, each in ipairs(sums) do totals[#totals + 1] = each end
+end
+return totals
+"""
+
+
+def _ask_health(pipe: Any, keys: ProviderKeys) -> None:
+    """Queue the commands ``_health`` reads besides the counters: the circuit and the quota."""
     pipe.hmget(keys.circuit, "state", "failures", "reopen_at")
     pipe.hmget(keys.quota, "window", "used")
-    fields = ["sent", "failed", *(queue_sent_field(name) for name in queues)]
-    for back in range(STATS_MINUTES):
-        pipe.hmget(keys.stats(minute - back), fields)
+
+
+def _ask_stats(pipe: Any, config: MailQueueConfig, served: dict[str, list[str]], now: float) -> None:
+    """Queue one call summing every provider's last hour of per-minute counters (and ``served`` queues' share)."""
+    minute = int(now // 60)
+    keys: list[str] = []
+    args: list[Any] = [STATS_MINUTES, len(served)]
+    for alias, queues in served.items():
+        provider_keys = ProviderKeys.of(config.namespace, alias)
+        keys += (provider_keys.stats(minute - back) for back in range(STATS_MINUTES))
+        args += (len(queues), *(queue_sent_field(name) for name in queues))
+    pipe.eval(STATS_SCRIPT, len(keys), *keys, *args)
 
 
 def _health(
-    config: MailQueueConfig, alias: str, replies: Iterator[Any], now: float, queues: Sequence[str]
+    config: MailQueueConfig,
+    alias: str,
+    circuit: list[bytes | None],
+    quota_state: list[bytes | None],
+    stats: Iterator[int],
+    now: float,
+    queues: Sequence[str],
 ) -> tuple[ProviderHealth, dict[str, tuple[int, int]]]:
-    """A provider's health from the replies ``_ask_health`` queued, and what it sent for each of ``queues`` in the
-    last minute and the last hour."""
-    state, failures, reopen_at = next(replies)
-    quota_state = next(replies)
-    minutes = [[int(count or 0) for count in next(replies)] for _ in range(STATS_MINUTES)]
+    """A provider's health from its circuit, quota and the STATS_SCRIPT totals (consumed from ``stats``), and what
+    it sent for each of ``queues`` in the last 60 seconds and the last hour."""
+    state, failures, reopen_at = circuit
+    sent_5m, failed_5m, sent_1h, failed_1h = (int(next(stats)) for _ in range(4))
     state_name = state.decode() if state else "closed"
     probe_in = max(float(reopen_at) / 1000 - now, 0.0) if state_name == "open" and reopen_at else None
     health = ProviderHealth(
@@ -128,22 +177,19 @@ def _health(
         state=state_name,
         failures=int(failures or 0),
         probe_in=probe_in,
-        sent_5m=sum(counts[0] for counts in minutes[:5]),
-        failed_5m=sum(counts[1] for counts in minutes[:5]),
-        sent_1h=sum(counts[0] for counts in minutes),
-        failed_1h=sum(counts[1] for counts in minutes),
+        sent_5m=sent_5m,
+        failed_5m=failed_5m,
+        sent_1h=sent_1h,
+        failed_1h=failed_1h,
         **_quota(config.provider(alias).quota, quota_state, now),
     )
     # The last 60 seconds: this minute so far, and the part of the one before that is still within 60 s
     # (its sends taken as spread evenly over it).
     before = 1 - (now % 60) / 60
-    per_queue = {
-        name: (
-            round(minutes[0][2 + index] + minutes[1][2 + index] * before),
-            sum(counts[2 + index] for counts in minutes),
-        )
-        for index, name in enumerate(queues)
-    }
+    per_queue = {}
+    for name in queues:
+        this_minute, minute_before, hour = (int(next(stats)) for _ in range(3))
+        per_queue[name] = (round(this_minute + minute_before * before), hour)
     return health, per_queue
 
 
@@ -443,7 +489,6 @@ def overview() -> Overview:
         for alias in queue.providers:
             served[alias].append(queue.name)
     now = time.time()
-    minute = int(now // 60)
     counters = counters_key(config.namespace)
     with redis_client().pipeline(transaction=False) as pipe:
         pipe.time()
@@ -454,9 +499,10 @@ def overview() -> Overview:
             keys = QueueKeys.of(config.namespace, name)
             oldest_keys += (keys.ready, keys.messages)
         pipe.eval(OLDEST_SCRIPT, len(oldest_keys), *oldest_keys)
+        _ask_stats(pipe, config, served, now)
         for alias in aliases:
             provider_keys = ProviderKeys.of(config.namespace, alias)
-            _ask_health(pipe, provider_keys, minute, served[alias])
+            _ask_health(pipe, provider_keys)
             pipe.zcount(provider_keys.in_flight, "(" + str(int(now * 1000)), "+inf")
             for limit in config.provider(alias).rate_limits:
                 pipe.get(provider_keys.rate(limit.count, limit.period, limit.burst))
@@ -466,10 +512,12 @@ def overview() -> Overview:
     redis_now = int(seconds) + int(micros) / 1_000_000
     depths = {name: _depth(name, replies) for name in config.queues}
     stamps = dict(zip(config.queues, next(replies), strict=True))
+    stats = iter(next(replies))
     providers: dict[str, ProviderView] = {}
     sent: dict[tuple[str, str], tuple[int, int]] = {}
     for alias in aliases:
-        health, per_queue = _health(config, alias, replies, now, served[alias])
+        circuit, quota_state = next(replies), next(replies)
+        health, per_queue = _health(config, alias, circuit, quota_state, stats, now, served[alias])
         for name, counts in per_queue.items():
             sent[(name, alias)] = counts
         provider = config.provider(alias)
