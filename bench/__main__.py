@@ -5,6 +5,7 @@ peers, PostgreSQL databases of its own (SQLite when no PostgreSQL answers); crea
 environments on first use; measures every system in subprocesses; prints Markdown tables of figures and ratios.
 ``python -m bench.batch_paths`` is a separate, quicker measurement: the batch enqueue by script and by MULTI/EXEC.
 ``--only-log`` runs only the drain with the message log written beside the drain with it off (bench.logged_drain).
+``--only-counters`` runs only the drain with the cluster counters kept beside the drain without (bench.counted_drain).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import logged_drain, report
+from . import counted_drain, logged_drain, report
 from .harness import (
     BenchError,
     IdleSizes,
@@ -148,6 +149,17 @@ def measure_log(services: Services, sizes: Sizes, args: argparse.Namespace, resu
     )
 
 
+def measure_counters(services: Services, sizes: Sizes, args: argparse.Namespace) -> Any:
+    progress(f"mailqueue: drain {sizes.log} small messages, 1 process, cluster counters off / on, alternating")
+    try:
+        return counted_drain.measure(
+            services, MAILQUEUE, count=sizes.log, threads=args.threads, rounds=sizes.log_rounds
+        )
+    except BenchError as error:
+        progress(f"  counters: {error}")
+        return str(error)
+
+
 def measure_floors(services: Services, sizes: Sizes, results: dict[str, Any]) -> None:
     floors = results.setdefault("floors", {})
     if services.private_redis:
@@ -218,6 +230,13 @@ def main() -> None:
     parser.add_argument("--only-log", action="store_true", help="measure only the message-log drain row")
     parser.add_argument("--log-rounds", type=int, help="(off, on) drain pairs in the log row (default 2; smoke: 1)")
     parser.add_argument("--log-batch", type=int, metavar="N", help="the log writer's --batch (default: LOG BATCH_SIZE)")
+    parser.add_argument(
+        "--counters",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the drain with the cluster counters kept vs off, as many messages and pairs as the log row (default: on)",
+    )
+    parser.add_argument("--only-counters", action="store_true", help="measure only the cluster-counters drain row")
     args = parser.parse_args()
 
     base = SMOKE if args.smoke else FULL
@@ -232,9 +251,11 @@ def main() -> None:
         log=max(int(base.log * args.scale), 10),
         log_rounds=base.log_rounds if args.log_rounds is None else args.log_rounds,
     )
-    partial = args.only_idle or args.only_log
+    partial = args.only_idle or args.only_log or args.only_counters
     with_peers = (not args.smoke if args.peers is None else args.peers) and not partial
-    with_log = (args.log or args.only_log) and not args.only_idle and sizes.log_rounds > 0
+    with_log = (args.log or args.only_log) and not (args.only_idle or args.only_counters) and sizes.log_rounds > 0
+    with_counters = (args.counters or args.only_counters) and not (args.only_idle or args.only_log)
+    with_counters = with_counters and sizes.log_rounds > 0
     if args.processes is None:
         args.processes = [1] if args.smoke else [1, 2]
     ENVS_DIR.mkdir(exist_ok=True)
@@ -259,7 +280,7 @@ def main() -> None:
     if args.only:
         systems = [system for system in systems if system.name in args.only or system is LOCMEM]
     if args.only and "mailqueue" not in args.only:
-        with_log = False
+        with_log = with_counters = False
     # The peers' queues and the message log live in PostgreSQL when it answers.
     postgres = args.postgres_url if (with_peers or with_log) and postgres_available(args.postgres_url) else None
     results: dict[str, Any] = {name: {"failed": report.Failed(reason)} for name, reason in unavailable.items()}
@@ -267,7 +288,7 @@ def main() -> None:
     if partial:
         systems = []
     with Services.run(redis_url=args.redis_url, postgres_url=postgres, log=log, grace=grace) as services:
-        if (args.idle and not args.only_log) or args.only_idle:
+        if (args.idle and not (args.only_log or args.only_counters)) or args.only_idle:
             measure_idle(services, sizes, results)
         for system in systems:
             if system.uses_database:
@@ -285,6 +306,7 @@ def main() -> None:
             measure_esp(services, sizes, args, results)
         if with_log:
             measure_log(services, sizes, args, results)
+        counted = measure_counters(services, sizes, args) if with_counters else None
         if not partial:
             measure_floors(services, sizes, results)
         if sizes.soak and MAILQUEUE in systems:
@@ -292,6 +314,8 @@ def main() -> None:
         database_kind = services.database_kind
     elapsed = time.monotonic() - started
     for line in report.render(results, sizes=sizes, args=args, database=database_kind, elapsed=elapsed):
+        print(line)  # noqa: T201
+    for line in counted_drain.render(counted):
         print(line)  # noqa: T201
     sys.stdout.flush()
 
