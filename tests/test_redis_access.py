@@ -42,7 +42,7 @@ WEB_RULE = (
 )
 WORKER_RULE = (
     "+ping +evalsha +script|load +multi +exec +time +get +set +del +expire +pttl +keys "
-    "+hget +hmget +hset +hdel +hexists +hlen +hincrby +rpush +lpush +lpop +sadd +srem +scard +smembers "
+    "+hget +hmget +hset +hdel +hexists +hlen +hincrby +hincrbyfloat +rpush +lpush +lpop +sadd +srem +scard +smembers "
     "+zadd +zrem +zcard +zscore +zrangebyscore +zremrangebyscore +subscribe +xadd +exists ~<ns> ~<ns>:* &<ns>:wake:*"
 )
 
