@@ -92,20 +92,22 @@ def test_a_worker_counts_each_delivery_its_send_time_and_its_latency(
     assert set(found) == expected
 
 
-def test_a_failing_provider_counts_failures_and_their_send_time(
+def test_a_failing_provider_counts_failures_refusals_and_their_send_time(
     configure, smtp_server, run_worker, redis_client, namespace
 ) -> None:
     configure(providers={"smtp": smtp_server.mailer()}, queues=ONE_QUEUE, PROVIDERS={"smtp": {"attempts": 1}})
-    smtp_server.handler.replies.append("451 4.3.0 try again later")
-    send_mail("first", "b", None, ["a@example.com"])
-    send_mail("second", "b", None, ["b@example.com"])
+    # The first two messages' DATA is answered with a transient failure, then a refusal; the third is taken.
+    smtp_server.handler.replies.extend(["451 4.3.0 try again later", "550 5.7.1 refused by policy"])
+    for i in range(3):
+        send_mail(f"m{i}", "b", None, [f"r{i}@example.com"])
     with run_worker(threads=1) as worker:
         worker.drain()
     found = counters(redis_client, namespace)
     assert found[deliveries_field("default", "smtp", "failed")] == 1
+    assert found[deliveries_field("default", "smtp", "rejected")] == 1
     assert found[deliveries_field("default", "smtp", "sent")] == 1
-    # Both were handed to the server, so both sends were timed; only the delivery has a latency.
-    assert sum(send_counts(found, "smtp").values()) == 2
+    # All three were handed to the server, so each send was timed; only the delivery has a latency.
+    assert sum(send_counts(found, "smtp").values()) == 3
     assert sum(latency_counts(found, "default", "smtp").values()) == 1
 
 
