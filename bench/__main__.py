@@ -7,6 +7,7 @@ environments on first use; measures every system in subprocesses; prints Markdow
 ``--only-log`` runs only the drain with the message log written beside the drain with it off (bench.logged_drain).
 ``--only-monitor`` runs only the operator's-view row: the dashboard JSON and a scrape with 1,000,000 messages
 waiting (bench.monitor_cost, in a process of its own: it has its own 10-queue settings).
+``--only-counters`` runs only the drain with the cluster counters kept beside the drain without (bench.counted_drain).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import logged_drain, monitor_cost, report
+from . import counted_drain, logged_drain, monitor_cost, report
 from .harness import (
     BenchError,
     IdleSizes,
@@ -152,6 +153,17 @@ def measure_log(services: Services, sizes: Sizes, args: argparse.Namespace, resu
     )
 
 
+def measure_counters(services: Services, sizes: Sizes, args: argparse.Namespace) -> Any:
+    progress(f"mailqueue: drain {sizes.log} small messages, 1 process, cluster counters off / on, alternating")
+    try:
+        return counted_drain.measure(
+            services, MAILQUEUE, count=sizes.log, threads=args.threads, rounds=sizes.log_rounds
+        )
+    except BenchError as error:
+        progress(f"  counters: {error}")
+        return str(error)
+
+
 def measure_floors(services: Services, sizes: Sizes, results: dict[str, Any]) -> None:
     floors = results.setdefault("floors", {})
     if services.private_redis:
@@ -240,6 +252,13 @@ def main() -> None:
         help="the operator's-view row: dashboard JSON and a scrape, 1,000,000 waiting (default: on, not in --smoke)",
     )
     parser.add_argument("--only-monitor", action="store_true", help="measure only the operator's-view row")
+    parser.add_argument(
+        "--counters",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the drain with the cluster counters kept vs off, as many messages and pairs as the log row (default: on)",
+    )
+    parser.add_argument("--only-counters", action="store_true", help="measure only the cluster-counters drain row")
     args = parser.parse_args()
 
     base = SMOKE if args.smoke else FULL
@@ -254,10 +273,16 @@ def main() -> None:
         log=max(int(base.log * args.scale), 10),
         log_rounds=base.log_rounds if args.log_rounds is None else args.log_rounds,
     )
-    partial = args.only_idle or args.only_log or args.only_monitor
+    partial = args.only_idle or args.only_log or args.only_monitor or args.only_counters
     with_monitor = args.only_monitor or (not partial and (not args.smoke if args.monitor is None else args.monitor))
     with_peers = (not args.smoke if args.peers is None else args.peers) and not partial
-    with_log = (args.log or args.only_log) and not (args.only_idle or args.only_monitor) and sizes.log_rounds > 0
+    with_log = (
+        (args.log or args.only_log)
+        and not (args.only_idle or args.only_monitor or args.only_counters)
+        and sizes.log_rounds > 0
+    )
+    with_counters = (args.counters or args.only_counters) and not (args.only_idle or args.only_log or args.only_monitor)
+    with_counters = with_counters and sizes.log_rounds > 0
     if args.processes is None:
         args.processes = [1] if args.smoke else [1, 2]
     ENVS_DIR.mkdir(exist_ok=True)
@@ -282,7 +307,7 @@ def main() -> None:
     if args.only:
         systems = [system for system in systems if system.name in args.only or system is LOCMEM]
     if args.only and "mailqueue" not in args.only:
-        with_log = False
+        with_log = with_counters = False
     # The peers' queues and the message log live in PostgreSQL when it answers.
     postgres = args.postgres_url if (with_peers or with_log) and postgres_available(args.postgres_url) else None
     results: dict[str, Any] = {name: {"failed": report.Failed(reason)} for name, reason in unavailable.items()}
@@ -290,7 +315,7 @@ def main() -> None:
     if partial:
         systems = []
     with Services.run(redis_url=args.redis_url, postgres_url=postgres, log=log, grace=grace) as services:
-        if (args.idle and not (args.only_log or args.only_monitor)) or args.only_idle:
+        if (args.idle and not (args.only_log or args.only_monitor or args.only_counters)) or args.only_idle:
             measure_idle(services, sizes, results)
         for system in systems:
             if system.uses_database:
@@ -308,6 +333,7 @@ def main() -> None:
             measure_esp(services, sizes, args, results)
         if with_log:
             measure_log(services, sizes, args, results)
+        counted = measure_counters(services, sizes, args) if with_counters else None
         if not partial:
             measure_floors(services, sizes, results)
         if sizes.soak and MAILQUEUE in systems:
@@ -319,6 +345,8 @@ def main() -> None:
         for line in report.render(results, sizes=sizes, args=args, database=database_kind, elapsed=elapsed):
             print(line)  # noqa: T201
     for line in monitor:
+        print(line)  # noqa: T201
+    for line in counted_drain.render(counted):
         print(line)  # noqa: T201
     sys.stdout.flush()
 

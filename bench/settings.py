@@ -23,6 +23,8 @@ DATABASE = os.environ.get("BENCH_DATABASE", ":memory:")
 WORK_DIR = os.environ.get("BENCH_WORK_DIR") or tempfile.gettempdir()
 #: mailqueue's message log: "on" or "off" sets LOG["ENABLED"]; unset leaves mailqueue's default (on, as a user gets).
 LOG = os.environ.get("BENCH_LOG", "")
+#: mailqueue's cluster counters: "on" or "off" sets MONITOR["COUNTERS"]; unset leaves mailqueue's default (on).
+COUNTERS = os.environ.get("BENCH_COUNTERS", "")
 
 
 def _database(url: str) -> dict[str, object]:
@@ -87,6 +89,8 @@ if SYSTEM == "mailqueue":
     }
     if LOG:
         MAILQUEUE["LOG"] = {"ENABLED": LOG == "on"}
+    if COUNTERS:
+        MAILQUEUE["MONITOR"] = {"COUNTERS": COUNTERS == "on"}
 elif SYSTEM == "django-smtp":
     MAILERS = {"default": PROVIDER_MAILER}
 elif SYSTEM == "locmem":

@@ -13,6 +13,8 @@ still share one limit):
 * ``settle`` (after the send): record the delivery, the provider's health
   (closing or opening its circuit) and its per-minute counters.
 
+Both also keep the cluster's counters and histograms (``mailqueue.counters``:
+deliveries, send and latency seconds, rate-limit waits) in the same calls.
 Two round trips per delivered message, whatever is configured.
 """
 
@@ -32,6 +34,18 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 
 from mailqueue.client import LuaScript, redis_client
 from mailqueue.conf import MailQueueConfig, ProviderConfig, QueueConfig
+from mailqueue.counters import (
+    LATENCY_BUCKETS,
+    SEND_BUCKETS,
+    bucket_of,
+    counters_key,
+    deliveries_field,
+    latency_bucket_field,
+    latency_sum_field,
+    rate_limit_waits_field,
+    send_bucket_field,
+    send_sum_field,
+)
 from mailqueue.envelope import random_id
 from mailqueue.keys import (
     STATS_TTL,
@@ -44,14 +58,15 @@ from mailqueue.keys import (
     sending_key,
 )
 
-#: KEYS: delivered, sending claim, Dramatiq's heartbeats, the keepalive marks, then per candidate provider:
-#: its circuit, in-flight set, quota hash and one bucket per rate limit.
+#: KEYS: delivered, sending claim, Dramatiq's heartbeats, the keepalive marks, the cluster counters' hash,
+#: then per candidate provider: its circuit, in-flight set, quota hash and one bucket per rate limit.
 #: ARGV: lease token, in-flight lease ms, longest wait for a token in ms, claim token, the worker's clock
 #: in ms, the heartbeat timeout in ms, a claim of this worker's that sent nothing ("" if none), the
 #: strategy ("failover", "weighted", "spill-over"), the draw (a number in [0, 1), "weighted"), the latency
-#: budget left in ms ("spill-over"), the number of candidates, then per candidate: weight, alias, probe
-#: lease ms, max concurrency (0: none), quota count (0: none), quota period ms, number of rate limits,
-#: then (interval ms, burst) per rate limit.
+#: budget left in ms ("spill-over"), the number of candidates, "1" to count rate-limit waits ("" not to:
+#: MONITOR["COUNTERS"] off), then per candidate: weight, alias, its rate-limit waits' field in the counters'
+#: hash, probe lease ms, max concurrency (0: none), quota count (0: none), quota period ms, number of rate
+#: limits, then (interval ms, burst) per rate limit.
 #: A claim held by a worker whose heartbeat is older than the timeout (or gone) is a dead worker's: it is
 #: taken over, as is the claim that sent nothing; except after a gap in every worker's keepalive (Redis
 #: was away, see RECOVER in workers/dramatiq_redis.py), when a stale heartbeat says nothing: until the
@@ -62,6 +77,10 @@ from mailqueue.keys import (
 #: left is 0), and either waits for it; "spill-over" takes the first that has a token within the budget
 #: (or asks again later for one that will, beyond the longest wait), and when none will, the one whose
 #: token comes soonest.
+#: Every "go" puts the send in the provider's in-flight set (lease token -> lease expiry), whether or not it
+#: has a max concurrency, so the dashboard can show the concurrency in use for all; expired leases (a worker
+#: that died mid-send) are pruned first. A "go" that must wait for its token, and a "later", count one
+#: rate-limit wait for the provider.
 #: Returns {outcome, number, text, provider, skipped, reopens}: {"delivered", 0, provider, "", "", 0},
 #: {"claimed", retry ms, "", "", "", 0}, {"open", retry ms, "", "", skipped, reopens}, {"busy", 0, "",
 #: provider, skipped, reopens}, {"later", wait ms, "", provider, skipped, reopens}, or {"go", wait in µs,
@@ -92,20 +111,32 @@ if holder and holder ~= ARGV[4] and holder ~= ARGV[7] then
 end
 
 local strategy, max_wait, budget = ARGV[8], tonumber(ARGV[3]), tonumber(ARGV[10])
+local counting = ARGV[12] ~= ""
 local candidates = {}
-local a, k = 12, 5
+local a, k = 13, 6
 for c = 1, tonumber(ARGV[11]) do
-  local limits = tonumber(ARGV[a + 6])
-  candidates[c] = {weight = tonumber(ARGV[a]), alias = ARGV[a + 1], cooldown = tonumber(ARGV[a + 2]),
-    concurrency = tonumber(ARGV[a + 3]), quota = tonumber(ARGV[a + 4]), period = tonumber(ARGV[a + 5]),
-    limits = limits, arg = a + 7, key = k}
-  a = a + 7 + 2 * limits
+  local limits = tonumber(ARGV[a + 7])
+  candidates[c] = {weight = tonumber(ARGV[a]), alias = ARGV[a + 1], waits = ARGV[a + 2],
+    cooldown = tonumber(ARGV[a + 3]), concurrency = tonumber(ARGV[a + 4]), quota = tonumber(ARGV[a + 5]),
+    period = tonumber(ARGV[a + 6]), limits = limits, arg = a + 8, key = k}
+  a = a + 8 + 2 * limits
   k = k + 3 + limits
 end
 
 local skipped, soonest = {}, nil
 local function answer(outcome, number, text, provider)
   return {outcome, number, text, provider, table.concat(skipped, ","), math.ceil(soonest or 0)}
+end
+
+-- The send waits for a rate-limit token (sleeping on it, or asking again later): counted in this same call.
+local function waited(c)
+  if counting then redis.call("hincrby", KEYS[5], c.waits, 1) end
+end
+
+-- Too long to sleep on: nothing is reserved, ask again later.
+local function later(c, wait)
+  waited(c)
+  return answer("later", math.ceil(wait), "", c.alias)
 end
 
 -- May the candidate be sent to at all: its circuit closed or a probe due, its quota not spent?
@@ -171,18 +202,21 @@ local function take(c)
     redis.call("expire", KEYS[c.key + 2], math.ceil(2 * c.period / 1000))
   end
   redis.call("set", KEYS[2], ARGV[4], "px", ARGV[2])
-  if c.concurrency > 0 then redis.call("zadd", KEYS[c.key + 1], now + tonumber(ARGV[2]), ARGV[1]) end
+  -- capacity() pruned the set already when it had a limit to check.
+  if c.concurrency == 0 then redis.call("zremrangebyscore", KEYS[c.key + 1], "-inf", now) end
+  redis.call("zadd", KEYS[c.key + 1], now + tonumber(ARGV[2]), ARGV[1])
+  if c.wait > 0 then waited(c) end
   if c.role == "probe" then
     redis.call("hset", KEYS[c.key], "state", "half-open", "probe_until", tostring(now + c.cooldown))
   end
   return answer("go", math.floor(c.wait * 1000), c.role, c.alias)
 end
 
--- The one provider chosen waits for its token; too long to sleep on: nothing is reserved, ask again later.
+-- The one provider chosen waits for its token, or asks again later.
 local function wait_for(c)
   local wait = capacity(c)
   if not wait then return answer("busy", 0, "", c.alias) end
-  if wait > max_wait then return answer("later", math.ceil(wait), "", c.alias) end
+  if wait > max_wait then return later(c, wait) end
   return take(c)
 end
 
@@ -215,7 +249,7 @@ elseif strategy == "spill-over" then
         busy = busy or c
       elseif wait <= budget then
         if wait <= max_wait then return take(c) end
-        return answer("later", math.ceil(wait), "", c.alias)
+        return later(c, wait)
       elseif not soonest_token or wait < soonest_token.wait then
         soonest_token = c
       end
@@ -224,7 +258,7 @@ elseif strategy == "spill-over" then
   -- Every provider is at its limit: the message waits as it would for one.
   if soonest_token then
     if soonest_token.wait <= max_wait then return take(soonest_token) end
-    return answer("later", math.ceil(soonest_token.wait), "", soonest_token.alias)
+    return later(soonest_token, soonest_token.wait)
   end
   if busy then return answer("busy", 0, "", busy.alias) end
   return answer("open", math.ceil(soonest), "", "")
@@ -236,16 +270,19 @@ return answer("open", math.ceil(soonest), "", "")
 """
 
 #: KEYS: delivered, circuit, in-flight, this minute's counters, sending claim, the message
-#: log's stream, the quota hash, and with an early acknowledgement Dramatiq's in-progress
-#: set, message hash and heartbeats.
+#: log's stream, the quota hash, the cluster counters' hash (mailqueue.counters), and with an
+#: early acknowledgement Dramatiq's in-progress set, message hash and heartbeats.
 #: ARGV: outcome ("sent", "failed", "rejected", "faulted", "aborted"), provider alias, lease
 #: token, dedup window s, failure threshold, cooldown ms, counters' ttl s, the stream's
 #: MAXLEN, the message log's event ("" for none), the quota's period in ms to give a send
 #: back to (0: none), the field counting the queue's sends in this minute's counters ("" for
-#: none), and with an early acknowledgement the Redis message id, the worker's broker id and
-#: its clock in ms. The event is appended first, whatever the outcome; a
-#: "sent" event only when the delivery record is not there yet: a settle run again (its
-#: reply lost) logs the delivery once.
+#: none), then the cluster counters' fields: the (queue, provider, outcome) deliveries field,
+#: the provider's send-duration bucket field, sum field and seconds, the (queue, provider)
+#: latency bucket field, sum field and seconds (each "" for none: not counted), and with an
+#: early acknowledgement the Redis message id, the worker's broker id and its clock in ms.
+#: The event is appended first, whatever the outcome, and the cluster counters added to; for
+#: "sent" only when the delivery record is not there yet: a settle run again (its reply
+#: lost) logs and counts the delivery once.
 #: "failed" is a transient provider failure (it counts towards opening the circuit);
 #: "rejected" means the provider answered but refused this message (it is up);
 #: "faulted" means the message itself is at fault (it cannot be rendered, addressed,
@@ -262,9 +299,19 @@ return answer("open", math.ceil(soonest), "", "")
 SETTLE_SCRIPT = """
 local outcome = ARGV[1]
 local acked = 0
+local first = not (outcome == "sent" and redis.call("exists", KEYS[1]) == 1)
 redis.call("zrem", KEYS[3], ARGV[3])
-if ARGV[9] ~= "" and not (outcome == "sent" and redis.call("exists", KEYS[1]) == 1) then
-  redis.call("xadd", KEYS[6], "maxlen", "~", ARGV[8], "*", "e", ARGV[9])
+if first then
+  if ARGV[9] ~= "" then redis.call("xadd", KEYS[6], "maxlen", "~", ARGV[8], "*", "e", ARGV[9]) end
+  if ARGV[12] ~= "" then redis.call("hincrby", KEYS[8], ARGV[12], 1) end
+  if ARGV[13] ~= "" then
+    redis.call("hincrby", KEYS[8], ARGV[13], 1)
+    redis.call("hincrbyfloat", KEYS[8], ARGV[14], ARGV[15])
+  end
+  if ARGV[16] ~= "" then
+    redis.call("hincrby", KEYS[8], ARGV[16], 1)
+    redis.call("hincrbyfloat", KEYS[8], ARGV[17], ARGV[18])
+  end
 end
 if ARGV[10] ~= "0" and (outcome == "aborted" or outcome == "faulted") then
   local clock = redis.call("time")
@@ -286,11 +333,11 @@ if outcome == "sent" then
   redis.call("set", KEYS[1], ARGV[2], "ex", ARGV[4])
   redis.call("del", KEYS[5])
   if ARGV[11] ~= "" then redis.call("hincrby", KEYS[4], ARGV[11], 1) end
-  if #KEYS == 10 then
+  if #KEYS == 11 then
     -- Dramatiq's own ack (dispatch.lua), done here to save the worker a round trip.
-    redis.call("zadd", KEYS[10], ARGV[14], ARGV[13])
-    if redis.call("srem", KEYS[8], ARGV[12]) > 0 then
-      redis.call("hdel", KEYS[9], ARGV[12])
+    redis.call("zadd", KEYS[11], ARGV[21], ARGV[20])
+    if redis.call("srem", KEYS[9], ARGV[19]) > 0 then
+      redis.call("hdel", KEYS[10], ARGV[19])
       acked = 1
     end
   end
@@ -426,6 +473,7 @@ def _candidate(provider: ProviderConfig, namespace: str) -> tuple[tuple[str, ...
     quota = provider.quota
     args: list[Any] = [
         provider.alias,
+        rate_limit_waits_field(provider.alias),
         math.ceil(provider.cooldown * 1000),
         provider.max_concurrency or 0,
         quota.count if quota else 0,
@@ -469,6 +517,7 @@ def admit(
         sending_key(config.namespace, envelope_id),
         heartbeats_key(config.namespace),
         keepalive_key(config.namespace),
+        counters_key(config.namespace),
     ]
     unanswered = _unanswered.get(envelope_id, "")
     args: list[Any] = [
@@ -483,6 +532,7 @@ def admit(
         (next_draw() if draw is None else draw) if queue.strategy == "weighted" else 0,
         math.floor((queue.latency_budget if budget is None else budget) * 1000),
         len(providers),
+        "1" if config.monitor.counters else "",
     ]
     for provider in providers:
         provider_keys, provider_args = _candidate(provider, config.namespace)
@@ -513,6 +563,47 @@ def admit(
     )
 
 
+#: SETTLE's counter arguments when nothing is counted.
+NOT_COUNTED = ("",) * 7
+
+
+def counted(
+    queue: str,
+    alias: str,
+    result: Result,
+    config: MailQueueConfig,
+    send_seconds: float | None,
+    created_at: float | None,
+    *,
+    unsent: bool = False,
+) -> tuple[str, ...]:
+    """SETTLE's arguments for the cluster counters: which fields this attempt adds to, and by how much.
+
+    Built here rather than in the script: the buckets and field names live
+    once, in ``mailqueue.counters``, which ``/metrics`` reads them by. An
+    "aborted" send never started and is not counted; the send duration is
+    only taken when the provider was called (a "faulted" message it never saw
+    was not); the latency only for a delivery.
+    """
+    if not config.monitor.counters or result == "aborted":
+        return NOT_COUNTED
+    deliveries = deliveries_field(queue, alias, result) if queue else ""
+    send: tuple[str, str, str] = ("", "", "")
+    if send_seconds is not None and not (result == "faulted" and unsent):
+        seconds = max(send_seconds, 0.0)
+        send = (send_bucket_field(alias, bucket_of(SEND_BUCKETS, seconds)), send_sum_field(alias), f"{seconds:.6f}")
+    latency: tuple[str, str, str] = ("", "", "")
+    if result == "sent" and created_at is not None and queue:
+        # The web host's clock set created_at: one behind this one must not make a negative latency.
+        seconds = max(time.time() - created_at, 0.0)
+        latency = (
+            latency_bucket_field(queue, alias, bucket_of(LATENCY_BUCKETS, seconds)),
+            latency_sum_field(queue, alias),
+            f"{seconds:.6f}",
+        )
+    return (deliveries, *send, *latency)
+
+
 def settle(
     admission: Admission,
     envelope_id: str,
@@ -523,6 +614,8 @@ def settle(
     event: bytes = b"",
     *,
     unsent: bool = False,
+    send_seconds: float | None = None,
+    created_at: float | None = None,
 ) -> Settled:
     """Record how the send went: the provider's circuit state afterwards, and whether ``ack`` was acknowledged.
 
@@ -534,7 +627,10 @@ def settle(
     (from ``mailqueue.eventlog``) is appended to the message log's stream in
     that call too. ``unsent`` (an "aborted" or "faulted" result only) says the
     provider never saw the message: the send admission counted against its
-    quota is given back, in the same call.
+    quota is given back, in the same call. ``send_seconds`` (how long the
+    provider call took; None: none was made) and ``created_at`` (the
+    envelope's, for a "sent" one's latency) feed the cluster counters, also
+    in the same call (see ``counted``).
     """
     keys = ProviderKeys.of(config.namespace, provider.alias)
     script_keys = [
@@ -545,6 +641,7 @@ def settle(
         sending_key(config.namespace, envelope_id),
         events_key(config.namespace),
         keys.quota,
+        counters_key(config.namespace),
     ]
     # The provider never saw the message: the quota it was counted against is given back.
     given_back = provider.quota if unsent and result in ("aborted", "faulted") else None
@@ -560,6 +657,7 @@ def settle(
         event,
         given_back.period * 1000 if given_back else 0,
         queue_sent_field(admission.queue) if admission.queue else "",
+        *counted(admission.queue, provider.alias, result, config, send_seconds, created_at, unsent=unsent),
     ]
     if ack is not None and result == "sent":
         script_keys += (ack.in_progress, ack.messages, ack.heartbeats)

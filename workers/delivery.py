@@ -202,10 +202,11 @@ def _settle_quietly(
     event: bytes = b"",
     *,
     unsent: bool = False,
+    send_seconds: float | None = None,
 ) -> None:
     """``settle`` for an outcome that is already being raised: its own failure must not hide that."""
     try:
-        settle(admission, envelope_id, provider, result, config, event=event, unsent=unsent)
+        settle(admission, envelope_id, provider, result, config, event=event, unsent=unsent, send_seconds=send_seconds)
     except Exception:
         logger.exception("could not record the %s outcome of %s at provider %s", result, envelope_id, provider.alias)
 
@@ -363,6 +364,7 @@ def _through_chain(
         try:
             send_with_retries(provider, message, envelope.id)
         except (TransientDeliveryError, ProviderRefused) as error:
+            took = time.monotonic() - started
             result: Result = "rejected" if isinstance(error, ProviderRefused) else "failed"
             result = "faulted" if error.message_fault else result
             event = (
@@ -372,7 +374,8 @@ def _through_chain(
                 if config.log.enabled
                 else b""
             )
-            _settle_quietly(admission, envelope.id, provider, result, config, event, unsent=found_before_sending(error))
+            unsent = found_before_sending(error)
+            _settle_quietly(admission, envelope.id, provider, result, config, event, unsent=unsent, send_seconds=took)
             _announce_failure(error, envelope, attempt)
             if isinstance(error.cause, ImproperlyConfigured):
                 # Said at once and loudly: it fails every message until someone fixes the settings.
@@ -389,11 +392,13 @@ def _through_chain(
             draw = next_draw()  # the next provider is drawn afresh among those left
             continue
         except PermanentDeliveryError as error:
+            took = time.monotonic() - started
             # A message fault frees the provider's slot and leaves its circuit and failure counters alone (and
             # its quota, when the provider never saw the message).
             result = "faulted" if error.message_fault else "rejected"
             event = eventlog.failed(envelope.id, attempt, str(error), alias) if config.log.enabled else b""
-            _settle_quietly(admission, envelope.id, provider, result, config, event, unsent=found_before_sending(error))
+            unsent = found_before_sending(error)
+            _settle_quietly(admission, envelope.id, provider, result, config, event, unsent=unsent, send_seconds=took)
             _announce_failure(error, envelope, attempt)
             raise
         except BaseException:
@@ -409,7 +414,17 @@ def _through_chain(
                 if config.log.enabled
                 else b""
             )
-            settled = settle(admission, envelope.id, provider, "sent", config, ack, event)
+            settled = settle(
+                admission,
+                envelope.id,
+                provider,
+                "sent",
+                config,
+                ack,
+                event,
+                send_seconds=delivered.send_seconds,
+                created_at=envelope.created_at,
+            )
             if ack is not None and settled.acked:
                 acknowledged_early(ack)
         except redis.RedisError:
