@@ -3,13 +3,20 @@ queue's mail was spread over its providers, and the log writer's lag."""
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from django.apps import apps
+from django.db.models import Count, Min
+
 from .client import redis_client
 from .conf import Quota, Strategy, get_config
+from .counters import INF, SEND_BUCKETS, bucket_label, counters_key, send_bucket_field, send_sum_field
 from .keys import ProviderKeys, QueueKeys, events_key, queue_sent_field
+from .settings_values import MailQueueConfig, PoolConfig, ProviderConfig, QueueConfig, RateLimit
 
 #: The log writer's consumer group (mailqueue.logwriter.GROUP; named here so monitoring imports no models).
 LOG_GROUP = "mailqueue-log"
@@ -42,19 +49,9 @@ def queue_depths() -> list[QueueDepth]:
     names = list(config.queues)
     with redis_client().pipeline(transaction=False) as pipe:
         for name in names:
-            keys = QueueKeys.of(config.namespace, name)
-            pipe.llen(keys.ready)
-            pipe.hlen(keys.messages)
-            pipe.hlen(keys.delayed_messages)
-            pipe.zcard(keys.dead)
-        replies = pipe.execute()
-    depths = []
-    for index, name in enumerate(names):
-        ready, stored, delayed, dead = replies[index * 4 : index * 4 + 4]
-        depths.append(
-            QueueDepth(queue=name, ready=ready, in_progress=max(stored - ready, 0), delayed=delayed, dead=dead)
-        )
-    return depths
+            _ask_depth(pipe, QueueKeys.of(config.namespace, name))
+        replies = iter(pipe.execute())
+    return [_depth(name, replies) for name in names]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -101,33 +98,53 @@ def provider_health() -> list[ProviderHealth]:
     minute = int(now // 60)
     with redis_client().pipeline(transaction=False) as pipe:
         for alias in aliases:
-            keys = ProviderKeys.of(config.namespace, alias)
-            pipe.hmget(keys.circuit, "state", "failures", "reopen_at")
-            pipe.hmget(keys.quota, "window", "used")
-            for back in range(STATS_MINUTES):
-                pipe.hmget(keys.stats(minute - back), "sent", "failed")
-        replies = pipe.execute()
-    health = []
-    per_provider = 2 + STATS_MINUTES
-    for index, alias in enumerate(aliases):
-        (state, failures, reopen_at), quota_state, *minutes = replies[index * per_provider : (index + 1) * per_provider]
-        counts = [(int(sent or 0), int(failed or 0)) for sent, failed in minutes]
-        state_name = state.decode() if state else "closed"
-        probe_in = max(float(reopen_at) / 1000 - now, 0.0) if state_name == "open" and reopen_at else None
-        health.append(
-            ProviderHealth(
-                provider=alias,
-                state=state_name,
-                failures=int(failures or 0),
-                probe_in=probe_in,
-                sent_5m=sum(sent for sent, _ in counts[:5]),
-                failed_5m=sum(failed for _, failed in counts[:5]),
-                sent_1h=sum(sent for sent, _ in counts),
-                failed_1h=sum(failed for _, failed in counts),
-                **_quota(config.provider(alias).quota, quota_state, now),
-            )
+            _ask_health(pipe, ProviderKeys.of(config.namespace, alias), minute, ())
+        replies = iter(pipe.execute())
+    return [_health(config, alias, replies, now, ())[0] for alias in aliases]
+
+
+def _ask_health(pipe: Any, keys: ProviderKeys, minute: int, queues: Sequence[str]) -> None:
+    """Queue the commands ``_health`` reads: circuit, quota, and an hour of per-minute counters (with ``queues``'
+    share of the sends)."""
+    pipe.hmget(keys.circuit, "state", "failures", "reopen_at")
+    pipe.hmget(keys.quota, "window", "used")
+    fields = ["sent", "failed", *(queue_sent_field(name) for name in queues)]
+    for back in range(STATS_MINUTES):
+        pipe.hmget(keys.stats(minute - back), fields)
+
+
+def _health(
+    config: MailQueueConfig, alias: str, replies: Iterator[Any], now: float, queues: Sequence[str]
+) -> tuple[ProviderHealth, dict[str, tuple[int, int]]]:
+    """A provider's health from the replies ``_ask_health`` queued, and what it sent for each of ``queues`` in the
+    last minute and the last hour."""
+    state, failures, reopen_at = next(replies)
+    quota_state = next(replies)
+    minutes = [[int(count or 0) for count in next(replies)] for _ in range(STATS_MINUTES)]
+    state_name = state.decode() if state else "closed"
+    probe_in = max(float(reopen_at) / 1000 - now, 0.0) if state_name == "open" and reopen_at else None
+    health = ProviderHealth(
+        provider=alias,
+        state=state_name,
+        failures=int(failures or 0),
+        probe_in=probe_in,
+        sent_5m=sum(counts[0] for counts in minutes[:5]),
+        failed_5m=sum(counts[1] for counts in minutes[:5]),
+        sent_1h=sum(counts[0] for counts in minutes),
+        failed_1h=sum(counts[1] for counts in minutes),
+        **_quota(config.provider(alias).quota, quota_state, now),
+    )
+    # The last 60 seconds: this minute so far, and the part of the one before that is still within 60 s
+    # (its sends taken as spread evenly over it).
+    before = 1 - (now % 60) / 60
+    per_queue = {
+        name: (
+            round(minutes[0][2 + index] + minutes[1][2 + index] * before),
+            sum(counts[2 + index] for counts in minutes),
         )
-    return health
+        for index, name in enumerate(queues)
+    }
+    return health, per_queue
 
 
 def _quota(quota: Quota | None, state: list[bytes | None], now: float) -> dict[str, Any]:
@@ -295,3 +312,306 @@ def _age(stream_id: str | None) -> float | None:
 
 def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+#: KEYS: (ready list, messages hash) per queue. Returns, per queue, the ``message_timestamp`` (ms, set at
+#: send_mail() and kept across retries) of the message at the head of the ready list, the next one out and the
+#: longest waiting; 0 when the queue is empty. The timestamp is the last field of the encoded message
+#: (mailqueue.enqueue.encode, and Dramatiq's own encoding), so it is looked for near the end first: the message
+#: body before it can be megabytes, and its quotes are escaped, so it cannot match there.
+OLDEST_SCRIPT = """
+local stamps = {}
+for i = 1, #KEYS, 2 do
+  local stamp = 0
+  local id = redis.call("lindex", KEYS[i], 0)
+  if id then
+    local data = redis.call("hget", KEYS[i + 1], id)
+    if data then
+      local found = string.match(data, '"message_timestamp":%s*(%d+)', math.max(#data - 256, 1))
+      if not found then found = string.match(data, '"message_timestamp":%s*(%d+)') end
+      stamp = tonumber(found) or 0
+    end
+  end
+  stamps[#stamps + 1] = stamp
+end
+return stamps
+"""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class QueueView:
+    """A queue as the operator watches it: its depth, how long its oldest message has waited, its throughput."""
+
+    queue: str
+    #: The pool whose workers consume the queue, its processes and threads per process.
+    pool: str | None
+    processes: int
+    threads: int
+    strategy: Strategy
+    ready: int
+    in_progress: int
+    delayed: int
+    dead: int
+    #: When the oldest waiting message was accepted by send_mail() (epoch seconds; None: nothing waits).
+    oldest_enqueued_at: float | None
+    #: Seconds it has waited since (on Redis's clock).
+    oldest_age: float | None
+    #: Messages the queue's providers accepted for it in the last 60 s and the last hour.
+    sent_1m: int
+    sent_1h: int
+    #: Worker processes of its pool that would clear its backlog within MONITOR["SCALE_TARGET"], no more than its
+    #: providers' limits let work (see ``desired_workers``).
+    desired_workers: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RateLimitView:
+    """One rate limit's headroom now."""
+
+    #: As configured, e.g. "14/1s (burst 1)".
+    limit: str
+    burst: int
+    #: Sends it would let go at once now (0 to burst).
+    tokens: float
+    #: Seconds until it lets the next send go (0: now).
+    wait: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ProviderView:
+    """A provider as the operator watches it: its health and how much of its limits is in use."""
+
+    provider: str
+    state: str
+    failures: int
+    probe_in: float | None
+    sent_5m: int
+    failed_5m: int
+    sent_1h: int
+    failed_1h: int
+    #: Sends in progress now, across every worker (their leases not expired).
+    in_flight: int
+    max_concurrency: int | None
+    rate_limits: list[RateLimitView]
+    quota: str | None
+    quota_used: int | None
+    quota_left: int | None
+    quota_resets_in: float | None
+    #: Mean seconds a send to it took, over every send the cluster counters hold (None: none yet or COUNTERS off).
+    mean_send: float | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OutboxView:
+    """Messages kept in the database while Redis refused them, waiting for the relay."""
+
+    waiting: int
+    oldest_at: float | None
+    oldest_age: float | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Overview:
+    """Everything the dashboard, ``mailqueue status`` and the /metrics gauges show, read at one moment."""
+
+    #: Redis's clock when it was read (epoch seconds).
+    at: float
+    #: The dashboard's refresh interval (MONITOR["REFRESH"]).
+    refresh: float
+    queues: list[QueueView]
+    providers: list[ProviderView]
+    outbox: OutboxView
+    writer: WriterLag
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["writer"] = self.writer.as_dict()
+        return data
+
+
+#: The mean send time assumed for a provider before the counters know it.
+DEFAULT_SEND_SECONDS = 1.0
+
+
+def overview() -> Overview:
+    """Read the whole picture: one Redis round trip for queues and providers, one or two for the writer's lag, and
+    one database query for the outbox; the same number whatever the queues hold."""
+    config = get_config()
+    aliases = provider_aliases()
+    served: dict[str, list[str]] = {alias: [] for alias in aliases}
+    for queue in config.queues.values():
+        for alias in queue.providers:
+            served[alias].append(queue.name)
+    now = time.time()
+    minute = int(now // 60)
+    counters = counters_key(config.namespace)
+    with redis_client().pipeline(transaction=False) as pipe:
+        pipe.time()
+        for name in config.queues:
+            _ask_depth(pipe, QueueKeys.of(config.namespace, name))
+        oldest_keys: list[str] = []
+        for name in config.queues:
+            keys = QueueKeys.of(config.namespace, name)
+            oldest_keys += (keys.ready, keys.messages)
+        pipe.eval(OLDEST_SCRIPT, len(oldest_keys), *oldest_keys)
+        for alias in aliases:
+            provider_keys = ProviderKeys.of(config.namespace, alias)
+            _ask_health(pipe, provider_keys, minute, served[alias])
+            pipe.zcount(provider_keys.in_flight, "(" + str(int(now * 1000)), "+inf")
+            for limit in config.provider(alias).rate_limits:
+                pipe.get(provider_keys.rate(limit.count, limit.period, limit.burst))
+            pipe.hmget(counters, _send_fields(alias))
+        replies = iter(pipe.execute())
+    seconds, micros = next(replies)
+    redis_now = int(seconds) + int(micros) / 1_000_000
+    depths = {name: _depth(name, replies) for name in config.queues}
+    stamps = dict(zip(config.queues, next(replies), strict=True))
+    providers: dict[str, ProviderView] = {}
+    sent: dict[tuple[str, str], tuple[int, int]] = {}
+    for alias in aliases:
+        health, per_queue = _health(config, alias, replies, now, served[alias])
+        for name, counts in per_queue.items():
+            sent[(name, alias)] = counts
+        provider = config.provider(alias)
+        in_flight = int(next(replies))
+        rates = [_headroom(limit, next(replies), redis_now) for limit in provider.rate_limits]
+        providers[alias] = ProviderView(
+            **{name: getattr(health, name) for name in HEALTH_FIELDS},
+            in_flight=in_flight,
+            max_concurrency=provider.max_concurrency,
+            rate_limits=rates,
+            mean_send=_mean(next(replies)),
+        )
+    queues = []
+    for queue in config.queues.values():
+        depth = depths[queue.name]
+        stamp = int(stamps[queue.name]) / 1000 if int(stamps[queue.name]) else None
+        pool = next((pool for pool in config.pools.values() if queue.name in pool.queues), None)
+        chosen = [providers[alias] for alias in queue.providers]
+        queues.append(
+            QueueView(
+                queue=queue.name,
+                pool=pool.name if pool else None,
+                processes=pool.processes if pool else 0,
+                threads=pool.threads if pool else 0,
+                strategy=queue.strategy,
+                ready=depth.ready,
+                in_progress=depth.in_progress,
+                delayed=depth.delayed,
+                dead=depth.dead,
+                oldest_enqueued_at=stamp,
+                oldest_age=max(redis_now - stamp, 0.0) if stamp is not None else None,
+                sent_1m=sum(sent[(queue.name, alias)][0] for alias in queue.providers),
+                sent_1h=sum(sent[(queue.name, alias)][1] for alias in queue.providers),
+                desired_workers=desired_workers(
+                    depth, queue, chosen, [config.provider(alias) for alias in queue.providers], pool, config
+                ),
+            )
+        )
+    waiting, oldest_at = outbox_summary()
+    return Overview(
+        at=redis_now,
+        refresh=config.monitor.refresh,
+        queues=queues,
+        providers=[providers[alias] for alias in aliases],
+        outbox=OutboxView(
+            waiting=waiting,
+            oldest_at=oldest_at,
+            oldest_age=max(redis_now - oldest_at, 0.0) if oldest_at is not None else None,
+        ),
+        writer=writer_lag(),
+    )
+
+
+#: The ProviderHealth fields a ProviderView repeats.
+HEALTH_FIELDS = tuple(name for name in ProviderHealth.__dataclass_fields__)
+
+
+def _ask_depth(pipe: Any, keys: QueueKeys) -> None:
+    pipe.llen(keys.ready)
+    pipe.hlen(keys.messages)
+    pipe.hlen(keys.delayed_messages)
+    pipe.zcard(keys.dead)
+
+
+def _depth(name: str, replies: Iterator[Any]) -> QueueDepth:
+    """A queue's depth from the four replies ``_ask_depth`` queued."""
+    ready, stored, delayed, dead = (next(replies) for _ in range(4))
+    return QueueDepth(queue=name, ready=ready, in_progress=max(stored - ready, 0), delayed=delayed, dead=dead)
+
+
+def outbox_summary() -> tuple[int, float | None]:
+    """How many messages wait in the outbox, and when the oldest was kept (epoch seconds; None: none waits).
+
+    The model is looked up at call time: this module is imported before Django's apps are ready (the log
+    writer's group name, the bench).
+    """
+    model = apps.get_model("mailqueue", "OutboxMessage")
+    found = model.objects.using(get_config().outbox_database).aggregate(waiting=Count("id"), oldest=Min("created_at"))
+    oldest = found["oldest"]
+    return found["waiting"], oldest.timestamp() if oldest is not None else None
+
+
+def _send_fields(alias: str) -> list[str]:
+    """The counters fields of a provider's send-time histogram: its sum, then every bucket."""
+    labels = [bucket_label(bound) for bound in SEND_BUCKETS] + [INF]
+    return [send_sum_field(alias), *(send_bucket_field(alias, label) for label in labels)]
+
+
+def _mean(values: list[bytes | None]) -> float | None:
+    total, *buckets = values
+    count = sum(int(each or 0) for each in buckets)
+    return float(total) / count if count and total is not None else None
+
+
+def _headroom(limit: RateLimit, tat: bytes | None, now: float) -> RateLimitView:
+    """A GCRA bucket's headroom: a send may go at tat - (burst - 1) * interval (see ADMIT in workers/admission.py)."""
+    interval = limit.interval
+    due = float(tat) / 1000 if tat is not None else now
+    due = max(due, now)
+    tokens = min(max(math.floor((now + limit.burst * interval - due) / interval + 1e-9), 0), limit.burst)
+    wait = max(due - (limit.burst - 1) * interval - now, 0.0)
+    return RateLimitView(limit=str(limit), burst=limit.burst, tokens=float(tokens), wait=wait)
+
+
+def desired_workers(
+    depth: QueueDepth,
+    queue: QueueConfig,
+    views: Sequence[ProviderView],
+    providers: Sequence[ProviderConfig],
+    pool: PoolConfig | None,
+    config: MailQueueConfig,
+) -> int:
+    """Worker processes of the queue's pool worth running for it now.
+
+    Enough threads to clear the ready backlog within MONITOR["SCALE_TARGET"] at the providers' mean send time,
+    plus those sending now; but no more than the providers can use: a rate-limited provider keeps about
+    rate x send time sends in flight (Little's law), and a thread beyond that only waits for a token.
+    "failover" counts the first usable provider (circuit not open, quota not spent), the others every usable one.
+    At least one while anything is ready, in progress or delayed (a worker must be there to probe a provider whose
+    circuit is open, or to take the delayed messages when they are due); none for an empty queue.
+    """
+    if depth.ready + depth.in_progress + depth.delayed == 0:
+        return 0
+    means = [view.mean_send for view in views if view.mean_send is not None]
+    mean_send = sum(means) / len(means) if means else DEFAULT_SEND_SECONDS
+    need = depth.in_progress + math.ceil(depth.ready * mean_send / config.monitor.scale_target)
+    caps = [
+        _usable_threads(provider, view.mean_send or DEFAULT_SEND_SECONDS)
+        for provider, view in zip(providers, views, strict=True)
+        if view.state != "open" and (view.quota_left is None or view.quota_left > 0)
+    ]
+    if queue.strategy == "failover":
+        caps = caps[:1]
+    threads = min(need, sum(caps)) if caps else 0
+    per_process = pool.threads if pool else 1
+    return max(math.ceil(threads / per_process), 1)
+
+
+def _usable_threads(provider: ProviderConfig, mean_send: float) -> float:
+    """Concurrent sends a provider can take: its max_concurrency, and about rate x send time under a rate limit."""
+    usable = float(provider.max_concurrency) if provider.max_concurrency else math.inf
+    if provider.rate_limits:
+        rate = min(limit.count / limit.period for limit in provider.rate_limits)
+        usable = min(usable, math.ceil(rate * mean_send) + 1)
+    return usable
