@@ -124,7 +124,7 @@
     for (const limit of limits) {
       const text = limit.wait > 0
         ? limit.limit + ": wait " + limit.wait.toFixed(2) + " s"
-        : limit.limit + ": " + limit.tokens.toFixed(1) + " of " + limit.burst + " tokens";
+        : limit.limit + ": " + limit.tokens.toFixed(1) + " token" + (limit.tokens === 1 ? "" : "s") + " free";
       td.appendChild(el("div", text, limit.wait > 0 ? "warn" : ""));
     }
     return td;

@@ -1,4 +1,4 @@
-"""``manage.py demo_admin``: a staff login for the local demo's admin and dashboard, with a fresh random password each run.
+"""``manage.py demo_admin``: a staff login for the local demo's admin and dashboard, a new password each run.
 
 ``make run`` calls it before starting the processes and prints the login. It refuses to run with any
 settings but the demo's own on a local database: a known user with a printed password has no place elsewhere.
