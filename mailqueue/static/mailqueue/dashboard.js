@@ -69,10 +69,21 @@
     }
   }
 
-  async function getJSON(url) {
-    const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
-    const body = await response.json().catch(() => ({}));
-    return { response, body };
+  // One request at a time: a slow server is not piled on by polls, and a poll never crosses an action.
+  let line = Promise.resolve();
+
+  function request(url, init) {
+    const turn = line.then(async () => {
+      const response = await fetch(url, { credentials: "same-origin", ...init });
+      const body = await response.json().catch(() => ({}));
+      return { response, body };
+    });
+    line = turn.catch(() => undefined);
+    return turn;
+  }
+
+  function getJSON(url) {
+    return request(url, { headers: { Accept: "application/json" } });
   }
 
   // ---- the live part: dashboard.json ---------------------------------------------------------------------------
@@ -241,20 +252,21 @@
   }
 
   function letterRow(letter) {
-    const died = el("td", duration(letter.age) + " ago");
+    const died = el("td", duration(letter.age) + " ago", "nowrap");
     died.title = new Date(letter.failed_at * 1000).toLocaleString();
-    const reason = el("td", letter.reason, "reason");
-    reason.title = letter.reason;
+    // Long texts are cut to one line (a cell's max-width does not hold in a table): the whole one is the tooltip.
+    const reason = document.createElement("td");
+    const reasonText = reason.appendChild(el("div", letter.reason, "clip"));
+    reasonText.title = letter.reason;
     const subject = document.createElement("td");
-    subject.className = "subject";
+    const subjectText = subject.appendChild(el("div", null, "clip"));
+    subjectText.title = letter.subject;
     if (letter.log_url) {
-      const link = el("a", letter.subject || "(no subject)");
+      const link = subjectText.appendChild(el("a", letter.subject || "(no subject)"));
       link.href = letter.log_url;
-      link.title = "the message's log entry";
-      subject.appendChild(link);
     } else {
-      subject.textContent = letter.subject || "(no subject)";
-      subject.title = "not in the message log";
+      subjectText.textContent = letter.subject || "(no subject)";
+      subjectText.title = (letter.subject ? letter.subject + " " : "") + "(not in the message log)";
     }
     const actions = document.createElement("td");
     if (canRequeue) {
@@ -303,15 +315,12 @@
     }
   }
 
-  async function post(url, params) {
-    const response = await fetch(url, {
+  function post(url, params) {
+    return request(url, {
       method: "POST",
-      credentials: "same-origin",
       headers: { "X-CSRFToken": csrfToken, Accept: "application/json" },
       body: params,
     });
-    const body = await response.json().catch(() => ({}));
-    return { response, body };
   }
 
   async function bulk(kind) {
