@@ -17,7 +17,7 @@ from typing import Any
 from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.shortcuts import render
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
@@ -72,7 +72,7 @@ def monitor_json(view: View) -> View:
 def dashboard(request: HttpRequest) -> HttpResponse:
     """The page: its tables are filled and refreshed by static/mailqueue/dashboard.js from the JSON views."""
     if not request.user.is_authenticated:
-        return redirect_to_login(request.get_full_path(), reverse("admin:login"))
+        return redirect_to_login(request.get_full_path(), _login_url())
     if not may_monitor(request.user):
         return render(request, "mailqueue/forbidden.html", status=403)
     config = get_config()
@@ -88,6 +88,14 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "can_purge": _may_purge(request),
         },
     )
+
+
+def _login_url() -> str | None:
+    """The admin's login, which staff already use; settings.LOGIN_URL (None) when the project has no admin."""
+    try:
+        return reverse("admin:login")
+    except NoReverseMatch:
+        return None
 
 
 @require_GET

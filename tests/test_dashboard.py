@@ -14,7 +14,7 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.core.mail import EmailMessage, send_mail, send_mass_mail
 from django.test import Client
-from django.urls import reverse
+from django.urls import include, path, reverse
 from django.utils import timezone
 
 from mailqueue import deadletters, views
@@ -128,6 +128,22 @@ def test_who_may_see_the_dashboard(
             refused = client.post(url, {"count": 1})
             assert refused.status_code == json_status and set(refused.json()) == {"error"}
         assert [dead.subject for dead in deadletters.iter_dead()] == ["secret subject"]
+
+
+#: A project that mounts the dashboard and has no admin (``pytest.mark.urls`` below).
+urlpatterns = [path("mailqueue/", include("mailqueue.urls"))]
+
+
+@pytest.mark.django_db
+@pytest.mark.urls(__name__)
+def test_without_the_admin_the_page_sends_to_the_login_url_and_still_works(
+    smtp_setup, client, admin_user, settings
+) -> None:
+    settings.LOGIN_URL = "/accounts/login/"
+    assert client.get(PAGE)["Location"] == f"/accounts/login/?next={PAGE}"
+    client.force_login(admin_user)
+    page = client.get(PAGE)
+    assert page.status_code == 200 and "/admin/" not in page.content.decode()
 
 
 @pytest.mark.django_db
