@@ -38,11 +38,12 @@ PASSWORD = "acl-test-password"
 WEB_RULE = (
     "+ping +evalsha +script|load +hset +rpush +set +hexists +llen +hlen +zcard +hmget "
     "+zrangebyscore +multi +exec +zrem +hdel +publish +xadd +xlen +xpending +xrange +xreadgroup +xack +xautoclaim "
-    "+xgroup|create +xgroup|delconsumer +xinfo|groups +xinfo|consumers +get +hget ~<ns>:* &<ns>:wake:*"
+    "+xgroup|create +xgroup|delconsumer +xinfo|groups +xinfo|consumers +get +hget +eval +lindex +time +zcount "
+    "~<ns>:* &<ns>:wake:*"
 )
 WORKER_RULE = (
     "+ping +evalsha +script|load +multi +exec +time +get +set +del +expire +pttl +keys "
-    "+hget +hmget +hset +hdel +hexists +hlen +hincrby +rpush +lpush +lpop +sadd +srem +scard +smembers "
+    "+hget +hmget +hset +hdel +hexists +hlen +hincrby +hincrbyfloat +rpush +lpush +lpop +sadd +srem +scard +smembers "
     "+zadd +zrem +zcard +zscore +zrangebyscore +zremrangebyscore +subscribe +xadd +exists ~<ns> ~<ns>:* &<ns>:wake:*"
 )
 
