@@ -167,9 +167,10 @@ class DeadLetterPage:
 def newest_matching(where: DeadLetterFilter, *, limit: int = 100, now: float | None = None) -> DeadLetterPage:
     """Up to ``limit`` letters ``where`` matches, newest first, with the count of all it matches.
 
-    Filtered by queue and age only, this is two round trips whatever the store holds (ZCOUNT and the newest
-    ids per queue, then their records); a provider or error class filter reads every record of the queues
-    in range, SCAN_CHUNK at a time.
+    Filtered by queue and age only, this is three round trips whatever the store holds (ZCOUNT per queue, the
+    newest ids per queue as the last ``limit`` of the range, their records); a provider or error class filter
+    reads every record of the queues in range, SCAN_CHUNK at a time. Only commands the web processes' ACL
+    already grants (docs/operating.md) are used: ZRANGEBYSCORE with an offset, not ZREVRANGEBYSCORE.
     """
     now = time.time() if now is None else now
     namespace = get_config().namespace
@@ -179,20 +180,22 @@ def newest_matching(where: DeadLetterFilter, *, limit: int = 100, now: float | N
         total = 0
         kept: list[DeadLetter] = []
         for keys in queues:
-            ids: list[Any] = list(redis_client().zrevrangebyscore(keys.dead, newest, "-inf"))
+            ids: list[Any] = list(redis_client().zrangebyscore(keys.dead, "-inf", newest))
             found = [letter for letter in _scan(keys, ids) if where.matches(letter, now=now)]
             total += len(found)
-            kept.extend(found[:limit])  # newest first: no later letter of this queue can make the page
+            kept.extend(found[-limit:])  # oldest first: no earlier letter of this queue can make the page
         kept.sort(key=lambda letter: letter.failed_at, reverse=True)
         return DeadLetterPage(letters=kept[:limit], total=total)
     with redis_client().pipeline(transaction=False) as pipe:
         for keys in queues:
             pipe.zcount(keys.dead, "-inf", newest)
-            pipe.zrevrangebyscore(keys.dead, newest, "-inf", start=0, num=limit, withscores=True)
-        replies = pipe.execute()
-    total = sum(replies[0::2])
+        counts = [int(count) for count in pipe.execute()]
+    with redis_client().pipeline(transaction=False) as pipe:
+        for keys, count in zip(queues, counts, strict=True):
+            pipe.zrangebyscore(keys.dead, "-inf", newest, start=max(count - limit, 0), num=limit, withscores=True)
+        ranges = pipe.execute()
     candidates = sorted(
-        ((score, index, member) for index, found in enumerate(replies[1::2]) for member, score in found),
+        ((score, index, member) for index, found in enumerate(ranges) for member, score in found),
         reverse=True,
     )[:limit]
     with redis_client().pipeline(transaction=False) as pipe:
@@ -200,7 +203,7 @@ def newest_matching(where: DeadLetterFilter, *, limit: int = 100, now: float | N
             pipe.hget(queues[index].dead_messages, member)
         records = pipe.execute()
     letters = [DeadLetter(**json.loads(raw)) for raw in records if raw is not None]
-    return DeadLetterPage(letters=letters, total=total)
+    return DeadLetterPage(letters=letters, total=sum(counts))
 
 
 #: Ids per HMGET in ``find``: a "select all" over a large log must not become one command that stalls Redis.

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from . import deadletters
 from .access import may_monitor
+from .client import access_problem
 from .conf import get_config
 from .deadletters import DeadLetter, DeadLetterFilter
 from .models import Message
@@ -60,8 +61,11 @@ def monitor_json(view: View) -> View:
         try:
             return view(request, *args, **kwargs)
         except RedisError as error:
-            logger.warning("dashboard: Redis unreachable: %s", type(error).__name__)
-            return JsonResponse({"error": "Redis is unreachable: the figures cannot be read."}, status=503)
+            # Refused credentials or ACL are no outage: say what to fix, in the log and to the operator.
+            problem = access_problem(error)
+            logger.warning("dashboard: cannot read Redis: %s", problem or type(error).__name__)
+            text = f"Redis refused: {problem}" if problem else "Redis is unreachable: the figures cannot be read."
+            return JsonResponse({"error": text}, status=503)
 
     return never_cache(guarded)
 

@@ -7,7 +7,7 @@ API with real envelopes, or made by a real worker against a real SMTP server tha
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -21,7 +21,9 @@ from mailqueue import deadletters, views
 from mailqueue.deadletters import DeadLetter, DeadLetterFilter
 from mailqueue.envelope import Envelope
 from mailqueue.models import Message, Status
+from tests.redis_server import RedisServer
 from tests.test_backend import CountingConnection
+from tests.test_redis_access import WEB_RULE, add_user
 
 PAGE = reverse("mailqueue:dashboard")
 OVERVIEW = reverse("mailqueue:dashboard-json")
@@ -240,6 +242,16 @@ def test_the_json_answers_503_with_no_figures_when_redis_is_unreachable(configur
     assert admin_client.get(PAGE).status_code == 200  # the page itself loads, and says its figures are stale
 
 
+@pytest.mark.django_db
+def test_a_redis_user_without_the_rights_is_told_apart_from_an_outage(
+    configure, smtp_server, acl_server, namespace, admin_client
+) -> None:
+    narrow = add_user(acl_server, "narrow-web", WEB_RULE.replace("+eval ", ""), namespace)
+    configure(providers={"smtp": smtp_server.mailer()}, BROKER_URL=narrow)
+    response = admin_client.get(OVERVIEW)
+    assert response.status_code == 503 and "lacks a permission" in response.json()["error"]
+
+
 # ---- dead letters -----------------------------------------------------------------------------------------------
 
 
@@ -439,3 +451,34 @@ def test_requeued_from_the_dashboard_real_dead_letters_are_delivered(
     assert sorted(mail.parsed["Subject"] for mail in smtp_setup.wait_for(2)) == ["first", "second"]
     queues = {queue["queue"]: queue for queue in admin_client.get(OVERVIEW).json()["queues"]}
     assert queues["default"]["dead"] == 0 and queues["default"]["sent_1m"] == 2
+
+
+@pytest.fixture
+def acl_server(tmp_path) -> Iterator[RedisServer]:
+    """A private redis-server, where ACL users can be made without touching the shared one's."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.django_db
+def test_the_dashboard_needs_no_command_the_web_processes_acl_does_not_grant(
+    configure, smtp_server, acl_server, namespace, admin_client
+) -> None:
+    """docs/operating.md's ACL for web processes covers every read and action of the dashboard."""
+    configure(providers={"smtp": smtp_server.mailer()}, BROKER_URL=acl_server.url, ON_COMMIT=False)
+    for name in ("a", "b", "c"):
+        letter(name, error="SMTPRecipientsRefused" if name != "b" else "X", age=100)
+    send_mail("waiting", "b", None, ["ann@example.com"])
+    web = add_user(acl_server, "mailqueue-web", WEB_RULE, namespace)
+    configure(providers={"smtp": smtp_server.mailer()}, BROKER_URL=web, ON_COMMIT=False)
+
+    assert admin_client.get(OVERVIEW).status_code == 200
+    assert subjects(admin_client.get(DEAD)) == ["c", "b", "a"]
+    assert subjects(admin_client.get(DEAD, {"error_type": "X", "older_than": "60"})) == ["b"]
+    first = deadletters.newest_matching(DeadLetterFilter(error_type="SMTPRecipientsRefused")).letters[0]
+    assert admin_client.post(reverse("mailqueue:dead-letter-requeue", args=[first.id])).status_code == 200
+    assert admin_client.post(REQUEUE, {"error_type": "SMTPRecipientsRefused", "count": "1"}).status_code == 200
+    assert admin_client.post(PURGE, {"count": "1"}).json() == {"matching": 1, "purged": 1}
+    queues = {queue["queue"]: queue for queue in admin_client.get(OVERVIEW).json()["queues"]}
+    assert (queues["default"]["ready"], queues["default"]["dead"]) == (3, 0)
