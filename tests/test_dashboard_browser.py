@@ -229,6 +229,7 @@ def test_a_busy_cluster_reads_at_a_glance(
     wait_for(page, lambda: cell(page, "queues", "bulk", READY) == "1,200")
     wait_for(page, lambda: page.find_element(By.ID, "dead-summary").text.startswith("4 dead letters match"))
     assert cell(page, "queues", "default", READY) == "15" and cell(page, "queues", "default", DEAD) == "3"
+    assert cell(page, "queues", "critical", 1).splitlines() == ["urgent (2 × 4 threads)", "failover"]
     circuit = cell(page, "providers", "postmark", 1)
     assert circuit.startswith("open") and "probe in" in circuit
     assert cell(page, "providers", "smtp", 1).startswith("closed")

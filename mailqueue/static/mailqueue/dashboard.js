@@ -89,12 +89,14 @@
   // ---- the live part: dashboard.json ---------------------------------------------------------------------------
 
   function queueRow(queue) {
-    const pool = queue.pool ? queue.pool + " (" + queue.processes + " × " + queue.threads + " threads)" : "no pool";
+    const pool = el("td", queue.pool ? queue.pool + " (" + queue.processes + " × " + queue.threads + " threads)"
+      : "no pool", queue.pool ? "" : "muted");
+    pool.appendChild(el("span", queue.strategy, "note"));
     const oldest = el("td", duration(queue.oldest_age), "num");
     if (queue.oldest_enqueued_at) oldest.title = "queued at " + clock(queue.oldest_enqueued_at);
     return row([
       el("th", queue.queue),
-      el("td", pool, queue.pool ? "" : "muted"),
+      pool,
       num(queue.ready, queue.ready ? "busy" : ""),
       num(queue.in_progress),
       num(queue.delayed),
