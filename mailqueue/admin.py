@@ -14,9 +14,11 @@ from django.db import connections, transaction
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import NoReverseMatch, reverse
 from django.utils.functional import cached_property
 
 from . import deadletters
+from .access import may_monitor
 from .conf import get_config
 from .exceptions import EnvelopeError
 from .models import Message, MessageEvent, MessageRecipient, OutboxMessage, Status
@@ -197,6 +199,11 @@ class MessageAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_per_page = 100
     ordering = ("-queued_at",)
 
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        return super().changelist_view(
+            request, {**(extra_context or {}), "mailqueue_dashboard_url": dashboard_url(request)}
+        )
+
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Message], search_term: str
     ) -> tuple[QuerySet[Message], bool]:
@@ -267,6 +274,16 @@ class MessageAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         purged_letters = deadletters.purge(letters.values())
         rows = purge_log(envelope_ids)
         self.message_user(request, f"Purged {rows} message(s) from the log and {purged_letters} dead letter(s).")
+        return None
+
+
+def dashboard_url(request: HttpRequest) -> str | None:
+    """The dashboard's URL for a user who may see it, None when not (or when the project does not mount it)."""
+    if not may_monitor(request.user):
+        return None
+    try:
+        return reverse("mailqueue:dashboard")
+    except NoReverseMatch:
         return None
 
 

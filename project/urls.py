@@ -1,4 +1,4 @@
-"""Demo URLs: the demo page, Django's own password-reset flow, and the admin."""
+"""Demo URLs: the demo page, Django's own password-reset flow, the admin and mailqueue's dashboard."""
 
 from django.contrib import admin
 from django.urls import include, path
@@ -12,4 +12,5 @@ urlpatterns = [
     path("status.json", views.status_json, name="status-json"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
+    path("mailqueue/", include("mailqueue.urls")),
 ]

@@ -1,4 +1,4 @@
-"""``manage.py demo_admin``: a staff login for the local demo's admin, with a fresh random password each run.
+"""``manage.py demo_admin``: a staff login for the local demo's admin and dashboard, a new password each run.
 
 ``make run`` calls it before starting the processes and prints the login. It refuses to run with any
 settings but the demo's own on a local database: a known user with a printed password has no place elsewhere.
@@ -33,5 +33,6 @@ class Command(BaseCommand):
         user.save()
         port = os.environ.get("WEB_PORT", "8000")
         self.stdout.write(
-            f"Admin: http://127.0.0.1:{port}/admin/  user {USERNAME}  password {password}  (this run only)"
+            f"Admin: http://127.0.0.1:{port}/admin/  user {USERNAME}  password {password}  (this run only)\n"
+            f"Dashboard (same login): http://127.0.0.1:{port}/mailqueue/"
         )
