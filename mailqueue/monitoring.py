@@ -3,6 +3,7 @@ queue's mail was spread over its providers, and the log writer's lag."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -10,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from django.apps import apps
+from django.db import DatabaseError
 from django.db.models import Count, Min
 
 from .client import redis_client
@@ -17,6 +19,8 @@ from .conf import Quota, Strategy, get_config
 from .counters import INF, SEND_BUCKETS, bucket_label, counters_key, send_bucket_field, send_sum_field
 from .keys import ProviderKeys, QueueKeys, events_key, queue_sent_field
 from .settings_values import MailQueueConfig, PoolConfig, ProviderConfig, QueueConfig, RateLimit
+
+logger = logging.getLogger(__name__)
 
 #: The log writer's consumer group (mailqueue.logwriter.GROUP; named here so monitoring imports no models).
 LOG_GROUP = "mailqueue-log"
@@ -451,7 +455,8 @@ class ProviderView:
 class OutboxView:
     """Messages kept in the database while Redis refused them, waiting for the relay."""
 
-    waiting: int
+    #: None when the outbox's database cannot be read.
+    waiting: int | None
     oldest_at: float | None
     oldest_age: float | None
 
@@ -588,14 +593,23 @@ def _depth(name: str, replies: Iterator[Any]) -> QueueDepth:
     return QueueDepth(queue=name, ready=ready, in_progress=max(stored - ready, 0), delayed=delayed, dead=dead)
 
 
-def outbox_summary() -> tuple[int, float | None]:
+def outbox_summary() -> tuple[int | None, float | None]:
     """How many messages wait in the outbox, and when the oldest was kept (epoch seconds; None: none waits).
 
-    The model is looked up at call time: this module is imported before Django's apps are ready (the log
-    writer's group name, the bench).
+    (None, None) when its database cannot be read: the Redis figures still matter most then (a scrape or a
+    refresh that failed whole would hide them), and the database's own monitoring tells why. The model is looked
+    up at call time: this module is imported before Django's apps are ready (the log writer's group name, the
+    bench).
     """
+    config = get_config()
     model = apps.get_model("mailqueue", "OutboxMessage")
-    found = model.objects.using(get_config().outbox_database).aggregate(waiting=Count("id"), oldest=Min("created_at"))
+    try:
+        found = model.objects.using(config.outbox_database).aggregate(waiting=Count("id"), oldest=Min("created_at"))
+    except DatabaseError as error:
+        logger.warning(
+            "The outbox database %r cannot be read (%s): the outbox is left out", config.outbox_database, error
+        )
+        return None, None
     oldest = found["oldest"]
     return found["waiting"], oldest.timestamp() if oldest is not None else None
 

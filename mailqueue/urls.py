@@ -1,10 +1,11 @@
-"""The operator's dashboard, mounted by the project: ``path("mailqueue/", include("mailqueue.urls"))``."""
+"""The operator's dashboard and /metrics, mounted by the project: ``path("mailqueue/", include("mailqueue.urls"))``."""
 
 from __future__ import annotations
 
 from django.urls import path
 
 from . import views
+from .metrics import metrics_view
 
 app_name = "mailqueue"
 
@@ -15,4 +16,5 @@ urlpatterns = [
     path("dead-letters/requeue", views.requeue_matching, name="dead-letters-requeue"),
     path("dead-letters/purge", views.purge_matching, name="dead-letters-purge"),
     path("dead-letters/<str:letter_id>/requeue", views.requeue_one, name="dead-letter-requeue"),
+    path("metrics", metrics_view, name="metrics"),
 ]

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from django.core.mail import send_mass_mail
-from django.urls import path
+from django.urls import path, reverse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
@@ -476,3 +476,14 @@ def test_the_standalone_server_serves_the_same_metrics(configure, smtp_server, t
     assert process.returncode == 0, err
     assert "metrics server stopped" in out
     assert "Traceback" not in err
+
+
+@pytest.mark.urls("project.urls")
+@pytest.mark.django_db
+def test_including_mailqueue_urls_mounts_metrics_beside_the_dashboard(monitored, client) -> None:
+    url = reverse("mailqueue:metrics")
+    assert url == "/mailqueue/metrics"
+    assert client.get(url).status_code == 401
+    response = client.get(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200
+    assert b"mailqueue_queue_messages" in response.content

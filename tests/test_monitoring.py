@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import redis
 from django.core.mail import send_mail
+from django.db import connection
 
 from mailqueue.conf import get_config
 from mailqueue.models import OutboxMessage
@@ -196,3 +197,18 @@ def test_desired_workers_stop_at_what_the_providers_limits_let_work(scaling) -> 
     assert wanted(scaling, "critical", depth(ready=400), [view(quota_left=0), view()]) == 1
     # Every provider unusable: one worker stays to probe.
     assert wanted(scaling, "default", depth(ready=400), [view("open"), view("open")]) == 1
+
+
+def test_an_outbox_database_that_cannot_be_read_leaves_the_redis_figures(smtp_setup, caplog) -> None:
+    send(2)
+    table = OutboxMessage._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {table} RENAME TO {table}_away")
+    try:
+        seen = overview()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {table}_away RENAME TO {table}")
+    assert (seen.outbox.waiting, seen.outbox.oldest_at) == (None, None)
+    assert next(view for view in seen.queues if view.queue == "default").ready == 2
+    assert "outbox database 'default' cannot be read" in caplog.text

@@ -174,7 +174,9 @@
     fill(document.querySelector("#queues tbody"), data.queues.map(queueRow), "no queues configured", 10);
     fill(document.querySelector("#providers tbody"), data.providers.map(providerRow), "no providers", 7);
     facts(document.getElementById("outbox"), [
-      ["waiting", data.outbox.waiting.toLocaleString(), data.outbox.waiting ? "warn" : ""],
+      data.outbox.waiting === null
+        ? ["waiting", "unknown (its database cannot be read)", "warn"]
+        : ["waiting", data.outbox.waiting.toLocaleString(), data.outbox.waiting ? "warn" : ""],
       ["oldest", duration(data.outbox.oldest_age)],
     ]);
     const writer = data.writer;
