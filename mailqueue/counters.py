@@ -24,7 +24,8 @@ from .settings_values import MailQueueConfig
 #: a send that never started, is not counted).
 OUTCOMES = ("sent", "failed", "rejected", "faulted")
 
-#: Seconds a provider took to answer one send (its API call or SMTP transaction).
+#: Seconds a worker spent sending one message to a provider: its API call or SMTP transaction, with the quick
+#: in-attempt retries of a transient failure and their waits (the time a worker thread was busy with it).
 SEND_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: Seconds from send_mail() to the provider's acceptance: queueing, retries and rate-limit waits included.
 LATENCY_BUCKETS: tuple[float, ...] = (

@@ -128,7 +128,7 @@ def counter_families(config: MailQueueConfig, values: Mapping[str, float]) -> li
         )
     send = HistogramMetricFamily(
         "mailqueue_provider_send_duration_seconds",
-        "Seconds a provider took to answer one send (its API call or SMTP transaction).",
+        "Seconds a worker spent sending one message to the provider, in-attempt retries included.",
         labels=["provider"],
         unit="seconds",
     )

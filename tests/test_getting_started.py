@@ -27,6 +27,22 @@ README = (ROOT / "README.md").read_text()
 GENERATED_MAILERS = re.compile(r"^MAILERS = \{\n.*?^\}\n", re.MULTILINE | re.DOTALL)
 
 
+#: Run in the new project's shell: the dashboard's JSON as a staff user, and what an anonymous visitor gets.
+DASHBOARD_AS_STAFF = """
+from django.contrib.auth.models import User
+from django.test import Client
+from django.test.utils import setup_test_environment
+setup_test_environment()
+User.objects.create_user("staff", password="pw", is_staff=True)
+client = Client()
+anonymous = client.get("/mailqueue/").status_code
+client.login(username="staff", password="pw")
+response = client.get("/mailqueue/dashboard.json")
+queues = [queue["queue"] for queue in response.json()["queues"]]
+print("dashboard", response.status_code, "queues", queues, "anonymous", anonymous)
+"""
+
+
 def snippet(marker: str) -> str:
     """The ```python block right after ``<!-- startproject: {marker} -->``."""
     found = re.search(rf"<!-- startproject: {re.escape(marker)} -->\n```python\n(.*?)```\n", PAGE, re.DOTALL)
@@ -101,6 +117,12 @@ def test_the_pages_settings_work_pasted_into_a_new_startproject(tmp_path, privat
     assert received[0].rcpt_tos == ["you@example.com"]
     assert received[0].parsed["Subject"] == "It works"
     assert received[0].parsed.get_content().rstrip() == "Delivered by a mailqueue worker."
+
+    # Step 9: the dashboard's URLs added to the generated urls.py; a staff user sees the queues.
+    urls_file = project / "mysite" / "urls.py"
+    urls_file.write_text(urls_file.read_text() + "\n" + snippet("added to the end of mysite/urls.py"))
+    seen = run("manage.py", "shell", "-c", DASHBOARD_AS_STAFF, cwd=project).stdout
+    assert "dashboard 200 queues ['default'] anonymous 302" in seen, seen
 
     # Step 4: MAILERS and MAILQUEUE of the smallest setup (the end of the file) replaced by the production ones.
     current = settings_file.read_text()
