@@ -8,9 +8,11 @@ attempt, without that attempt's error, and expires after a week.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -96,17 +98,22 @@ class DeadLetterFilter:
     provider: str | None = None
     #: The exception class the last attempt ended with ("SMTPRecipientsRefused").
     error_type: str | None = None
-    #: Seconds: only letters that died at least this long ago.
+    #: Seconds: only letters that died at least this long ago (relative to the clock of whoever applies it).
     older_than: float | None = None
+    #: Epoch seconds: only letters that died at or before this moment. Absolute, so a filter confirmed on the
+    #: dashboard means the same letters when the server applies it again later (``older_than`` would slide).
+    failed_before: float | None = None
 
     def matches(self, letter: DeadLetter, *, now: float | None = None) -> bool:
+        return self.matches_fields(letter) and letter.failed_at <= self.newest(time.time() if now is None else now)
+
+    def matches_fields(self, letter: DeadLetter) -> bool:
+        """Everything but the age (which a scan answers from the sorted set before reading any record)."""
         if self.queue is not None and letter.queue != self.queue:
             return False
         if self.provider is not None and letter.provider != self.provider:
             return False
-        if self.error_type is not None and letter.error_type != self.error_type:
-            return False
-        return self.older_than is None or letter.failed_at <= self.newest(time.time() if now is None else now)
+        return self.error_type is None or letter.error_type == self.error_type
 
     @property
     def reads_records(self) -> bool:
@@ -115,40 +122,70 @@ class DeadLetterFilter:
 
     def newest(self, now: float) -> float:
         """The latest time of death a matching letter may have."""
-        return math.inf if self.older_than is None else now - self.older_than
+        relative = math.inf if self.older_than is None else now - self.older_than
+        return min(relative, math.inf if self.failed_before is None else self.failed_before)
 
 
 def _score(bound: float) -> str | float:
     return "+inf" if math.isinf(bound) else bound
 
 
-#: Records per HMGET while scanning: a filter over a large store must not become one command that stalls Redis.
+#: Records per HMGET (and ids per ZRANGEBYSCORE) while scanning: a filter over a large store must not become one
+#: command that stalls Redis, nor one list of every payload in this process.
 SCAN_CHUNK = 500
+#: Ids per ZRANGEBYSCORE when only the ids are read (fingerprinting a queue-and-age selection): they are small.
+ID_CHUNK = 5000
 
 
-def _scan(keys: QueueKeys, ids: list[Any]) -> Iterator[DeadLetter]:
+def _id_chunks(keys: QueueKeys, newest: float, *, size: int) -> Iterator[list[tuple[str, float]]]:
+    """The (id, time of death) of ``keys``' letters up to ``newest``, in sorted-set order, ``size`` at a time.
+
+    Paged by score, not by offset: a letter removed meanwhile (a colleague's requeue) does not shift the pages,
+    so none is skipped. The ids already returned at the page's lowest score are asked for again and dropped.
+    """
     client = redis_client()
-    for start in range(0, len(ids), SCAN_CHUNK):
-        for raw in client.hmget(keys.dead_messages, ids[start : start + SCAN_CHUNK]):
-            if raw is not None:  # requeued or purged since the ids were read
-                yield DeadLetter(**json.loads(raw))
+    low: float | None = None
+    seen_at_low: set[str] = set()
+    while True:
+        asked = size + len(seen_at_low)
+        found: list[tuple[bytes | str, float]] = client.zrangebyscore(  # type: ignore[assignment]
+            keys.dead, "-inf" if low is None else low, _score(newest), start=0, num=asked, withscores=True
+        )
+        page = [(member.decode() if isinstance(member, bytes) else member, float(score)) for member, score in found]
+        fresh = [(member, score) for member, score in page if not (score == low and member in seen_at_low)]
+        if fresh:
+            yield fresh
+        if len(page) < asked:
+            return
+        last = page[-1][1]
+        seen_at_low = (seen_at_low if last == low else set()) | {member for member, score in page if score == last}
+        low = last
+
+
+def _records(keys: QueueKeys, ids: list[str]) -> list[DeadLetter]:
+    """The records of ``ids`` (one HMGET), skipping those requeued or purged since the ids were read."""
+    return [DeadLetter(**json.loads(raw)) for raw in redis_client().hmget(keys.dead_messages, ids) if raw is not None]
+
+
+def _matching_chunks(where: DeadLetterFilter, newest: float) -> Iterator[tuple[str, list[DeadLetter]]]:
+    """Per chunk: a queue, and the letters of it ``where`` matches, oldest first (sorted-set order)."""
+    namespace = get_config().namespace
+    for name in _queues(where.queue):
+        keys = QueueKeys.of(namespace, name)
+        for chunk in _id_chunks(keys, newest, size=SCAN_CHUNK):
+            letters = _records(keys, [member for member, _ in chunk])
+            yield name, [letter for letter in letters if where.matches_fields(letter)]
 
 
 def matching(where: DeadLetterFilter, *, now: float | None = None) -> Iterator[DeadLetter]:
-    """The dead letters ``where`` matches, oldest first within each queue.
+    """The dead letters ``where`` matches, oldest first within each queue, read SCAN_CHUNK at a time.
 
-    The age bound is a ZRANGEBYSCORE on each queue's sorted set, so letters younger than it are never read;
+    The age bounds are a ZRANGEBYSCORE on each queue's sorted set, so letters younger than them are never read;
     provider and error class are matched on the records read.
     """
-    now = time.time() if now is None else now
-    namespace = get_config().namespace
-    newest = _score(where.newest(now))
-    for name in _queues(where.queue):
-        keys = QueueKeys.of(namespace, name)
-        ids: list[Any] = list(redis_client().zrangebyscore(keys.dead, "-inf", newest))
-        for letter in _scan(keys, ids):
-            if where.matches(letter, now=now):
-                yield letter
+    newest = where.newest(time.time() if now is None else now)
+    for _, letters in _matching_chunks(where, newest):
+        yield from letters
 
 
 def iter_dead(queue: str | None = None, *, older_than: float | None = None) -> Iterator[DeadLetter]:
@@ -156,54 +193,129 @@ def iter_dead(queue: str | None = None, *, older_than: float | None = None) -> I
     return matching(DeadLetterFilter(queue=queue, older_than=older_than))
 
 
+class Fingerprint:
+    """A sha256 over (queue, id) pairs in the order the scan meets them, and their count and newest time of death.
+
+    What the dashboard shows an operator and what the server acts on are compared by this: the same count of
+    different letters (one requeued by a colleague, another died since) is told apart.
+    """
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.count = 0
+        self.newest: float | None = None
+
+    def add(self, queue: str, letter_id: str, failed_at: float) -> None:
+        # Newline-separated: neither a queue name nor a message id holds one.
+        self._hash.update(f"{queue}\n{letter_id}\n".encode())
+        self.count += 1
+        self.newest = failed_at if self.newest is None else max(self.newest, failed_at)
+
+    @property
+    def digest(self) -> str:
+        return self._hash.hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Selection:
+    """The letters a filter matched at one moment, by id only (their payloads stay in Redis until acted on)."""
+
+    #: (queue, id) in scan order.
+    ids: list[tuple[str, str]]
+    digest: str
+    #: The newest time of death among them; None when nothing matched.
+    newest: float | None
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+
+def _fingerprint_ids(keys: QueueKeys, newest: float) -> Iterator[tuple[str, float]]:
+    """The (id, time of death) of ``keys``' letters up to ``newest`` in sorted-set order, ids only, streamed."""
+    for chunk in _id_chunks(keys, newest, size=ID_CHUNK):
+        yield from chunk
+
+
+def _fingerprint_chunks(where: DeadLetterFilter, newest: float) -> Iterator[tuple[str, list[tuple[str, float]]]]:
+    """Per chunk: a queue and the (id, time of death) of its letters ``where`` matches, in the order digests use."""
+    if where.reads_records:
+        for name, letters in _matching_chunks(where, newest):
+            yield name, [(letter.id, letter.failed_at) for letter in letters]
+        return
+    namespace = get_config().namespace
+    for name in _queues(where.queue):
+        for chunk in _id_chunks(QueueKeys.of(namespace, name), newest, size=ID_CHUNK):
+            yield name, chunk
+
+
+def select(where: DeadLetterFilter, *, now: float | None = None) -> Selection:
+    """The ids ``where`` matches now, with their fingerprint: what "act on all matching" acts on, once confirmed.
+
+    Records are read only for a provider or error class filter, SCAN_CHUNK at a time, and not kept.
+    """
+    newest = where.newest(time.time() if now is None else now)
+    fingerprint = Fingerprint()
+    ids: list[tuple[str, str]] = []
+    for name, chunk in _fingerprint_chunks(where, newest):
+        for letter_id, failed_at in chunk:
+            fingerprint.add(name, letter_id, failed_at)
+            ids.append((name, letter_id))
+    return Selection(ids=ids, digest=fingerprint.digest, newest=fingerprint.newest)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DeadLetterPage:
-    """The newest letters a filter matches, and how many it matches in all."""
+    """The newest letters a filter matches, and how many it matches in all, with their fingerprint.
+
+    ``as_of`` is the newest time of death among all matched (None when none): the filter with ``failed_before``
+    set to it names the same letters later, however many die meanwhile, and ``digest`` tells whether it still does.
+    """
 
     letters: list[DeadLetter]
     total: int
+    digest: str
+    as_of: float | None
 
 
 def newest_matching(where: DeadLetterFilter, *, limit: int = 100, now: float | None = None) -> DeadLetterPage:
-    """Up to ``limit`` letters ``where`` matches, newest first, with the count of all it matches.
+    """Up to ``limit`` letters ``where`` matches, newest first, with the count and fingerprint of all it matches.
 
-    Filtered by queue and age only, this is three round trips whatever the store holds (ZCOUNT per queue, the
-    newest ids per queue as the last ``limit`` of the range, their records); a provider or error class filter
-    reads every record of the queues in range, SCAN_CHUNK at a time. Only commands the web processes' ACL
-    already grants (docs/operating.md) are used: ZRANGEBYSCORE with an offset, not ZREVRANGEBYSCORE.
+    Filtered by queue and age only, the page is three round trips (ZCOUNT per queue, the newest ids per queue as
+    the last ``limit`` of the range, their records) and the fingerprint reads the matching ids, ID_CHUNK a
+    command, never their records; a provider or error class filter reads every record of the queues in range,
+    SCAN_CHUNK at a time, keeping only the newest ``limit`` per queue. Only commands the web processes' ACL
+    grants (docs/operating.md) are used: ZRANGEBYSCORE with an offset, not ZREVRANGEBYSCORE.
     """
-    now = time.time() if now is None else now
-    namespace = get_config().namespace
-    newest = _score(where.newest(now))
-    queues = [QueueKeys.of(namespace, name) for name in _queues(where.queue)]
+    newest = where.newest(time.time() if now is None else now)
+    fingerprint = Fingerprint()
     if where.reads_records:
-        total = 0
-        kept: list[DeadLetter] = []
-        for keys in queues:
-            ids: list[Any] = list(redis_client().zrangebyscore(keys.dead, "-inf", newest))
-            found = [letter for letter in _scan(keys, ids) if where.matches(letter, now=now)]
-            total += len(found)
-            kept.extend(found[-limit:])  # oldest first: no earlier letter of this queue can make the page
-        kept.sort(key=lambda letter: letter.failed_at, reverse=True)
-        return DeadLetterPage(letters=kept[:limit], total=total)
+        kept: dict[str, deque[DeadLetter]] = {}
+        for name, letters in _matching_chunks(where, newest):
+            shown = kept.setdefault(name, deque(maxlen=limit))  # oldest first: earlier letters fall off the page
+            for letter in letters:
+                fingerprint.add(name, letter.id, letter.failed_at)
+                shown.append(letter)
+        page = sorted((letter for shown in kept.values() for letter in shown), key=lambda x: x.failed_at, reverse=True)
+        return DeadLetterPage(
+            letters=page[:limit], total=fingerprint.count, digest=fingerprint.digest, as_of=fingerprint.newest
+        )
+    # Queue and age only: the ids are fingerprinted without their records, and only the page's records are read.
+    namespace = get_config().namespace
+    tails: list[tuple[float, str, str]] = []
+    for name in _queues(where.queue):
+        tail: deque[tuple[float, str, str]] = deque(maxlen=limit)
+        for letter_id, failed_at in _fingerprint_ids(QueueKeys.of(namespace, name), newest):
+            fingerprint.add(name, letter_id, failed_at)
+            tail.append((failed_at, letter_id, name))
+        tails.extend(tail)
+    candidates = sorted(tails, reverse=True)[:limit]
     with redis_client().pipeline(transaction=False) as pipe:
-        for keys in queues:
-            pipe.zcount(keys.dead, "-inf", newest)
-        counts = [int(count) for count in pipe.execute()]
-    with redis_client().pipeline(transaction=False) as pipe:
-        for keys, count in zip(queues, counts, strict=True):
-            pipe.zrangebyscore(keys.dead, "-inf", newest, start=max(count - limit, 0), num=limit, withscores=True)
-        ranges = pipe.execute()
-    candidates = sorted(
-        ((score, index, member) for index, found in enumerate(ranges) for member, score in found),
-        reverse=True,
-    )[:limit]
-    with redis_client().pipeline(transaction=False) as pipe:
-        for _, index, member in candidates:
-            pipe.hget(queues[index].dead_messages, member)
+        for _, letter_id, name in candidates:
+            pipe.hget(QueueKeys.of(namespace, name).dead_messages, letter_id)
         records = pipe.execute()
     letters = [DeadLetter(**json.loads(raw)) for raw in records if raw is not None]
-    return DeadLetterPage(letters=letters, total=sum(counts))
+    return DeadLetterPage(letters=letters, total=fingerprint.count, digest=fingerprint.digest, as_of=fingerprint.newest)
 
 
 #: Ids per HMGET in ``find``: a "select all" over a large log must not become one command that stalls Redis.
@@ -241,56 +353,99 @@ def count(queue: str) -> int:
     return int(redis_client().zcard(QueueKeys.of(get_config().namespace, queue).dead))
 
 
-def _remove(letters: Iterable[DeadLetter], *, requeue: bool) -> int:
-    letters = list(letters)
+#: KEYS: the message log's stream, then per letter its dead set and dead records hash and, to requeue, the
+#: messages hash and ready list of the queue it goes back to. ARGV: the stream's MAXLEN, the keys per letter (2 to
+#: purge, 4 to requeue), then per letter its id and, to requeue, its redis id, message data and ``requeued`` event
+#: (or ""). A letter is acted on only if this call removed it from the dead set: two operators (or a double
+#: click) acting on the same letters at once push each message once, and each call reports only its own.
+#: Returns the ids acted on.
+ACT_SCRIPT = """
+local per = tonumber(ARGV[2])
+local step = per == 4 and 4 or 1
+local done = {}
+local arg = 3
+for key = 2, #KEYS, per do
+  local id = ARGV[arg]
+  if redis.call("zrem", KEYS[key], id) == 1 then
+    redis.call("hdel", KEYS[key + 1], id)
+    if per == 4 then
+      redis.call("hset", KEYS[key + 2], ARGV[arg + 1], ARGV[arg + 2])
+      redis.call("rpush", KEYS[key + 3], ARGV[arg + 1])
+      if ARGV[arg + 3] ~= "" then
+        redis.call("xadd", KEYS[1], "maxlen", "~", ARGV[1], "*", "e", ARGV[arg + 3])
+      end
+    end
+    done[#done + 1] = id
+  end
+  arg = arg + step
+end
+return done
+"""
+ACT = LuaScript(ACT_SCRIPT)
+
+
+def _act(letters: list[DeadLetter], *, requeue: bool) -> list[DeadLetter]:
+    """Purge or requeue ``letters`` in one script call; return those this call removed (not someone else)."""
     if not letters:
-        return 0
+        return []
     config = get_config()
     namespace = config.namespace
-    requeued = []
-    with redis_client().pipeline(transaction=True) as pipe:
-        for letter in letters:
-            keys = QueueKeys.of(namespace, letter.queue)
-            pipe.zrem(keys.dead, letter.id)
-            pipe.hdel(keys.dead_messages, letter.id)
-            if requeue:
-                encoded = encode(Envelope.decode(letter.payload))
-                ready = QueueKeys.of(namespace, encoded.queue)
-                pipe.hset(ready.messages, encoded.redis_id, encoded.data)
-                pipe.rpush(ready.ready, encoded.redis_id)
-                if config.log.enabled:
-                    entry = eventlog.requeued(encoded.envelope_id, encoded.queue)
-                    pipe.xadd(
-                        events_key(namespace),
-                        {eventlog.FIELD: entry},
-                        maxlen=config.log.stream_maxlen,
-                        approximate=True,
-                    )
-                requeued.append(MessageRequeued(envelope_id=encoded.envelope_id, queue=encoded.queue))
-        pipe.execute()
-    for event in requeued:
-        announce(event)
-    return len(letters)
+    keys: list[Any] = [events_key(namespace)]
+    args: list[Any] = [config.log.stream_maxlen, 4 if requeue else 2]
+    queued: dict[str, MessageRequeued] = {}
+    # Encoded before anything is removed: an unreadable payload raises here, with nothing done.
+    encoded = [encode(Envelope.decode(letter.payload)) for letter in letters] if requeue else []
+    for index, letter in enumerate(letters):
+        dead = QueueKeys.of(namespace, letter.queue)
+        keys += [dead.dead, dead.dead_messages]
+        args.append(letter.id)
+        if requeue:
+            message = encoded[index]
+            ready = QueueKeys.of(namespace, message.queue)
+            keys += [ready.messages, ready.ready]
+            event = eventlog.requeued(message.envelope_id, message.queue) if config.log.enabled else b""
+            args += [message.redis_id, message.data, event]
+            queued[letter.id] = MessageRequeued(envelope_id=message.envelope_id, queue=message.queue)
+    done = {raw.decode() if isinstance(raw, bytes) else raw for raw in ACT(keys, args)}
+    for letter_id, requeued in queued.items():
+        if letter_id in done:
+            announce(requeued)
+    return [letter for letter in letters if letter.id in done]
 
 
-def requeue(letters: Iterable[DeadLetter]) -> int:
-    """Put dead letters back on their queues with a fresh retry budget.
+def _in_chunks(letters: Iterable[DeadLetter], chunk: int) -> Iterator[list[DeadLetter]]:
+    batch: list[DeadLetter] = []
+    for letter in letters:
+        batch.append(letter)
+        if len(batch) == chunk:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
-    Raises EnvelopeError for a payload that cannot be read (purge those instead).
+
+def requeue(letters: Iterable[DeadLetter], *, chunk: int = SCAN_CHUNK) -> int:
+    """Put dead letters back on their queues with a fresh retry budget; return how many this call put back.
+
+    A letter already requeued or purged (by someone else, meanwhile) is skipped, not pushed twice. Raises
+    EnvelopeError for a payload that cannot be read, before anything is done (purge those instead).
     """
-    return _remove(letters, requeue=True)
+    letters = list(letters)
+    for letter in letters:
+        Envelope.decode(letter.payload)
+    return sum(len(_act(batch, requeue=True)) for batch in _in_chunks(letters, chunk))
 
 
-def purge(letters: Iterable[DeadLetter]) -> int:
-    """Delete dead letters for good."""
-    return _remove(letters, requeue=False)
+def purge(letters: Iterable[DeadLetter], *, chunk: int = SCAN_CHUNK) -> int:
+    """Delete dead letters for good, ``chunk`` a script call; return how many this call deleted."""
+    return sum(len(_act(batch, requeue=False)) for batch in _in_chunks(letters, chunk))
 
 
 def requeue_readable(letters: Iterable[DeadLetter], *, chunk: int = SCAN_CHUNK) -> tuple[int, list[DeadLetter]]:
-    """Requeue every letter whose payload reads, ``chunk`` a transaction; return how many, and those that do not.
+    """Requeue every letter whose payload reads, ``chunk`` a script call; return how many, and those that do not.
 
     For "requeue all matching": one unreadable letter must not hold back the others (``requeue`` refuses a
-    whole batch), and thousands of letters must not be one MULTI that stalls Redis.
+    whole batch), and thousands of letters must not be one call that stalls Redis.
     """
     readable: list[DeadLetter] = []
     unreadable: list[DeadLetter] = []
@@ -301,11 +456,33 @@ def requeue_readable(letters: Iterable[DeadLetter], *, chunk: int = SCAN_CHUNK) 
             unreadable.append(letter)
         else:
             readable.append(letter)
-    requeued = sum(requeue(readable[start : start + chunk]) for start in range(0, len(readable), chunk))
+    return requeue(readable, chunk=chunk), unreadable
+
+
+def _selected_letters(selection: Selection) -> Iterator[list[DeadLetter]]:
+    """The records of ``selection``'s ids, SCAN_CHUNK per HMGET; those acted on meanwhile are left out."""
+    namespace = get_config().namespace
+    start = 0
+    while start < len(selection.ids):
+        queue = selection.ids[start][0]
+        end = start
+        while end < len(selection.ids) and end - start < SCAN_CHUNK and selection.ids[end][0] == queue:
+            end += 1
+        yield _records(QueueKeys.of(namespace, queue), [letter_id for _, letter_id in selection.ids[start:end]])
+        start = end
+
+
+def requeue_selected(selection: Selection) -> tuple[int, list[DeadLetter]]:
+    """Requeue the letters of ``selection`` that still are dead, SCAN_CHUNK at a time; as ``requeue_readable``."""
+    requeued = 0
+    unreadable: list[DeadLetter] = []
+    for letters in _selected_letters(selection):
+        done, unread = requeue_readable(letters)
+        requeued += done
+        unreadable += unread
     return requeued, unreadable
 
 
-def purge_all(letters: Iterable[DeadLetter], *, chunk: int = SCAN_CHUNK) -> int:
-    """Purge ``letters``, ``chunk`` a transaction."""
-    letters = list(letters)
-    return sum(purge(letters[start : start + chunk]) for start in range(0, len(letters), chunk))
+def purge_selected(selection: Selection) -> int:
+    """Purge the letters of ``selection`` that still are dead; return how many this call deleted."""
+    return sum(purge(letters) for letters in _selected_letters(selection))

@@ -14,6 +14,7 @@ from functools import cache
 from typing import Any, cast
 
 import redis
+from django.contrib.auth.decorators import login_not_required
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.utils.cache import patch_vary_headers
@@ -365,6 +366,7 @@ def _no_store(view: Callable[[HttpRequest], HttpResponse]) -> Callable[[HttpRequ
     return wrapped
 
 
+@login_not_required  # a scraper brings a token, not a session: LoginRequiredMiddleware must let it through
 @_no_store
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:

@@ -2,7 +2,9 @@
 
 Everything here is for users who pass ``mailqueue.access.may_monitor``. The page sends an anonymous visitor to
 the admin's login; the JSON endpoints answer 401/403 with no data, and 503 when Redis cannot be read, so the
-page can say its figures are stale instead of showing old ones as current.
+page can say its figures are stale instead of showing old ones as current. The JSON endpoints are
+``login_not_required`` (Django's LoginRequiredMiddleware would turn their 401 into a redirect to an HTML page) and
+the POSTs ``csrf_protect`` themselves, so neither rule depends on the project's MIDDLEWARE.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+from django.contrib.auth.decorators import login_not_required
 from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.shortcuts import render
 from django.urls import NoReverseMatch, reverse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.csrf import ensure_csrf_cookie
+from django.views.decorators.csrf import csrf_protect, ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 from redis.exceptions import RedisError
 
@@ -27,7 +30,7 @@ from . import deadletters
 from .access import may_monitor
 from .client import access_problem
 from .conf import get_config
-from .deadletters import DeadLetter, DeadLetterFilter
+from .deadletters import DeadLetter, DeadLetterFilter, Selection
 from .models import Message
 from .monitoring import overview, provider_aliases
 
@@ -102,6 +105,7 @@ def _login_url() -> str | None:
         return None
 
 
+@login_not_required
 @require_GET
 @monitor_json
 def dashboard_json(request: HttpRequest) -> HttpResponse:
@@ -113,8 +117,22 @@ class BadFilter(ValueError):
     """A filter parameter the dashboard cannot use; its message says which and why."""
 
 
+def _seconds(params: QueryDict, name: str, what: str) -> float | None:
+    raw = params.get(name)
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadFilter(f"{name}: {what}, a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise BadFilter(f"{name}: {what}, a number 0 or more")
+    return value
+
+
 def parse_filter(params: QueryDict) -> DeadLetterFilter:
-    """The dead-letter filter from ``queue``, ``provider``, ``error_type`` and ``older_than`` (seconds)."""
+    """The dead-letter filter from ``queue``, ``provider``, ``error_type``, ``older_than`` (seconds) and
+    ``failed_before`` (epoch seconds: the ``as_of`` of the listing an action confirms)."""
     queue = params.get("queue") or None
     if queue is not None and queue not in get_config().queues:
         raise BadFilter(f"queue: {queue!r} is not a configured queue")
@@ -124,16 +142,12 @@ def parse_filter(params: QueryDict) -> DeadLetterFilter:
         if value is not None and len(value) > FILTER_TEXT_MAX:
             raise BadFilter(f"{name}: longer than {FILTER_TEXT_MAX} characters")
         texts[name] = value
-    older_than = None
-    raw = params.get("older_than")
-    if raw:
-        try:
-            older_than = float(raw)
-        except ValueError:
-            raise BadFilter("older_than: seconds, a number") from None
-        if not math.isfinite(older_than) or older_than < 0:
-            raise BadFilter("older_than: seconds, a number 0 or more")
-    return DeadLetterFilter(queue=queue, older_than=older_than, **texts)
+    return DeadLetterFilter(
+        queue=queue,
+        older_than=_seconds(params, "older_than", "seconds"),
+        failed_before=_seconds(params, "failed_before", "epoch seconds"),
+        **texts,
+    )
 
 
 def _filter_or_400(params: QueryDict) -> DeadLetterFilter | JsonResponse:
@@ -168,10 +182,15 @@ def _letter_json(letter: DeadLetter, now: float, log_urls: dict[str, str]) -> di
     }
 
 
+@login_not_required
 @require_GET
 @monitor_json
 def dead_letters_json(request: HttpRequest) -> HttpResponse:
-    """The newest DEAD_LETTERS_SHOWN letters the filter matches, the total it matches, and links to their log."""
+    """The newest DEAD_LETTERS_SHOWN letters the filter matches, the total it matches, and links to their log.
+
+    With them, what an action on all of them confirms: ``as_of`` (the newest time of death matched, posted back
+    as ``failed_before``) and ``digest`` (of every matched id), so the server acts on exactly these letters.
+    """
     where = _filter_or_400(request.GET)
     if isinstance(where, JsonResponse):
         return where
@@ -184,68 +203,83 @@ def dead_letters_json(request: HttpRequest) -> HttpResponse:
     return JsonResponse(
         {
             "total": page.total,
+            "as_of": page.as_of,
+            "digest": page.digest,
             "limit": DEAD_LETTERS_SHOWN,
             "letters": [_letter_json(letter, now, log_urls) for letter in page.letters],
         }
     )
 
 
-def _confirmed_count(params: QueryDict) -> int | None:
-    try:
-        return int(params.get("count", ""))
-    except ValueError:
-        return None
+#: What a confirmation's digest looks like: a sha256 in hex.
+DIGEST_LENGTH = 64
 
 
-def _act_on_matching(request: HttpRequest, act: Callable[[list[DeadLetter]], dict[str, Any]]) -> HttpResponse:
-    """Re-apply the posted filter; act only when it still matches exactly the count the operator confirmed."""
+def _act_on_matching(request: HttpRequest, act: Callable[[Selection], dict[str, Any]]) -> HttpResponse:
+    """Re-apply the posted filter; act only on exactly the letters the operator confirmed (count and digest).
+
+    The filter comes back with ``failed_before``, the listing's ``as_of``: letters that died since are not part
+    of it, so a steady trickle of new dead letters does not refuse every confirmation.
+    """
     where = _filter_or_400(request.POST)
     if isinstance(where, JsonResponse):
         return where
-    confirmed = _confirmed_count(request.POST)
-    if confirmed is None:
+    try:
+        confirmed = int(request.POST.get("count", ""))
+    except ValueError:
         return JsonResponse({"error": "count: the number of matching letters you confirmed"}, status=400)
-    letters = list(deadletters.matching(where))
-    if len(letters) != confirmed:
-        # The set changed between the count shown and the click: the operator confirmed something else.
-        return JsonResponse(
-            {"error": f"{len(letters)} letters match now, not {confirmed}: nothing done", "matching": len(letters)},
-            status=409,
+    digest = request.POST.get("digest", "")
+    if len(digest) != DIGEST_LENGTH:
+        return JsonResponse({"error": "digest: that of the letters you confirmed (dead-letters.json)"}, status=400)
+    selection = deadletters.select(where)
+    if selection.count != confirmed or selection.digest != digest:
+        # The set changed between the listing and the click: the operator confirmed other letters.
+        why = (
+            f"{selection.count} letters match now, not {confirmed}"
+            if selection.count != confirmed
+            else f"the {confirmed} letters that match now are not the ones listed"
         )
-    return JsonResponse({"matching": len(letters), **act(letters)})
+        return JsonResponse({"error": f"{why}: nothing done", "matching": selection.count}, status=409)
+    return JsonResponse({"matching": selection.count, **act(selection)})
 
 
+@login_not_required
 @require_POST
+@csrf_protect
 @monitor_json
 def requeue_matching(request: HttpRequest) -> HttpResponse:
-    """Requeue every dead letter the posted filter matches (after the count is confirmed)."""
+    """Requeue every dead letter the posted filter matches (once the operator confirmed exactly which)."""
     if not _may_requeue(request):
         return JsonResponse({"error": "You may not requeue messages."}, status=403)
 
-    def act(letters: list[DeadLetter]) -> dict[str, Any]:
-        requeued, unreadable = deadletters.requeue_readable(letters)
+    def act(selection: Selection) -> dict[str, Any]:
+        requeued, unreadable = deadletters.requeue_selected(selection)
         logger.info("dashboard: %s requeued %d dead letter(s)", request.user.get_username(), requeued)
         return {"requeued": requeued, "unreadable": [letter.id for letter in unreadable]}
 
     return _act_on_matching(request, act)
 
 
+@login_not_required
 @require_POST
+@csrf_protect
 @monitor_json
 def purge_matching(request: HttpRequest) -> HttpResponse:
-    """Delete every dead letter the posted filter matches (after the count is confirmed)."""
+    """Delete every dead letter the posted filter matches (once the operator confirmed exactly which)."""
     if not _may_purge(request):
         return JsonResponse({"error": "You may not purge messages."}, status=403)
 
-    def act(letters: list[DeadLetter]) -> dict[str, Any]:
-        purged = deadletters.purge_all(letters)
+    def act(selection: Selection) -> dict[str, Any]:
+        purged = deadletters.purge_selected(selection)
         logger.info("dashboard: %s purged %d dead letter(s)", request.user.get_username(), purged)
         return {"purged": purged}
 
     return _act_on_matching(request, act)
 
 
+@login_not_required
 @require_POST
+@csrf_protect
 @monitor_json
 def requeue_one(request: HttpRequest, letter_id: str) -> HttpResponse:
     """Requeue one dead letter by its id."""
@@ -257,4 +291,7 @@ def requeue_one(request: HttpRequest, letter_id: str) -> HttpResponse:
     requeued, unreadable = deadletters.requeue_readable([letter])
     if unreadable:
         return JsonResponse({"error": "This letter cannot be read; purge it instead."}, status=422)
+    if not requeued:
+        # Read, then taken by a concurrent request (a double click, a colleague) before this one could act.
+        return JsonResponse({"error": "No such dead letter (requeued or purged already?)."}, status=404)
     return JsonResponse({"requeued": requeued})

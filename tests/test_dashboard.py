@@ -6,8 +6,11 @@ API with real envelopes, or made by a real worker against a real SMTP server tha
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -17,10 +20,12 @@ from django.test import Client
 from django.urls import include, path, reverse
 from django.utils import timezone
 
-from mailqueue import deadletters, views
+from mailqueue import deadletters, eventlog, views
 from mailqueue.deadletters import DeadLetter, DeadLetterFilter
 from mailqueue.envelope import Envelope
+from mailqueue.keys import QueueKeys, events_key
 from mailqueue.models import Message, Status
+from mailqueue.signals import MessageRequeued
 from tests.redis_server import RedisServer
 from tests.test_backend import CountingConnection
 from tests.test_redis_access import WEB_RULE, add_user
@@ -82,6 +87,13 @@ def letters(smtp_setup) -> dict[str, DeadLetter]:
         "c": letter("c", queue="bulk", provider="ses", error="SMTPRecipientsRefused", age=2 * 3600),
         "d": letter("d", queue="critical", provider=None, error="EnvelopeError", age=30),
     }
+
+
+def confirmed(client: Client, params: dict[str, str]) -> dict[str, str]:
+    """What the page posts to act on all the letters ``params`` lists now: the filter, its count, as_of and digest."""
+    listing = client.get(DEAD, params).json()
+    pinned = {"failed_before": repr(listing["as_of"])} if listing["as_of"] is not None else {}
+    return {**params, **pinned, "count": str(listing["total"]), "digest": listing["digest"]}
 
 
 def subjects(response) -> list[str]:
@@ -350,7 +362,7 @@ def test_the_filter_matches_each_field_and_the_age_on_the_given_clock(smtp_setup
 
 @pytest.mark.django_db
 def test_requeue_all_matching_requeues_what_the_filter_matches_and_nothing_else(letters, admin_client) -> None:
-    response = admin_client.post(REQUEUE, {"queue": "default", "older_than": "3600", "count": "1"})
+    response = admin_client.post(REQUEUE, confirmed(admin_client, {"queue": "default", "older_than": "3600"}))
     assert response.status_code == 200
     assert response.json() == {"matching": 1, "requeued": 1, "unreadable": []}
     assert sorted(dead.subject for dead in deadletters.iter_dead()) == ["b", "c", "d"]
@@ -360,23 +372,83 @@ def test_requeue_all_matching_requeues_what_the_filter_matches_and_nothing_else(
 
 @pytest.mark.django_db
 def test_nothing_is_done_when_the_confirmed_count_is_not_what_matches_now(letters, admin_client) -> None:
+    seen = confirmed(admin_client, {"error_type": "SMTPRecipientsRefused"})
+    assert seen["count"] == "2"
     for url in (REQUEUE, PURGE):
-        response = admin_client.post(url, {"error_type": "SMTPRecipientsRefused", "count": "1"})
+        response = admin_client.post(url, {**seen, "count": "1"})
         assert response.status_code == 409
         assert response.json()["matching"] == 2 and "nothing done" in response.json()["error"]
-        assert admin_client.post(url, {"error_type": "SMTPRecipientsRefused"}).status_code == 400  # no count
+        assert admin_client.post(url, {**seen, "count": ""}).status_code == 400  # no count
+        assert admin_client.post(url, {**seen, "digest": ""}).status_code == 400  # no digest
     assert len(list(deadletters.iter_dead())) == 4
-    letter("e", error="SMTPRecipientsRefused")  # another one dies after the operator saw "2 match"
-    assert admin_client.post(PURGE, {"error_type": "SMTPRecipientsRefused", "count": "2"}).status_code == 409
-    assert len(list(deadletters.iter_dead())) == 5
+    deadletters.purge([letters["c"]])  # a colleague purges one of the two the operator saw
+    assert admin_client.post(PURGE, seen).json()["matching"] == 1
+    assert len(list(deadletters.iter_dead())) == 3
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url", [REQUEUE, PURGE])
+def test_the_same_count_of_other_letters_is_refused(letters, admin_client, url) -> None:
+    """The review's case: provider=ses shows 3; one is requeued by its row button, another ses letter dies."""
+    for name in ("ses 1", "ses 2"):
+        letter(name, queue="bulk", provider="ses", age=300)
+    seen = confirmed(admin_client, {"provider": "ses"})
+    assert seen["count"] == "3"
+    ses = [dead for dead in deadletters.iter_dead() if dead.provider == "ses"]
+    assert admin_client.post(reverse("mailqueue:dead-letter-requeue", args=[ses[0].id])).json() == {"requeued": 1}
+    # Its worker stamped its time of death before the listing, and recorded it after: inside the confirmed bound.
+    late = letter("late ses", queue="bulk", provider="ses", age=400)
+    response = admin_client.post(url, seen)
+    assert response.status_code == 409, response.content
+    assert response.json()["matching"] == 3 and "not the ones listed" in response.json()["error"]
+    assert late.id in {dead.id for dead in deadletters.iter_dead()}  # nobody saw it: it stays
+    assert len(list(deadletters.iter_dead())) == 6
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url", [REQUEUE, PURGE])
+def test_letters_that_die_after_the_listing_neither_refuse_the_action_nor_are_touched(
+    letters, admin_client, url
+) -> None:
+    seen = confirmed(admin_client, {"error_type": "SMTPRecipientsRefused"})
+    newer = [letter(f"new {number}", error="SMTPRecipientsRefused") for number in range(3)]  # a steady trickle
+    response = admin_client.post(url, seen)
+    assert response.status_code == 200, response.content
+    assert response.json()["matching"] == 2
+    left = {dead.id for dead in deadletters.iter_dead()}
+    assert left == {letters["b"].id, letters["d"].id} | {dead.id for dead in newer}
+
+
+@pytest.mark.django_db
+def test_a_letter_crossing_the_age_boundary_while_the_operator_confirms_is_left_alone(letters, admin_client) -> None:
+    """``older_than`` is turned into an absolute bound once, at the listing; the server does not slide it."""
+    crossing = letter("crossing", age=59.0)
+    seen = confirmed(admin_client, {"older_than": "60"})
+    assert seen["count"] == "3"  # a, b, c: not yet "crossing"
+    time.sleep(1.2)  # the confirm dialog is open; "crossing" is now older than 60 s too
+    assert admin_client.get(DEAD, {"older_than": "60"}).json()["total"] == 4
+    response = admin_client.post(PURGE, seen)
+    assert response.status_code == 200 and response.json() == {"matching": 3, "purged": 3}
+    assert {dead.id for dead in deadletters.iter_dead()} == {crossing.id, letters["d"].id}
+
+
+@pytest.mark.django_db
+def test_the_listing_pins_its_letters_by_their_newest_death_and_a_digest_of_their_ids(letters, admin_client) -> None:
+    body = admin_client.get(DEAD, {"queue": "default"}).json()
+    assert body["as_of"] == letters["b"].failed_at  # the newest of a and b, exactly (it is posted back)
+    expected = hashlib.sha256(f"default\n{letters['a'].id}\ndefault\n{letters['b'].id}\n".encode()).hexdigest()
+    assert body["digest"] == expected
+    by_record = admin_client.get(DEAD, {"queue": "default", "provider": "smtp"}).json()  # read through the records
+    assert (by_record["digest"], by_record["as_of"]) == (expected, body["as_of"])
+    assert admin_client.get(DEAD, {"queue": "default", "provider": "nobody"}).json()["as_of"] is None
 
 
 @pytest.mark.django_db
 def test_purge_all_matching_deletes_what_the_filter_matches(letters, admin_client) -> None:
-    response = admin_client.post(PURGE, {"provider": "ses", "count": "1"})
+    response = admin_client.post(PURGE, confirmed(admin_client, {"provider": "ses"}))
     assert response.json() == {"matching": 1, "purged": 1}
     assert sorted(dead.subject for dead in deadletters.iter_dead()) == ["a", "b", "d"]
-    assert admin_client.post(PURGE, {"count": "3"}).json() == {"matching": 3, "purged": 3}
+    assert admin_client.post(PURGE, confirmed(admin_client, {})).json() == {"matching": 3, "purged": 3}
     assert list(deadletters.iter_dead()) == []
 
 
@@ -384,7 +456,7 @@ def test_purge_all_matching_deletes_what_the_filter_matches(letters, admin_clien
 def test_an_unreadable_letter_does_not_hold_back_the_others(letters, admin_client) -> None:
     broken = DeadLetter(**{**letter("x", queue="critical").to_json(), "payload": {"not": "an envelope"}})
     deadletters.record(broken)
-    response = admin_client.post(REQUEUE, {"queue": "critical", "count": "2"})
+    response = admin_client.post(REQUEUE, confirmed(admin_client, {"queue": "critical"}))
     assert response.json() == {"matching": 2, "requeued": 1, "unreadable": [broken.id]}
     assert [dead.id for dead in deadletters.iter_dead("critical")] == [broken.id]
     one = admin_client.post(reverse("mailqueue:dead-letter-requeue", args=[broken.id]))
@@ -412,7 +484,7 @@ def test_acting_takes_the_admins_permissions_for_requeue_and_purge(letters, djan
     requeuer = as_user(user(django_user_model, "requeuer", perms=("change_message",), is_staff=True))
     assert requeuer.post(PURGE, {"count": "4"}).status_code == 403
     assert len(list(deadletters.iter_dead())) == 4
-    assert requeuer.post(REQUEUE, {"queue": "bulk", "count": "1"}).json()["requeued"] == 1
+    assert requeuer.post(REQUEUE, confirmed(requeuer, {"queue": "bulk"})).json()["requeued"] == 1
 
 
 @pytest.mark.django_db
@@ -425,7 +497,7 @@ def test_the_actions_need_the_csrf_token_the_page_carries(letters, admin_user) -
     page = client.get(PAGE)
     token = page.context["csrf_token"]
     assert f'value="{token}"' in page.content.decode()
-    response = client.post(PURGE, {"provider": "ses", "count": "1"}, headers={"X-CSRFToken": str(token)})
+    response = client.post(PURGE, confirmed(client, {"provider": "ses"}), headers={"X-CSRFToken": str(token)})
     assert response.status_code == 200 and response.json()["purged"] == 1
 
 
@@ -444,7 +516,7 @@ def test_requeued_from_the_dashboard_real_dead_letters_are_delivered(
     assert "gone@example.com" in listed["letters"][0]["reason"]
 
     smtp_setup.handler.rcpt_replies.clear()
-    response = admin_client.post(REQUEUE, {"queue": "default", "error_type": error_type, "count": "2"})
+    response = admin_client.post(REQUEUE, confirmed(admin_client, {"queue": "default", "error_type": error_type}))
     assert response.json() == {"matching": 2, "requeued": 2, "unreadable": []}
     with run_worker() as worker:
         worker.drain()
@@ -478,7 +550,156 @@ def test_the_dashboard_needs_no_command_the_web_processes_acl_does_not_grant(
     assert subjects(admin_client.get(DEAD, {"error_type": "X", "older_than": "60"})) == ["b"]
     first = deadletters.newest_matching(DeadLetterFilter(error_type="SMTPRecipientsRefused")).letters[0]
     assert admin_client.post(reverse("mailqueue:dead-letter-requeue", args=[first.id])).status_code == 200
-    assert admin_client.post(REQUEUE, {"error_type": "SMTPRecipientsRefused", "count": "1"}).status_code == 200
-    assert admin_client.post(PURGE, {"count": "1"}).json() == {"matching": 1, "purged": 1}
+    requeue = confirmed(admin_client, {"error_type": "SMTPRecipientsRefused"})
+    assert admin_client.post(REQUEUE, requeue).status_code == 200
+    assert admin_client.post(PURGE, confirmed(admin_client, {})).json() == {"matching": 1, "purged": 1}
     queues = {queue["queue"]: queue for queue in admin_client.get(OVERVIEW).json()["queues"]}
     assert (queues["default"]["ready"], queues["default"]["dead"]) == (3, 0)
+
+
+# ---- acting on letters twice at once ----------------------------------------------------------------------------
+
+
+def requeued_events(redis_client: Any, namespace: str) -> list[str]:
+    stream = [eventlog.decode(fields) for _, fields in redis_client.xrange(events_key(namespace))]
+    return [event["id"] for event in stream if event["k"] == "requeued"]
+
+
+@pytest.mark.django_db
+def test_requeueing_letters_another_request_already_requeued_pushes_nothing(
+    letters, redis_client, namespace, recorder
+) -> None:
+    """Two requests that read the same letters (a double click, two operators) each push only what they removed."""
+    held = list(deadletters.iter_dead("default"))  # what both requests read before either acted
+    assert deadletters.requeue(held) == 2
+    assert deadletters.requeue(held) == 0
+    assert deadletters.requeue_readable(held) == (0, [])
+    ready = QueueKeys.of(namespace, "default")
+    assert redis_client.llen(ready.ready) == 2 and redis_client.hlen(ready.messages) == 2
+    assert sorted(requeued_events(redis_client, namespace)) == sorted(dead.id for dead in held)
+    assert sorted(event.envelope_id for event in recorder.of(MessageRequeued)) == sorted(dead.id for dead in held)
+    assert deadletters.purge(held) == 0  # requeued already: nothing left to purge, and none counted
+    assert deadletters.purge(list(deadletters.iter_dead())) == 2
+    assert deadletters.purge([letters["c"]]) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_requeues_of_the_same_letters_push_each_message_once(smtp_setup, redis_client, namespace) -> None:
+    for number in range(300):
+        letter(f"m{number}")
+    held = list(deadletters.iter_dead())
+    start = threading.Barrier(4)
+
+    def requeue_all() -> int:
+        start.wait()
+        return deadletters.requeue(held, chunk=50)
+
+    with ThreadPoolExecutor(4) as pool:
+        counts = list(pool.map(lambda _: requeue_all(), range(4)))
+    assert sum(counts) == 300, counts
+    ready = QueueKeys.of(namespace, "default")
+    assert redis_client.llen(ready.ready) == 300 and redis_client.zcard(ready.dead) == 0
+    assert len(requeued_events(redis_client, namespace)) == 300
+
+
+@pytest.mark.django_db
+def test_a_second_click_on_a_rows_requeue_is_told_the_letter_is_gone(letters, admin_client, redis_client, namespace):
+    url = reverse("mailqueue:dead-letter-requeue", args=[letters["b"].id])
+    held = deadletters.find([letters["b"].id])[letters["b"].id]
+    assert admin_client.post(url).json() == {"requeued": 1}
+    assert deadletters.requeue_readable([held]) == (0, [])  # the slower request of a double click
+    assert redis_client.llen(QueueKeys.of(namespace, "default").ready) == 1
+
+
+# ---- the match scan streams -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def spied_ranges(monkeypatch) -> list[int]:
+    """The size of every ZRANGEBYSCORE reply the dead-letter store reads (the shared client, wrapped)."""
+    sizes: list[int] = []
+    client = deadletters.redis_client()
+    real = client.zrangebyscore
+
+    def zrangebyscore(*args: Any, **kwargs: Any) -> Any:
+        found = real(*args, **kwargs)
+        sizes.append(len(found))
+        return found
+
+    monkeypatch.setattr(client, "zrangebyscore", zrangebyscore)
+    return sizes
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("params", [{"queue": "bulk"}, {"queue": "bulk", "error_type": "X"}])
+def test_acting_on_all_matching_reads_the_letters_in_chunks(
+    smtp_setup, admin_client, monkeypatch, spied_ranges, params
+) -> None:
+    monkeypatch.setattr(deadletters, "SCAN_CHUNK", 4)
+    monkeypatch.setattr(deadletters, "ID_CHUNK", 4)
+    made = [letter(f"m{number}", queue="bulk", age=100 - number) for number in range(11)]
+    # Five died in the same instant: paging by time of death must neither skip nor repeat them.
+    same = time.time() - 50
+    for number in range(5):
+        twin = letter(f"t{number}", queue="bulk")
+        deadletters.record(DeadLetter(**{**twin.to_json(), "failed_at": same}))
+        made.append(twin)
+    seen = confirmed(admin_client, params)
+    assert seen["count"] == "16"
+    assert sorted(dead.id for dead in deadletters.matching(DeadLetterFilter(queue="bulk"))) == sorted(
+        dead.id for dead in made
+    )
+    spied_ranges.clear()
+    response = admin_client.post(REQUEUE, seen)
+    assert response.json() == {"matching": 16, "requeued": 16, "unreadable": []}
+    assert spied_ranges and max(spied_ranges) <= 4 + 5, spied_ranges  # a chunk, plus the same-instant ones re-read
+    assert list(deadletters.iter_dead("bulk")) == []
+
+
+def test_paging_by_time_of_death_skips_no_letter_removed_meanwhile(smtp_setup, monkeypatch) -> None:
+    monkeypatch.setattr(deadletters, "SCAN_CHUNK", 3)
+    made = [letter(f"m{number}", age=100 - number) for number in range(10)]
+    visited = []
+    for dead in deadletters.matching(DeadLetterFilter(queue="default")):
+        visited.append(dead.id)
+        deadletters.purge([dead])  # acting while scanning, as purge(iter_dead()) does
+    assert visited == [dead.id for dead in made]
+
+
+# ---- under a project's LoginRequiredMiddleware, and without its CsrfViewMiddleware --------------------------------
+
+LOGIN_REQUIRED = "django.contrib.auth.middleware.LoginRequiredMiddleware"
+CSRF_MIDDLEWARE = "django.middleware.csrf.CsrfViewMiddleware"
+
+
+@pytest.mark.django_db
+def test_login_required_middleware_lets_scrapers_and_the_json_answer_for_themselves(
+    configure, smtp_server, settings, client
+) -> None:
+    configure(providers={"smtp": smtp_server.mailer()}, MONITOR={"METRICS_TOKEN": "t0ken-for-the-scraper"})
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, LOGIN_REQUIRED]
+    assert client.get(PAGE).status_code == 302  # the page itself still sends to a login
+    scrape = client.get(reverse("mailqueue:metrics"), headers={"Authorization": "Bearer t0ken-for-the-scraper"})
+    assert scrape.status_code == 200 and b"mailqueue_queue_messages" in scrape.content
+    assert client.get(reverse("mailqueue:metrics")).status_code == 401
+    for url in (OVERVIEW, DEAD):
+        response = client.get(url)
+        assert response.status_code == 401 and set(response.json()) == {"error"}, url
+    for url in (REQUEUE, PURGE, reverse("mailqueue:dead-letter-requeue", args=["x"])):
+        response = client.post(url, {"count": "1"})
+        assert response.status_code == 401 and set(response.json()) == {"error"}, url
+
+
+@pytest.mark.django_db
+def test_the_actions_check_csrf_even_where_the_project_has_no_csrf_middleware(letters, admin_user, settings) -> None:
+    settings.MIDDLEWARE = [name for name in settings.MIDDLEWARE if name != CSRF_MIDDLEWARE]
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(admin_user)
+    seen = confirmed(client, {"provider": "ses"})
+    assert client.post(PURGE, seen).status_code == 403
+    assert client.post(REQUEUE, seen).status_code == 403
+    assert client.post(reverse("mailqueue:dead-letter-requeue", args=[letters["a"].id])).status_code == 403
+    assert len(list(deadletters.iter_dead())) == 4
+    token = client.get(PAGE).context["csrf_token"]
+    response = client.post(PURGE, seen, headers={"X-CSRFToken": str(token)})
+    assert response.status_code == 200 and response.json()["purged"] == 1

@@ -226,9 +226,22 @@
   const result = document.getElementById("dead-result");
   const requeueAll = document.getElementById("requeue-all");
   const purgeAll = document.getElementById("purge-all");
-  // The filter the list shows and the count it matched: what the bulk buttons confirm and post.
+  // The filter the list shows, the count it matched, and what pins those letters (the newest time of death and
+  // the digest of their ids): what the bulk buttons confirm and post, so the server acts on exactly these.
   let applied = new URLSearchParams();
   let matched = 0;
+  let asOf = null;
+  let digest = "";
+  // A bulk action in flight: its buttons stay disabled, so a double click cannot post it twice.
+  let acting = false;
+
+  function setBulkButtons() {
+    for (const [button, verb] of [[requeueAll, "Requeue"], [purgeAll, "Purge"]]) {
+      if (!button) continue;
+      button.disabled = acting || matched === 0;
+      button.textContent = verb + " all " + matched.toLocaleString() + " matching…";
+    }
+  }
 
   function formFilter() {
     const params = new URLSearchParams();
@@ -298,14 +311,12 @@
       if (!response.ok) throw new Error(body.error || "HTTP " + response.status);
       if (params !== applied) return; // a newer filter was applied meanwhile
       matched = body.total;
+      asOf = body.as_of;
+      digest = body.digest;
       const shown = body.letters.length;
       summary.textContent = matched.toLocaleString() + " dead letter" + (matched === 1 ? "" : "s") + " match (" +
         describe(params) + ")" + (shown < matched ? "; the newest " + shown + " are listed" : "");
-      for (const [button, verb] of [[requeueAll, "Requeue"], [purgeAll, "Purge"]]) {
-        if (!button) continue;
-        button.disabled = matched === 0;
-        button.textContent = verb + " all " + matched.toLocaleString() + " matching…";
-      }
+      setBulkButtons();
       fill(document.querySelector("#dead-letters tbody"), body.letters.map(letterRow), "no dead letters match", 8);
       const types = document.getElementById("error-types");
       types.replaceChildren();
@@ -328,11 +339,17 @@
   }
 
   async function bulk(kind) {
+    if (acting) return;
     const verb = kind === "requeue" ? "Requeue" : "Purge (delete for good)";
+    // Taken before the dialog: a reload while it is open must not change what the click confirms.
     const count = matched;
-    if (!window.confirm(verb + " all " + count + " dead letters matching " + describe(applied) + "?")) return;
     const params = new URLSearchParams(applied);
     params.set("count", String(count));
+    params.set("digest", digest);
+    if (asOf !== null) params.set("failed_before", String(asOf));
+    if (!window.confirm(verb + " all " + count + " dead letters matching " + describe(applied) + "?")) return;
+    acting = true;
+    setBulkButtons();
     try {
       const { response, body } = await post(kind === "requeue" ? urls.requeue : urls.purge, params);
       if (response.status === 409) {
@@ -350,6 +367,8 @@
     } catch (error) {
       report("Nothing done: " + error.message, "bad");
     }
+    acting = false;
+    setBulkButtons();
     loadDead();
   }
 
