@@ -33,7 +33,7 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 PASSWORD = "a-password-for-the-browser"
 #: Where the populated dashboard's screenshot is copied when set (docs/dashboard.png is taken this way).
 SCREENSHOT_ENV = "MAILQUEUE_DASHBOARD_SCREENSHOT"
-HOSTILE = '<img src=x onerror="document.title=\'pwned\'">Reset your password'
+HOSTILE = "<img src=x onerror=\"document.title='pwned'\">Reset your password"
 
 
 def _missing() -> str | None:
@@ -52,7 +52,13 @@ def browser() -> Iterator[webdriver.Chrome]:
         pytest.skip(f"browser tests need Debian's chromium and chromedriver: {missing}")
     options = Options()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000", "--lang=en-US"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        "--lang=en-US",
+    ):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(20)
@@ -253,3 +259,40 @@ def test_a_busy_cluster_reads_at_a_glance(
     assert shot.stat().st_size > 10_000
     if os.environ.get(SCREENSHOT_ENV):
         shutil.copyfile(shot, Path(os.environ[SCREENSHOT_ENV]))
+
+
+#: Holds the page's POSTs for a moment (in the browser: the server is not touched), so a second click can land.
+SLOW_POSTS = """
+const realFetch = window.fetch;
+window.fetch = (url, init) => (init && init.method === "POST")
+  ? new Promise((resolve) => setTimeout(resolve, 1500)).then(() => realFetch(url, init))
+  : realFetch(url, init);
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_double_click_on_requeue_all_requeues_once(page, live_server, smtp_setup, django_user_model) -> None:
+    for number in range(4):
+        record_letter(f"dead {number}", queue="default", error="X")
+    record_letter("late", queue="bulk", error="X", age=1)
+    django_user_model.objects.create_superuser("boss", "boss@example.com", PASSWORD)
+    log_in_through_the_admin(page, live_server, "boss")
+    Select(page.find_element(By.NAME, "queue")).select_by_value("default")
+    page.find_element(By.CSS_SELECTOR, "#dead-filter button[type=submit]").click()
+    wait_for(page, lambda: page.find_element(By.ID, "dead-summary").text.startswith("4 dead letters match"))
+    page.execute_script(SLOW_POSTS)
+    requeue, purge = page.find_element(By.ID, "requeue-all"), page.find_element(By.ID, "purge-all")
+    requeue.click()
+    wait_for(page, lambda: page.switch_to.alert).accept()
+    assert requeue.get_attribute("disabled") and purge.get_attribute("disabled")  # while the POST is in flight
+    page.execute_script("arguments[0].click();", requeue)  # a second click: no dialog, no second POST
+    wait_for(page, lambda: "Requeued 4 of 4" in page.find_element(By.ID, "dead-result").text)
+    assert [letter.subject for letter in deadletters.iter_dead()] == ["late"]
+    assert page.find_element(By.ID, "dead-summary").text.startswith("0 dead letters match")
+    assert (
+        page.execute_script(
+            "return performance.getEntriesByType('resource')"
+            ".filter(e => e.name.endsWith('/dead-letters/requeue')).length;"
+        )
+        == 1
+    )
