@@ -194,26 +194,44 @@ def iter_dead(queue: str | None = None, *, older_than: float | None = None) -> I
 
 
 class Fingerprint:
-    """A sha256 over (queue, id) pairs in the order the scan meets them, and their count and newest time of death.
+    """A sha256 over (queue, id) pairs in the order the scan meets them, and their count.
 
     What the dashboard shows an operator and what the server acts on are compared by this: the same count of
-    different letters (one requeued by a colleague, another died since) is told apart.
+    different letters (one requeued by a colleague, another recorded since) is told apart.
     """
 
     def __init__(self) -> None:
         self._hash = hashlib.sha256()
         self.count = 0
-        self.newest: float | None = None
 
-    def add(self, queue: str, letter_id: str, failed_at: float) -> None:
+    def add(self, queue: str, letter_id: str | bytes) -> None:
         # Newline-separated: neither a queue name nor a message id holds one.
-        self._hash.update(f"{queue}\n{letter_id}\n".encode())
+        member = letter_id if isinstance(letter_id, bytes) else letter_id.encode()
+        self._hash.update(queue.encode() + b"\n" + member + b"\n")
         self.count += 1
-        self.newest = failed_at if self.newest is None else max(self.newest, failed_at)
 
     @property
     def digest(self) -> str:
         return self._hash.hexdigest()
+
+
+def _ids_only(keys: QueueKeys, newest: float) -> Iterator[list[bytes | str]]:
+    """``keys``' letter ids up to ``newest`` in sorted-set order, ID_CHUNK a command, without their scores.
+
+    Paged by offset (redis-py turning 100,000 scores into floats costs six times the ids' own read): a letter
+    removed meanwhile shifts the pages, which changes the fingerprint, so an action refuses instead of guessing.
+    """
+    client = redis_client()
+    offset = 0
+    while True:
+        found: list[bytes | str] = client.zrangebyscore(  # type: ignore[assignment]
+            keys.dead, "-inf", _score(newest), start=offset, num=ID_CHUNK
+        )
+        if found:
+            yield found
+        if len(found) < ID_CHUNK:
+            return
+        offset += len(found)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -223,30 +241,10 @@ class Selection:
     #: (queue, id) in scan order.
     ids: list[tuple[str, str]]
     digest: str
-    #: The newest time of death among them; None when nothing matched.
-    newest: float | None
 
     @property
     def count(self) -> int:
         return len(self.ids)
-
-
-def _fingerprint_ids(keys: QueueKeys, newest: float) -> Iterator[tuple[str, float]]:
-    """The (id, time of death) of ``keys``' letters up to ``newest`` in sorted-set order, ids only, streamed."""
-    for chunk in _id_chunks(keys, newest, size=ID_CHUNK):
-        yield from chunk
-
-
-def _fingerprint_chunks(where: DeadLetterFilter, newest: float) -> Iterator[tuple[str, list[tuple[str, float]]]]:
-    """Per chunk: a queue and the (id, time of death) of its letters ``where`` matches, in the order digests use."""
-    if where.reads_records:
-        for name, letters in _matching_chunks(where, newest):
-            yield name, [(letter.id, letter.failed_at) for letter in letters]
-        return
-    namespace = get_config().namespace
-    for name in _queues(where.queue):
-        for chunk in _id_chunks(QueueKeys.of(namespace, name), newest, size=ID_CHUNK):
-            yield name, chunk
 
 
 def select(where: DeadLetterFilter, *, now: float | None = None) -> Selection:
@@ -257,11 +255,19 @@ def select(where: DeadLetterFilter, *, now: float | None = None) -> Selection:
     newest = where.newest(time.time() if now is None else now)
     fingerprint = Fingerprint()
     ids: list[tuple[str, str]] = []
-    for name, chunk in _fingerprint_chunks(where, newest):
-        for letter_id, failed_at in chunk:
-            fingerprint.add(name, letter_id, failed_at)
-            ids.append((name, letter_id))
-    return Selection(ids=ids, digest=fingerprint.digest, newest=fingerprint.newest)
+    if where.reads_records:
+        for name, letters in _matching_chunks(where, newest):
+            for letter in letters:
+                fingerprint.add(name, letter.id)
+                ids.append((name, letter.id))
+    else:
+        namespace = get_config().namespace
+        for name in _queues(where.queue):
+            for chunk in _ids_only(QueueKeys.of(namespace, name), newest):
+                for member in chunk:
+                    fingerprint.add(name, member)
+                    ids.append((name, member.decode() if isinstance(member, bytes) else member))
+    return Selection(ids=ids, digest=fingerprint.digest)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -282,40 +288,54 @@ def newest_matching(where: DeadLetterFilter, *, limit: int = 100, now: float | N
     """Up to ``limit`` letters ``where`` matches, newest first, with the count and fingerprint of all it matches.
 
     Filtered by queue and age only, the page is three round trips (ZCOUNT per queue, the newest ids per queue as
-    the last ``limit`` of the range, their records) and the fingerprint reads the matching ids, ID_CHUNK a
-    command, never their records; a provider or error class filter reads every record of the queues in range,
-    SCAN_CHUNK at a time, keeping only the newest ``limit`` per queue. Only commands the web processes' ACL
-    grants (docs/operating.md) are used: ZRANGEBYSCORE with an offset, not ZREVRANGEBYSCORE.
+    the last ``limit`` of the range with their times, their records) and the fingerprint reads the matching ids
+    up to the newest of those times, ID_CHUNK a command, never their records; a provider or error class filter
+    reads every record of the queues in range, SCAN_CHUNK at a time, keeping only the newest ``limit`` per queue.
+    Only commands the web processes' ACL grants (docs/operating.md) are used: ZRANGEBYSCORE with an offset, not
+    ZREVRANGEBYSCORE.
     """
     newest = where.newest(time.time() if now is None else now)
     fingerprint = Fingerprint()
+    namespace = get_config().namespace
     if where.reads_records:
         kept: dict[str, deque[DeadLetter]] = {}
+        as_of: float | None = None
         for name, letters in _matching_chunks(where, newest):
             shown = kept.setdefault(name, deque(maxlen=limit))  # oldest first: earlier letters fall off the page
             for letter in letters:
-                fingerprint.add(name, letter.id, letter.failed_at)
+                fingerprint.add(name, letter.id)
                 shown.append(letter)
+                as_of = letter.failed_at if as_of is None else max(as_of, letter.failed_at)
         page = sorted((letter for shown in kept.values() for letter in shown), key=lambda x: x.failed_at, reverse=True)
-        return DeadLetterPage(
-            letters=page[:limit], total=fingerprint.count, digest=fingerprint.digest, as_of=fingerprint.newest
-        )
-    # Queue and age only: the ids are fingerprinted without their records, and only the page's records are read.
-    namespace = get_config().namespace
-    tails: list[tuple[float, str, str]] = []
-    for name in _queues(where.queue):
-        tail: deque[tuple[float, str, str]] = deque(maxlen=limit)
-        for letter_id, failed_at in _fingerprint_ids(QueueKeys.of(namespace, name), newest):
-            fingerprint.add(name, letter_id, failed_at)
-            tail.append((failed_at, letter_id, name))
-        tails.extend(tail)
-    candidates = sorted(tails, reverse=True)[:limit]
+        return DeadLetterPage(letters=page[:limit], total=fingerprint.count, digest=fingerprint.digest, as_of=as_of)
+    names = list(_queues(where.queue))
+    queues = [QueueKeys.of(namespace, name) for name in names]
+    bound = _score(newest)
     with redis_client().pipeline(transaction=False) as pipe:
-        for _, letter_id, name in candidates:
-            pipe.hget(QueueKeys.of(namespace, name).dead_messages, letter_id)
+        for keys in queues:
+            pipe.zcount(keys.dead, "-inf", bound)
+        counts = [int(count) for count in pipe.execute()]
+    with redis_client().pipeline(transaction=False) as pipe:
+        for keys, count in zip(queues, counts, strict=True):
+            pipe.zrangebyscore(keys.dead, "-inf", bound, start=max(count - limit, 0), num=limit, withscores=True)
+        ranges = pipe.execute()
+    candidates = sorted(
+        ((score, index, member) for index, found in enumerate(ranges) for member, score in found),
+        reverse=True,
+    )[:limit]
+    # Everything fingerprinted died no later than the newest letter listed: one recorded since is in neither.
+    as_of = candidates[0][0] if candidates else None
+    if as_of is not None:
+        for name, keys in zip(names, queues, strict=True):
+            for chunk in _ids_only(keys, as_of):
+                for member in chunk:
+                    fingerprint.add(name, member)
+    with redis_client().pipeline(transaction=False) as pipe:
+        for _, index, member in candidates:
+            pipe.hget(queues[index].dead_messages, member)
         records = pipe.execute()
     letters = [DeadLetter(**json.loads(raw)) for raw in records if raw is not None]
-    return DeadLetterPage(letters=letters, total=fingerprint.count, digest=fingerprint.digest, as_of=fingerprint.newest)
+    return DeadLetterPage(letters=letters, total=fingerprint.count, digest=fingerprint.digest, as_of=as_of)
 
 
 #: Ids per HMGET in ``find``: a "select all" over a large log must not become one command that stalls Redis.
