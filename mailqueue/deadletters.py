@@ -254,7 +254,7 @@ def _remove(letters: Iterable[DeadLetter], *, requeue: bool) -> int:
             pipe.zrem(keys.dead, letter.id)
             pipe.hdel(keys.dead_messages, letter.id)
             if requeue:
-                encoded = encode(Envelope.decode(letter.payload))
+                encoded = encode(Envelope.decode(letter.payload), ready_at=time.time())
                 ready = QueueKeys.of(namespace, encoded.queue)
                 pipe.hset(ready.messages, encoded.redis_id, encoded.data)
                 pipe.rpush(ready.ready, encoded.redis_id)
