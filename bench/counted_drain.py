@@ -24,7 +24,7 @@ from mailqueue.counters import (
     send_bucket_field,
 )
 
-from .harness import BenchError, Drain, Services, drain
+from .harness import BenchError, Drain, Services, drain, off_on_rates, off_on_ratio
 from .systems import System
 
 #: The queue and the provider alias every bench drain goes through (bench.settings).
@@ -54,14 +54,11 @@ class CountedDrains:
     problems: tuple[str, ...] = ()
 
     def rates(self, side: str) -> list[float]:
-        return [run.rate for kind, run, _ in self.runs if kind == side]
+        return off_on_rates(self.runs, side)
 
     @property
     def ratio(self) -> float | None:
-        on, off = self.rates("on"), self.rates("off")
-        if not on or not off or not sum(off):
-            return None
-        return (sum(on) / len(on)) / (sum(off) / len(off))
+        return off_on_ratio(self.runs)
 
     @property
     def correct(self) -> bool:

@@ -394,6 +394,19 @@ class Drain:
         return self.received == self.count == self.unique and not self.duplicates
 
 
+def off_on_rates(runs: tuple[tuple[str, Drain, object], ...], side: str) -> list[float]:
+    """The drain rates of the ``side`` ("off" or "on") runs of a row that alternates a feature off and on."""
+    return [run.rate for kind, run, _ in runs if kind == side]
+
+
+def off_on_ratio(runs: tuple[tuple[str, Drain, object], ...]) -> float | None:
+    """The mean rate with the feature on over the mean rate with it off (None without both)."""
+    on, off = off_on_rates(runs, "on"), off_on_rates(runs, "off")
+    if not on or not off or not sum(off):
+        return None
+    return (sum(on) / len(on)) / (sum(off) / len(off))
+
+
 def _start(
     services: Services, system: System, commands: list[list[str]], provider: str, settings: Mapping[str, str] = {}
 ) -> ProcessTree:

@@ -25,7 +25,7 @@ import redis
 from mailqueue.keys import events_key
 from mailqueue.monitoring import LOG_GROUP
 
-from .harness import BenchError, Drain, Services, _cpu_seconds, _stop, drain, driver
+from .harness import BenchError, Drain, Services, _cpu_seconds, _stop, drain, driver, off_on_rates, off_on_ratio
 from .systems import ROOT, System
 
 #: ``manage.py mailqueue log``'s last line (``_written_line``): the run's totals.
@@ -93,14 +93,11 @@ class LoggedDrains:
     problems: tuple[str, ...] = ()
 
     def rates(self, side: str) -> list[float]:
-        return [run.rate for kind, run, _ in self.runs if kind == side]
+        return off_on_rates(self.runs, side)
 
     @property
     def ratio(self) -> float | None:
-        on, off = self.rates("on"), self.rates("off")
-        if not on or not off or not sum(off):
-            return None
-        return (sum(on) / len(on)) / (sum(off) / len(off))
+        return off_on_ratio(self.runs)
 
     @property
     def writers(self) -> list[WriterRun]:

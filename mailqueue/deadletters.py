@@ -413,8 +413,10 @@ def _act(letters: list[DeadLetter], *, requeue: bool) -> list[DeadLetter]:
     keys: list[Any] = [events_key(namespace)]
     args: list[Any] = [config.log.stream_maxlen, 4 if requeue else 2]
     queued: dict[str, MessageRequeued] = {}
-    # Encoded before anything is removed: an unreadable payload raises here, with nothing done.
-    encoded = [encode(Envelope.decode(letter.payload)) for letter in letters] if requeue else []
+    # Encoded before anything is removed: an unreadable payload raises here, with nothing done. Stamped with
+    # now: the queue's "oldest waiting" counts from the requeue, not from the send_mail() days ago.
+    now = time.time()
+    encoded = [encode(Envelope.decode(letter.payload), ready_at=now) for letter in letters] if requeue else []
     for index, letter in enumerate(letters):
         dead = QueueKeys.of(namespace, letter.queue)
         keys += [dead.dead, dead.dead_messages]

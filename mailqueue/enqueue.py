@@ -45,21 +45,37 @@ class EncodedMessage(NamedTuple):
     events: bytes = b""
 
 
+#: The option naming when (epoch ms) a message was put back on its ready list, by a requeue or once a retry's
+#: delay ran out (workers.dramatiq_redis.WorkerBroker.enqueue). The dashboard's "oldest waiting" counts from it;
+#: a message without it has waited since its ``message_timestamp`` (send_mail()).
+READY_AT_OPTION = "mailqueue_ready_at"
+
+
 def encode(
-    envelope: Envelope, *, guarded: bool = False, redis_id: str | None = None, log: bool = False
+    envelope: Envelope,
+    *,
+    guarded: bool = False,
+    redis_id: str | None = None,
+    log: bool = False,
+    ready_at: float | None = None,
 ) -> EncodedMessage:
     """Wrap ``envelope`` as a message for its queue's delivery actor; with ``log``, carry its ``queued`` event.
 
     The fields are exactly those of ``dramatiq.Message.asdict()``, built
     directly: going through ``Message`` would cost more than the envelope itself.
+    ``ready_at`` (epoch seconds): the message is put back on its queue then (a
+    requeue), long after its send_mail().
     """
     redis_id = redis_id or random_id()
+    options: dict[str, object] = {"redis_message_id": redis_id}
+    if ready_at is not None:
+        options[READY_AT_OPTION] = int(ready_at * 1000)
     data = {
         "queue_name": envelope.queue,
         "actor_name": actor_name(envelope.queue),
         "args": [envelope.encode()],
         "kwargs": {},
-        "options": {"redis_message_id": redis_id},
+        "options": options,
         "message_id": envelope.id,
         "message_timestamp": int(envelope.created_at * 1000),
     }

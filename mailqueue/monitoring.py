@@ -17,6 +17,7 @@ from django.db.models import Count, Min
 from .client import redis_client
 from .conf import Quota, Strategy, get_config
 from .counters import INF, SEND_BUCKETS, bucket_label, counters_key, send_bucket_field, send_sum_field
+from .enqueue import READY_AT_OPTION
 from .keys import ProviderKeys, QueueKeys, events_key, queue_sent_field
 from .settings_values import MailQueueConfig, PoolConfig, ProviderConfig, QueueConfig, RateLimit
 
@@ -364,21 +365,27 @@ def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-#: KEYS: (ready list, messages hash) per queue. Returns, per queue, the ``message_timestamp`` (ms, set at
-#: send_mail() and kept across retries) of the message at the head of the ready list, the next one out and the
-#: longest waiting; 0 when the queue is empty. The timestamp is the last field of the encoded message
-#: (mailqueue.enqueue.encode, and Dramatiq's own encoding), so it is looked for near the end first: the message
-#: body before it can be megabytes, and its quotes are escaped, so it cannot match there.
+#: KEYS: (ready list, messages hash) per queue. ARGV: the ready-at option's name (READY_AT_OPTION). Returns, per
+#: queue, when (ms) the message at the head of the ready list, the next one out and the longest waiting, was put
+#: there: its ready-at option when it has one (a retry whose delay ran out, a requeue), else its
+#: ``message_timestamp`` (send_mail()); 0 when the queue is empty. Both are in the encoded message's tail (the
+#: options, message id and timestamp follow the envelope: mailqueue.enqueue.encode, and Dramatiq's own encoding),
+#: so they are looked for there: the envelope before them can be megabytes, and its quotes are escaped, so it
+#: cannot match. The options can hold a retry's traceback, hence the 64 KiB.
 OLDEST_SCRIPT = """
 local stamps = {}
+local ready_at = '"' .. ARGV[1] .. '":%s*(%d+)'
 for i = 1, #KEYS, 2 do
   local stamp = 0
   local id = redis.call("lindex", KEYS[i], 0)
   if id then
     local data = redis.call("hget", KEYS[i + 1], id)
     if data then
-      local found = string.match(data, '"message_timestamp":%s*(%d+)', math.max(#data - 256, 1))
-      if not found then found = string.match(data, '"message_timestamp":%s*(%d+)') end
+      local found = string.match(data, ready_at, math.max(#data - 65536, 1))
+      if not found then
+        found = string.match(data, '"message_timestamp":%s*(%d+)', math.max(#data - 256, 1))
+          or string.match(data, '"message_timestamp":%s*(%d+)')
+      end
       stamp = tonumber(found) or 0
     end
   end
@@ -402,7 +409,8 @@ class QueueView:
     in_progress: int
     delayed: int
     dead: int
-    #: When the oldest waiting message was accepted by send_mail() (epoch seconds; None: nothing waits).
+    #: When the oldest waiting message was put on the ready list (epoch seconds; None: nothing waits): its
+    #: send_mail(), or for a retry or a requeue, when it was put back.
     oldest_enqueued_at: float | None
     #: Seconds it has waited since (on Redis's clock).
     oldest_age: float | None
@@ -503,7 +511,7 @@ def overview() -> Overview:
         for name in config.queues:
             keys = QueueKeys.of(config.namespace, name)
             oldest_keys += (keys.ready, keys.messages)
-        pipe.eval(OLDEST_SCRIPT, len(oldest_keys), *oldest_keys)
+        pipe.eval(OLDEST_SCRIPT, len(oldest_keys), *oldest_keys, READY_AT_OPTION)
         _ask_stats(pipe, config, served, now)
         for alias in aliases:
             provider_keys = ProviderKeys.of(config.namespace, alias)
@@ -541,6 +549,7 @@ def overview() -> Overview:
         stamp = int(stamps[queue.name]) / 1000 if int(stamps[queue.name]) else None
         pool = next((pool for pool in config.pools.values() if queue.name in pool.queues), None)
         chosen = [providers[alias] for alias in queue.providers]
+        sent_1m = sum(sent[(queue.name, alias)][0] for alias in queue.providers)
         queues.append(
             QueueView(
                 queue=queue.name,
@@ -554,10 +563,10 @@ def overview() -> Overview:
                 dead=depth.dead,
                 oldest_enqueued_at=stamp,
                 oldest_age=max(redis_now - stamp, 0.0) if stamp is not None else None,
-                sent_1m=sum(sent[(queue.name, alias)][0] for alias in queue.providers),
+                sent_1m=sent_1m,
                 sent_1h=sum(sent[(queue.name, alias)][1] for alias in queue.providers),
                 desired_workers=desired_workers(
-                    depth, queue, chosen, [config.provider(alias) for alias in queue.providers], pool, config
+                    depth, sent_1m, queue, chosen, [config.provider(alias) for alias in queue.providers], pool, config
                 ),
             )
         )
@@ -638,6 +647,7 @@ def _headroom(limit: RateLimit, tat: bytes | None, now: float) -> RateLimitView:
 
 def desired_workers(
     depth: QueueDepth,
+    sent_1m: int,
     queue: QueueConfig,
     views: Sequence[ProviderView],
     providers: Sequence[ProviderConfig],
@@ -646,18 +656,23 @@ def desired_workers(
 ) -> int:
     """Worker processes of the queue's pool worth running for it now.
 
-    Enough threads to clear the ready backlog within MONITOR["SCALE_TARGET"] at the providers' mean send time,
-    plus those sending now; but no more than the providers can use: a rate-limited provider keeps about
-    rate x send time sends in flight (Little's law), and a thread beyond that only waits for a token.
-    "failover" counts the first usable provider (circuit not open, quota not spent), the others every usable one.
-    At least one while anything is ready, in progress or delayed (a worker must be there to probe a provider whose
-    circuit is open, or to take the delayed messages when they are due); none for an empty queue.
+    Enough threads to keep up with the mail the queue's providers accepted in the last minute (rate x mean send
+    time, Little's law), plus enough to clear what waits (ready, and fetched but not yet sent: Dramatiq prefetches)
+    within MONITOR["SCALE_TARGET"]; but no more than the providers can use: a rate-limited provider keeps about
+    rate x send time sends in flight, and a thread beyond that only waits for a token. "failover" counts the first
+    usable provider (circuit not open, quota not spent), the others every usable one. At least one while anything
+    is ready, in progress or delayed (a worker must be there to probe a provider whose circuit is open, or to take
+    the delayed messages when they are due); none for an empty queue.
+
+    Nothing here grows with the workers already running (prefetched messages count only as backlog, over the
+    target), so an autoscaler fed with it settles instead of chasing its own output.
     """
     if depth.ready + depth.in_progress + depth.delayed == 0:
         return 0
     means = [view.mean_send for view in views if view.mean_send is not None]
     mean_send = sum(means) / len(means) if means else DEFAULT_SEND_SECONDS
-    need = depth.in_progress + math.ceil(depth.ready * mean_send / config.monitor.scale_target)
+    keeping_up = math.ceil(sent_1m / 60 * mean_send)
+    backlog = math.ceil((depth.ready + depth.in_progress) * mean_send / config.monitor.scale_target)
     caps = [
         _usable_threads(provider, view.mean_send or DEFAULT_SEND_SECONDS)
         for provider, view in zip(providers, views, strict=True)
@@ -665,7 +680,7 @@ def desired_workers(
     ]
     if queue.strategy == "failover":
         caps = caps[:1]
-    threads = min(need, sum(caps)) if caps else 0
+    threads = min(keeping_up + backlog, sum(caps)) if caps else 0
     per_process = pool.threads if pool else 1
     return max(math.ceil(threads / per_process), 1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -9,8 +10,10 @@ from typing import Any
 import pytest
 from django.core.mail import send_mail
 
+from mailqueue.enqueue import READY_AT_OPTION
 from mailqueue.exceptions import MailQueueImproperlyConfigured
 from mailqueue.keys import QueueKeys, heartbeats_key, in_progress_key
+from mailqueue.monitoring import overview
 from mailqueue.signals import MessageDeadLettered
 from workers import dramatiq_redis
 from workers.actors import worker_broker
@@ -99,3 +102,21 @@ def test_an_undecodable_stored_message_is_dead_lettered_and_the_consumer_goes_on
     assert not redis_client.hexists(keys.messages, "garbage-id")
     announced = recorder.of(MessageDeadLettered)
     assert [(event.envelope_id, event.error_type) for event in announced] == [("garbage-id", "DecodeError")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_message_put_back_on_its_ready_list_is_stamped_with_when(fetched, redis_client, namespace) -> None:
+    """Dramatiq puts a retried message back through broker.enqueue once its delay ran out: the operator's
+    "oldest waiting" counts from then, not from its send_mail() a day ago."""
+    broker, _, message = fetched
+    a_day_ago = int((time.time() - 86400) * 1000)
+    before = int(time.time() * 1000)
+    broker.enqueue(message._message.copy(message_timestamp=a_day_ago))
+    keys = QueueKeys.of(namespace, "default")
+    stored = redis_client.hget(keys.messages, redis_client.lindex(keys.ready, 0))
+    options = json.loads(stored)["options"]
+    assert before <= options[READY_AT_OPTION] <= time.time() * 1000
+    assert overview().queues[1].oldest_age < 5
+    broker.enqueue(message._message.copy(message_timestamp=a_day_ago), delay=60_000)  # to the delay queue
+    (delayed,) = redis_client.hvals(keys.delayed_messages)
+    assert READY_AT_OPTION not in json.loads(delayed)["options"]

@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 import redis
-from django.core.mail import send_mail
+from django.core.mail import EmailMessage, send_mail
 from django.db import connection
 
 from mailqueue.conf import get_config
+from mailqueue.enqueue import encode, push
+from mailqueue.envelope import Envelope
 from mailqueue.models import OutboxMessage
 from mailqueue.monitoring import (
     ProviderView,
@@ -173,10 +175,10 @@ def depth(ready: int = 0, in_progress: int = 0, delayed: int = 0) -> QueueDepth:
     return QueueDepth(queue="q", ready=ready, in_progress=in_progress, delayed=delayed, dead=0)
 
 
-def wanted(config: Any, queue: str, depth_now: QueueDepth, views: list[ProviderView]) -> int:
+def wanted(config: Any, queue: str, depth_now: QueueDepth, views: list[ProviderView], sent_1m: int = 0) -> int:
     queue_config = config.queues[queue]
     providers = [config.provider(alias) for alias in queue_config.providers]
-    return desired_workers(depth_now, queue_config, views, providers, config.pools["all"], config)
+    return desired_workers(depth_now, sent_1m, queue_config, views, providers, config.pools["all"], config)
 
 
 def test_desired_workers_clear_the_backlog_within_the_scale_target(scaling) -> None:
@@ -184,7 +186,25 @@ def test_desired_workers_clear_the_backlog_within_the_scale_target(scaling) -> N
     assert wanted(scaling, "bulk", depth(delayed=3), [view()]) == 1
     # 400 messages at 0.5 s in 10 s: 20 threads, 5 processes of 4 threads.
     assert wanted(scaling, "bulk", depth(ready=400), [view()]) == 5
-    assert wanted(scaling, "bulk", depth(ready=400, in_progress=4), [view()]) == 6
+    # Fetched (prefetched) but not yet sent is backlog too, no more.
+    assert wanted(scaling, "bulk", depth(ready=392, in_progress=8), [view()]) == 5
+
+
+def test_desired_workers_keep_up_with_the_mail_flowing_through(scaling) -> None:
+    # 960 sent in the last minute at 0.5 s each: 8 threads busy all the time, 2 processes, though nothing waits.
+    assert wanted(scaling, "bulk", depth(in_progress=8), [view()], sent_1m=960) == 3
+    assert wanted(scaling, "bulk", depth(ready=400, in_progress=8), [view()], sent_1m=960) == 8
+
+
+def test_desired_workers_settle_when_an_autoscaler_follows_them(scaling) -> None:
+    """Each process prefetches and holds messages (in progress): the figure must not grow with the workers."""
+    processes, ready = 2, 5000
+    seen = []
+    for _ in range(8):
+        in_progress = min(ready, processes * 4 * 3)  # 4 threads each, prefetching twice as many
+        seen.append(wanted(scaling, "bulk", depth(ready=ready - in_progress, in_progress=in_progress), [view()]))
+        processes = seen[-1]
+    assert seen[-1] == seen[-2] <= 63, seen
 
 
 def test_desired_workers_stop_at_what_the_providers_limits_let_work(scaling) -> None:
@@ -212,3 +232,12 @@ def test_an_outbox_database_that_cannot_be_read_leaves_the_redis_figures(smtp_se
     assert (seen.outbox.waiting, seen.outbox.oldest_at) == (None, None)
     assert next(view for view in seen.queues if view.queue == "default").ready == 2
     assert "outbox database 'default' cannot be read" in caplog.text
+
+
+def test_a_requeued_message_waits_from_its_requeue_not_its_send_mail(smtp_setup) -> None:
+    message = EmailMessage("old", "body", "from@example.com", ["to@example.com"])
+    sent_long_ago = Envelope.from_message(message, queue="bulk", mailer="bulk")._replace(created_at=time.time() - 86400)
+    push([encode(sent_long_ago, ready_at=time.time())])  # as deadletters.requeue puts it back
+    assert queue_view("bulk").oldest_age < 5
+    push([encode(sent_long_ago._replace(id="x" * 32, queue="critical"))])  # never requeued: waiting a day
+    assert queue_view("critical").oldest_age > 86400 - 5

@@ -53,6 +53,7 @@ from dramatiq.errors import ActorNotFound, ConnectionClosed, DecodeError
 from mailqueue.broker import actor_name
 from mailqueue.client import LuaScript, redis_client
 from mailqueue.deadletters import DeadLetter, record
+from mailqueue.enqueue import READY_AT_OPTION
 from mailqueue.exceptions import MailQueueImproperlyConfigured
 from mailqueue.keys import QueueKeys, heartbeats_key, in_progress_key, keepalive_key
 from mailqueue.signals import MessageDeadLettered, announce
@@ -401,7 +402,13 @@ class WorkerBroker(RedisBroker):
         return DeadLetteringConsumer
 
     def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
-        """Enqueue, waiting for Redis as long as it takes: the message being processed is acked after."""
+        """Enqueue, waiting for Redis as long as it takes: the message being processed is acked after.
+
+        A message put on its ready list (a retry or a deferral whose delay ran out) is stamped with when: the
+        operator's "oldest waiting" counts from then, not from its send_mail() (mailqueue.monitoring).
+        """
+        if delay is None:
+            message = message.copy(options={READY_AT_OPTION: current_millis()})
         return until_redis_accepts(
             lambda: super(WorkerBroker, self).enqueue(message, delay=delay), f"the re-enqueue of {message.message_id}"
         )
