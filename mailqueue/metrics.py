@@ -135,7 +135,7 @@ def counter_families(config: MailQueueConfig, values: Mapping[str, float]) -> li
     )
     waits = CounterMetricFamily(
         "mailqueue_rate_limit_waits",
-        "Sends that had to wait for a rate-limit token (in the worker, or re-scheduled for later).",
+        "Admissions that had to wait for a rate-limit token (slept in the worker, or re-scheduled for later).",
         labels=["provider"],
     )
     send_labels = _labels(counters.SEND_BUCKETS)
@@ -183,7 +183,9 @@ def gauge_families(overview: Mapping[str, Any]) -> list[Metric]:
         labels=["provider"],
     )
     in_flight = GaugeMetricFamily(
-        "mailqueue_provider_in_flight", "Sends in progress to the provider across all workers.", labels=["provider"]
+        "mailqueue_provider_in_flight",
+        "Sends admitted to the provider and not yet settled, across all workers (waiting for their token included).",
+        labels=["provider"],
     )
     quota = GaugeMetricFamily(
         "mailqueue_provider_quota_remaining",
