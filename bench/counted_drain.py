@@ -128,6 +128,7 @@ def render(result: Any) -> Iterator[str]:
         yield f"SMTP drain with the cluster counters: not measured ({result})"
         yield ""
         return
+    yield ""
     yield (
         f"| SMTP drain, cluster counters off vs on ({result.count:,} small, 1 process × {result.threads} threads) "
         "| msg/s | worker CPU µs/msg | Redis CPU µs/msg | counted: sent / send / latency samples |"
