@@ -20,7 +20,7 @@ from typing import Any
 from . import eventlog
 from .client import LuaScript, redis_client
 from .conf import get_config
-from .enqueue import encode
+from .enqueue import EncodedMessage, encode
 from .envelope import Envelope
 from .exceptions import EnvelopeError
 from .keys import QueueKeys, events_key
@@ -218,20 +218,17 @@ class Fingerprint:
 def _ids_only(keys: QueueKeys, newest: float) -> Iterator[list[bytes | str]]:
     """``keys``' letter ids up to ``newest`` in sorted-set order, ID_CHUNK a command, without their scores.
 
-    Paged by offset (redis-py turning 100,000 scores into floats costs six times the ids' own read): a letter
-    removed meanwhile shifts the pages, which changes the fingerprint, so an action refuses instead of guessing.
+    The letters up to ``newest`` are the set's first ZCOUNT ranks, read by rank (ZRANGE by index: each command
+    costs its own chunk, where an offset would walk the set from its start again); without the scores, which
+    redis-py would turn into floats at six times the cost of the ids. A letter removed meanwhile shifts the ranks,
+    which changes the fingerprint, so an action refuses instead of guessing.
     """
     client = redis_client()
-    offset = 0
-    while True:
-        found: list[bytes | str] = client.zrangebyscore(  # type: ignore[assignment]
-            keys.dead, "-inf", _score(newest), start=offset, num=ID_CHUNK
-        )
+    total = int(client.zcount(keys.dead, "-inf", _score(newest)))
+    for start in range(0, total, ID_CHUNK):
+        found: list[bytes | str] = client.zrange(keys.dead, start, min(start + ID_CHUNK, total) - 1)  # type: ignore[assignment]
         if found:
             yield found
-        if len(found) < ID_CHUNK:
-            return
-        offset += len(found)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -241,6 +238,8 @@ class Selection:
     #: (queue, id) in scan order.
     ids: list[tuple[str, str]]
     digest: str
+    #: The latest time of death selected: a later death of one of the ids is not part of the selection.
+    newest: float = math.inf
 
     @property
     def count(self) -> int:
@@ -255,19 +254,29 @@ def select(where: DeadLetterFilter, *, now: float | None = None) -> Selection:
     newest = where.newest(time.time() if now is None else now)
     fingerprint = Fingerprint()
     ids: list[tuple[str, str]] = []
+    # The latest death selected: acting, a later death of one of these ids (requeued, dead again) is left alone.
+    latest = -math.inf
     if where.reads_records:
         for name, letters in _matching_chunks(where, newest):
             for letter in letters:
                 fingerprint.add(name, letter.id)
                 ids.append((name, letter.id))
+                latest = max(latest, letter.failed_at)
     else:
         namespace = get_config().namespace
         for name in _queues(where.queue):
-            for chunk in _ids_only(QueueKeys.of(namespace, name), newest):
+            keys = QueueKeys.of(namespace, name)
+            last: bytes | str | None = None
+            for chunk in _ids_only(keys, newest):
                 for member in chunk:
                     fingerprint.add(name, member)
                     ids.append((name, member.decode() if isinstance(member, bytes) else member))
-    return Selection(ids=ids, digest=fingerprint.digest)
+                last = chunk[-1]
+            if last is not None:
+                # In sorted-set order the last id died last; gone meanwhile, the bound itself stands.
+                score = redis_client().zscore(keys.dead, last)
+                latest = max(latest, newest if score is None else float(score))
+    return Selection(ids=ids, digest=fingerprint.digest, newest=min(newest, latest) if ids else newest)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -375,24 +384,27 @@ def count(queue: str) -> int:
 
 #: KEYS: the message log's stream, then per letter its dead set and dead records hash and, to requeue, the
 #: messages hash and ready list of the queue it goes back to. ARGV: the stream's MAXLEN, the keys per letter (2 to
-#: purge, 4 to requeue), then per letter its id and, to requeue, its redis id, message data and ``requeued`` event
-#: (or ""). A letter is acted on only if this call removed it from the dead set: two operators (or a double
-#: click) acting on the same letters at once push each message once, and each call reports only its own.
+#: purge, 4 to requeue), then per letter its id, the latest time of death it may have (the one read, just above)
+#: and, to requeue, its redis id, message data and ``requeued`` event (or ""). A letter is acted on only if this
+#: call removed it from the dead set, and only the death that was read: two operators (or a double click) acting
+#: on the same letters at once push each message once and each call reports only its own, and a letter that a
+#: colleague requeued and that died again meanwhile (same id, a later death) is left for a fresh look.
 #: Returns the ids acted on.
 ACT_SCRIPT = """
 local per = tonumber(ARGV[2])
-local step = per == 4 and 4 or 1
+local step = per == 4 and 5 or 2
 local done = {}
 local arg = 3
 for key = 2, #KEYS, per do
   local id = ARGV[arg]
-  if redis.call("zrem", KEYS[key], id) == 1 then
+  local died = tonumber(redis.call("zscore", KEYS[key], id))
+  if died and died <= tonumber(ARGV[arg + 1]) and redis.call("zrem", KEYS[key], id) == 1 then
     redis.call("hdel", KEYS[key + 1], id)
     if per == 4 then
-      redis.call("hset", KEYS[key + 2], ARGV[arg + 1], ARGV[arg + 2])
-      redis.call("rpush", KEYS[key + 3], ARGV[arg + 1])
-      if ARGV[arg + 3] ~= "" then
-        redis.call("xadd", KEYS[1], "maxlen", "~", ARGV[1], "*", "e", ARGV[arg + 3])
+      redis.call("hset", KEYS[key + 2], ARGV[arg + 2], ARGV[arg + 3])
+      redis.call("rpush", KEYS[key + 3], ARGV[arg + 2])
+      if ARGV[arg + 4] ~= "" then
+        redis.call("xadd", KEYS[1], "maxlen", "~", ARGV[1], "*", "e", ARGV[arg + 4])
       end
     end
     done[#done + 1] = id
@@ -403,24 +415,47 @@ return done
 """
 ACT = LuaScript(ACT_SCRIPT)
 
+#: Most bytes of requeued messages one ACT call carries: 500 letters with large attachments must not become one
+#: command beyond Redis's query buffer limit (1 GB by default), nor one that stalls it.
+ACT_BYTES = 16 * 1024 * 1024
+#: Slack on a letter's time of death as read: the float printed and parsed again, never a later death.
+DIED_SLACK = 0.001
+
 
 def _act(letters: list[DeadLetter], *, requeue: bool) -> list[DeadLetter]:
-    """Purge or requeue ``letters`` in one script call; return those this call removed (not someone else)."""
+    """Purge or requeue ``letters``; return those these calls removed (not someone else).
+
+    One script call, or several when the requeued messages add up to more than ACT_BYTES.
+    """
     if not letters:
         return []
-    config = get_config()
-    namespace = config.namespace
-    keys: list[Any] = [events_key(namespace)]
-    args: list[Any] = [config.log.stream_maxlen, 4 if requeue else 2]
-    queued: dict[str, MessageRequeued] = {}
     # Encoded before anything is removed: an unreadable payload raises here, with nothing done. Stamped with
     # now: the queue's "oldest waiting" counts from the requeue, not from the send_mail() days ago.
     now = time.time()
     encoded = [encode(Envelope.decode(letter.payload), ready_at=now) for letter in letters] if requeue else []
+    done: list[DeadLetter] = []
+    start, size = 0, 0
+    for index in range(len(letters)):
+        size += len(encoded[index].data) if requeue else 0
+        if size > ACT_BYTES and index > start:
+            done += _act_once(letters[start:index], encoded[start:index])
+            start, size = index, len(encoded[index].data)
+    done += _act_once(letters[start:], encoded[start:])
+    return done
+
+
+def _act_once(letters: list[DeadLetter], encoded: list[EncodedMessage]) -> list[DeadLetter]:
+    """One ACT call over ``letters`` (requeued as ``encoded`` when given, else purged)."""
+    config = get_config()
+    namespace = config.namespace
+    requeue = bool(encoded)
+    keys: list[Any] = [events_key(namespace)]
+    args: list[Any] = [config.log.stream_maxlen, 4 if requeue else 2]
+    queued: dict[str, MessageRequeued] = {}
     for index, letter in enumerate(letters):
         dead = QueueKeys.of(namespace, letter.queue)
         keys += [dead.dead, dead.dead_messages]
-        args.append(letter.id)
+        args += [letter.id, repr(letter.failed_at + DIED_SLACK)]
         if requeue:
             message = encoded[index]
             ready = QueueKeys.of(namespace, message.queue)
@@ -482,7 +517,8 @@ def requeue_readable(letters: Iterable[DeadLetter], *, chunk: int = SCAN_CHUNK) 
 
 
 def _selected_letters(selection: Selection) -> Iterator[list[DeadLetter]]:
-    """The records of ``selection``'s ids, SCAN_CHUNK per HMGET; those acted on meanwhile are left out."""
+    """The records of ``selection``'s ids, SCAN_CHUNK per HMGET; those acted on (or dead again) meanwhile are left
+    out."""
     namespace = get_config().namespace
     start = 0
     while start < len(selection.ids):
@@ -490,7 +526,9 @@ def _selected_letters(selection: Selection) -> Iterator[list[DeadLetter]]:
         end = start
         while end < len(selection.ids) and end - start < SCAN_CHUNK and selection.ids[end][0] == queue:
             end += 1
-        yield _records(QueueKeys.of(namespace, queue), [letter_id for _, letter_id in selection.ids[start:end]])
+        letters = _records(QueueKeys.of(namespace, queue), [letter_id for _, letter_id in selection.ids[start:end]])
+        # A letter requeued by someone else that died again since is a later death, not the one selected.
+        yield [letter for letter in letters if letter.failed_at <= selection.newest]
         start = end
 
 

@@ -368,28 +368,34 @@ def _text(value: bytes | str | None) -> str:
 #: KEYS: (ready list, messages hash) per queue. ARGV: the ready-at option's name (READY_AT_OPTION). Returns, per
 #: queue, when (ms) the message at the head of the ready list, the next one out and the longest waiting, was put
 #: there: its ready-at option when it has one (a retry whose delay ran out, a requeue), else its
-#: ``message_timestamp`` (send_mail()); 0 when the queue is empty. Both are in the encoded message's tail (the
-#: options, message id and timestamp follow the envelope: mailqueue.enqueue.encode, and Dramatiq's own encoding),
-#: so they are looked for there: the envelope before them can be megabytes, and its quotes are escaped, so it
-#: cannot match. The options can hold a retry's traceback, hence the 64 KiB.
+#: ``message_timestamp`` (send_mail()); 0 when the queue is empty.
+#: Both are read from the encoded message's tail, after the envelope (which can be megabytes, and holds the
+#: sender's own JSON: anymail metadata keys could be named anything): the timestamp is the last field, so it is
+#: matched at the very end; the option after the last "options" object's start, found in the last 64 KiB (only
+#: the options, the message id and the timestamp follow it; the options can hold a retry's traceback, a string
+#: whose quotes are escaped, so a key inside it is never preceded by a bare '{' or ','). At most 15 digits are
+#: taken as a time.
 OLDEST_SCRIPT = """
 local stamps = {}
-local ready_at = '"' .. ARGV[1] .. '":%s*(%d+)'
+local ready_at = '[{,]"' .. ARGV[1] .. '":(%d+)'
 for i = 1, #KEYS, 2 do
-  local stamp = 0
+  local stamp = nil
   local id = redis.call("lindex", KEYS[i], 0)
   if id then
     local data = redis.call("hget", KEYS[i + 1], id)
     if data then
-      local found = string.match(data, ready_at, math.max(#data - 65536, 1))
-      if not found then
-        found = string.match(data, '"message_timestamp":%s*(%d+)', math.max(#data - 256, 1))
-          or string.match(data, '"message_timestamp":%s*(%d+)')
+      local from, options = math.max(#data - 65536, 1), nil
+      while true do
+        local found = string.find(data, '"options":{', from, true)
+        if not found then break end
+        options, from = found, found + 1
       end
-      stamp = tonumber(found) or 0
+      if options then stamp = string.match(data, ready_at, options + 10) end
+      if not stamp or #stamp > 15 then stamp = string.match(data, '"message_timestamp":(%d+)}%s*$') end
+      if stamp and #stamp > 15 then stamp = nil end
     end
   end
-  stamps[#stamps + 1] = stamp
+  stamps[#stamps + 1] = tonumber(stamp) or 0
 end
 return stamps
 """

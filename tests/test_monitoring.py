@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 import pytest
 import redis
 from django.core.mail import EmailMessage, send_mail
@@ -241,3 +242,22 @@ def test_a_requeued_message_waits_from_its_requeue_not_its_send_mail(smtp_setup)
     assert queue_view("bulk").oldest_age < 5
     push([encode(sent_long_ago._replace(id="x" * 32, queue="critical"))])  # never requeued: waiting a day
     assert queue_view("critical").oldest_age > 86400 - 5
+
+
+def test_the_senders_own_json_cannot_pass_for_the_waiting_time(smtp_setup) -> None:
+    hostile = EmailMessage("metadata", "body", "from@example.com", ["to@example.com"])
+    hostile.metadata = {"mailqueue_ready_at": 1, "message_timestamp": 1, "options": {"mailqueue_ready_at": 1}}
+    before = time.time()
+    hostile.send()
+    assert 0 <= queue_view("default").oldest_age <= time.time() - before + 0.1
+
+
+def test_a_retry_traceback_in_the_options_does_not_hide_the_stamp(smtp_setup, redis_client, namespace) -> None:
+    message = EmailMessage("retried", "body", "from@example.com", ["to@example.com"])
+    envelope = Envelope.from_message(message, queue="bulk", mailer="bulk")._replace(created_at=time.time() - 86400)
+    encoded = encode(envelope, ready_at=time.time())
+    data = orjson.loads(encoded.data)
+    fake = '} "mailqueue_ready_at":1, {"options":{"mailqueue_ready_at":2}'
+    data["options"] = {"traceback": fake * 500, **data["options"]}
+    push([encoded._replace(data=orjson.dumps(data))])
+    assert queue_view("bulk").oldest_age < 5

@@ -38,7 +38,7 @@ PASSWORD = "acl-test-password"
 WEB_RULE = (
     "+ping +evalsha +script|load +hset +rpush +set +hexists +llen +hlen +zcard +hmget "
     "+zrangebyscore +multi +exec +zrem +hdel +publish +xadd +xlen +xpending +xrange +xreadgroup +xack +xautoclaim "
-    "+xgroup|create +xgroup|delconsumer +xinfo|groups +xinfo|consumers +get +hget +eval +lindex +time +zcount "
+    "+xgroup|create +xgroup|delconsumer +xinfo|groups +xinfo|consumers +get +hget +eval +lindex +time +zcount +zrange +zscore "
     "~<ns>:* &<ns>:wake:*"
 )
 WORKER_RULE = (
