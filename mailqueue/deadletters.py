@@ -23,7 +23,7 @@ from .conf import get_config
 from .enqueue import EncodedMessage, encode
 from .envelope import Envelope
 from .exceptions import EnvelopeError
-from .keys import QueueKeys, events_key
+from .keys import QueueKeys, events_key, wake_channel
 from .signals import MessageRequeued, announce
 
 
@@ -464,10 +464,24 @@ def _act_once(letters: list[DeadLetter], encoded: list[EncodedMessage]) -> list[
             args += [message.redis_id, message.data, event]
             queued[letter.id] = MessageRequeued(envelope_id=message.envelope_id, queue=message.queue)
     done = {raw.decode() if isinstance(raw, bytes) else raw for raw in ACT(keys, args)}
+    woken = {queued[letter_id].queue for letter_id in done if letter_id in queued}
+    if woken:
+        _wake(namespace, woken)
     for letter_id, requeued in queued.items():
         if letter_id in done:
             announce(requeued)
     return [letter for letter in letters if letter.id in done]
+
+
+def _wake(namespace: str, queues: set[str]) -> None:
+    """Tell the queues' idle workers that mail is back (as the enqueue does), rather than leave it to their poll.
+
+    A PUBLISH the Redis user may not make changes nothing: the requeue is done, and the workers' poll finds it.
+    """
+    with redis_client().pipeline(transaction=False) as pipe:
+        for queue in sorted(queues):
+            pipe.publish(wake_channel(namespace, queue), "")
+        pipe.execute(raise_on_error=False)
 
 
 def _in_chunks(letters: Iterable[DeadLetter], chunk: int) -> Iterator[list[DeadLetter]]:

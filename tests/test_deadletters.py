@@ -10,6 +10,7 @@ from mailqueue import deadletters
 from mailqueue.deadletters import DeadLetterFilter
 from mailqueue.keys import QueueKeys
 from tests.test_dashboard import letter
+from tests.test_idle_latency import _published
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -53,3 +54,9 @@ def test_ids_are_read_by_rank_in_chunks_up_to_the_bound(smtp_setup, monkeypatch)
     dead = [letter(f"m{n}", age=100 - n) for n in range(8)]
     selection = deadletters.select(DeadLetterFilter(queue="default", older_than=95.5))
     assert [letter_id for _, letter_id in selection.ids] == [each.id for each in dead[:5]]
+
+
+def test_a_requeue_wakes_the_idle_workers_of_each_queue_it_refills(smtp_setup, redis_client, namespace):
+    dead = [letter("a", queue="bulk"), letter("b", queue="bulk"), letter("c", queue="critical")]
+    assert sorted(_published(redis_client, namespace, lambda: deadletters.requeue(dead))) == ["bulk", "critical"]
+    assert _published(redis_client, namespace, lambda: deadletters.purge([letter("d")])) == []
