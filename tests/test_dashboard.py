@@ -616,17 +616,22 @@ def test_a_second_click_on_a_rows_requeue_is_told_the_letter_is_gone(letters, ad
 
 @pytest.fixture
 def spied_ranges(monkeypatch) -> list[int]:
-    """The size of every ZRANGEBYSCORE reply the dead-letter store reads (the shared client, wrapped)."""
+    """The size of every ZRANGEBYSCORE and ZRANGE reply the dead-letter store reads (the shared client, wrapped)."""
     sizes: list[int] = []
     client = deadletters.redis_client()
-    real = client.zrangebyscore
 
-    def zrangebyscore(*args: Any, **kwargs: Any) -> Any:
-        found = real(*args, **kwargs)
-        sizes.append(len(found))
-        return found
+    def spy(name: str) -> None:
+        real = getattr(client, name)
 
-    monkeypatch.setattr(client, "zrangebyscore", zrangebyscore)
+        def read(*args: Any, **kwargs: Any) -> Any:
+            found = real(*args, **kwargs)
+            sizes.append(len(found))
+            return found
+
+        monkeypatch.setattr(client, name, read)
+
+    spy("zrangebyscore")
+    spy("zrange")
     return sizes
 
 
