@@ -11,7 +11,7 @@ import hmac
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import cache
-from typing import Any, cast
+from typing import Any
 
 import redis
 from django.contrib.auth.decorators import login_not_required
@@ -21,11 +21,9 @@ from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.openmetrics.exposition import UNDERSCORES
 from prometheus_client.registry import Collector, CollectorRegistry
-from prometheus_client.utils import floatToGoString
 
-from . import counters
+from . import counters, promtext
 from .access import may_monitor
 from .client import redis_client
 from .conf import get_config
@@ -265,56 +263,14 @@ def exposition(accept: str | None) -> tuple[bytes, str]:
     are written by ``encode``, byte for byte what prometheus_client writes (tests compare them) in a fraction of
     its time: it escapes every sample's name character by character and re-validates every label name of every
     line, which with 10 queues and 5 providers took longer than all the rest of a scrape (bench/monitor_cost.py).
-    Any other negotiated format goes through prometheus_client's own encoder.
+    Any other negotiated format, or a prometheus_client ``mailqueue.promtext`` was not written against, goes
+    through prometheus_client's own encoder.
     """
     encoder, content_type = choose_encoder(accept or "")
-    media, *parameters = (part.strip() for part in content_type.split(";"))
-    options = dict(parameter.partition("=")[::2] for parameter in parameters)
-    if options.get("escaping", UNDERSCORES) == UNDERSCORES:  # our names need no escaping: the same either way
-        if media == "text/plain":  # 0.0.4, or 1.0.0: the same text for legacy names
-            return encode(registry().collect(), openmetrics=False), content_type
-        if media == "application/openmetrics-text" and options.get("version") == "1.0.0":
-            return encode(registry().collect(), openmetrics=True), content_type
+    openmetrics = promtext.writes(content_type)
+    if openmetrics is not None:
+        return promtext.encode(registry().collect(), openmetrics=openmetrics), content_type
     return encoder(registry()), content_type
-
-
-#: prometheus_client's number formatting (Go's, as Prometheus reads it), typed.
-_number = cast(Callable[[float], str], floatToGoString)
-
-
-def _escape(value: str) -> str:
-    if "\\" in value or "\n" in value or '"' in value:
-        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-    return value
-
-
-def encode(metrics: Iterable[Metric], *, openmetrics: bool) -> bytes:
-    """Our families (counters, gauges, histograms; legacy names; no timestamps, exemplars or created) as text.
-
-    The Prometheus text format 0.0.4 (``openmetrics=False``) or OpenMetrics 1.0.0, as prometheus_client's
-    ``generate_latest`` of each writes them.
-    """
-    output: list[str] = []
-    append = output.append
-    for metric in metrics:
-        name = metric.name
-        if openmetrics:
-            append(f"# HELP {name} {_escape(metric.documentation)}\n# TYPE {name} {metric.type}\n")
-            if metric.unit:
-                append(f"# UNIT {name} {metric.unit}\n")
-        else:
-            shown = f"{name}_total" if metric.type == "counter" else name
-            documentation = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
-            append(f"# HELP {shown} {documentation}\n# TYPE {shown} {metric.type}\n")
-        for sample in metric.samples:
-            if sample.labels:
-                labels = ",".join(f'{key}="{_escape(value)}"' for key, value in sorted(sample.labels.items()))
-                append(f"{sample.name}{{{labels}}} {_number(sample.value)}\n")
-            else:
-                append(f"{sample.name} {_number(sample.value)}\n")
-    if openmetrics:
-        append("# EOF\n")
-    return "".join(output).encode()
 
 
 #: What a scrape cannot do without: it answers 503 when one cannot be read.

@@ -26,9 +26,10 @@ from django.urls import path, reverse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from mailqueue import counters, metrics
+from mailqueue import counters, metrics, promtext
 from mailqueue.client import redis_client
 from mailqueue.conf import get_config
 from mailqueue.metrics import metrics_view
@@ -234,7 +235,7 @@ def test_the_fast_encoder_writes_what_prometheus_client_writes(configure, smtp_s
     families = [*metrics.registry().collect(), odd]
     assert any(family.unit for family in families) and any(family.type == "counter" for family in families)
     by_us = {
-        format: metrics.encode(families, openmetrics=format == "openmetrics") for format in ("text", "openmetrics")
+        format: promtext.encode(families, openmetrics=format == "openmetrics") for format in ("text", "openmetrics")
     }
 
     class Fixed:
@@ -298,6 +299,21 @@ def test_openmetrics_when_the_scraper_asks_for_it(monitored, client) -> None:
     plain = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
     assert plain["Content-Type"].startswith("text/plain")
     assert "# EOF" not in plain.content.decode()
+
+
+@pytest.mark.django_db
+def test_with_a_prometheus_client_it_was_not_written_for_its_own_encoders_serve(monitored, client, monkeypatch) -> None:
+    assert promtext.AVAILABLE, "this suite's prometheus_client is the one mailqueue.promtext was written for"
+    monkeypatch.setattr(promtext, "AVAILABLE", False)
+    monkeypatch.setattr(promtext, "encode", None)  # never reached
+    accept = "application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5"
+    response = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}", "Accept": accept})
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("application/openmetrics-text")
+    families = {family.name for family in openmetrics_families(response.content.decode())}
+    assert {"mailqueue_queue_messages", "mailqueue_deliveries", "mailqueue_provider_send_duration_seconds"} <= families
+    plain = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert 'mailqueue_queue_messages{queue="default",state="ready"} 0.0' in plain.content.decode()
 
 
 @pytest.mark.django_db
