@@ -111,12 +111,12 @@ def test_a_message_put_back_on_its_ready_list_is_stamped_with_when(fetched, redi
     broker, _, message = fetched
     a_day_ago = int((time.time() - 86400) * 1000)
     before = int(time.time() * 1000)
-    broker.enqueue(message._message.copy(message_timestamp=a_day_ago))
+    broker.enqueue(message.copy(message_timestamp=a_day_ago))
     keys = QueueKeys.of(namespace, "default")
     stored = redis_client.hget(keys.messages, redis_client.lindex(keys.ready, 0))
     options = json.loads(stored)["options"]
     assert before <= options[READY_AT_OPTION] <= time.time() * 1000
     assert overview().queues[1].oldest_age < 5
-    broker.enqueue(message._message.copy(message_timestamp=a_day_ago), delay=60_000)  # to the delay queue
+    broker.enqueue(message.copy(message_timestamp=a_day_ago), delay=60_000)  # to the delay queue
     (delayed,) = redis_client.hvals(keys.delayed_messages)
     assert READY_AT_OPTION not in json.loads(delayed)["options"]
