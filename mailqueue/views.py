@@ -294,4 +294,5 @@ def requeue_one(request: HttpRequest, letter_id: str) -> HttpResponse:
     if not requeued:
         # Read, then taken by a concurrent request (a double click, a colleague) before this one could act.
         return JsonResponse({"error": "No such dead letter (requeued or purged already?)."}, status=404)
+    logger.info("dashboard: %s requeued dead letter %s (%s)", request.user.get_username(), letter.id, letter.queue)
     return JsonResponse({"requeued": requeued})
