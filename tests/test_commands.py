@@ -14,10 +14,12 @@ import pytest
 from django.core.mail import send_mail, send_mass_mail
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 
 from mailqueue import deadletters
 from mailqueue.client import redacted_url
 from mailqueue.management.commands import mailqueue as mailqueue_command
+from mailqueue.models import OutboxMessage
 from mailqueue.monitoring import queue_depths
 from tests.worker_processes import settings_env
 
@@ -64,6 +66,22 @@ def test_status_table_shows_every_queue_provider_and_the_outbox(smtp_setup) -> N
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True)
+def test_status_with_the_outbox_database_unreadable_still_shows_the_queues_in_full(smtp_setup) -> None:
+    send_mail("s", "b", None, ["a@example.com"], using="bulk")
+    table = OutboxMessage._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {table} RENAME TO {table}_away")
+    try:
+        queues, *_, outbox = run("status").split("\n\n")
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {table}_away RENAME TO {table}")
+    bulk = next(line.split() for line in queues.splitlines() if line.startswith("bulk"))
+    assert bulk[:5] == ["bulk", "1", "0", "0", "0"] and re.fullmatch(r"\d+\.\ds", bulk[5]), bulk
+    assert outbox.startswith("outbox: unknown (")
+
+
 def test_status_shows_each_queues_throughput(smtp_setup, run_worker) -> None:
     send_mass_mail([(f"m{i}", "b", None, ["a@example.com"]) for i in range(3)])
     send_mail("s", "b", None, ["a@example.com"], using="transactional")

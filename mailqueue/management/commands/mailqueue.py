@@ -23,7 +23,7 @@ from mailqueue.client import access_problem, exchange, redacted_url
 from mailqueue.conf import get_config
 from mailqueue.exceptions import BrokerAccessDenied, BrokerUnavailable, EnvelopeError
 from mailqueue.logwriter import LogWriter
-from mailqueue.monitoring import overview, provider_health, queue_depths, queue_distribution, writer_lag
+from mailqueue.monitoring import HEALTH_FIELDS, overview, queue_distribution
 
 DEPTH_COLUMNS = ("queue", "ready", "in_progress", "delayed", "dead")
 #: After the depth: how long the oldest waiting message has waited, and what the queue sent lately.
@@ -106,14 +106,19 @@ class Command(BaseCommand):
             reason = outbox.latest_reason() if waiting else None
         except DatabaseError as error:
             waiting, reason = f"unknown ({error})", None
-        database = isinstance(waiting, int)
         try:
             # One PING on this thread's connection first: it fails once, where the pool's client would retry.
             exchange((("PING",),), lambda wire: wire.read())
-            depths: list[dict[str, Any]] | None = _queues(with_outbox=database)
-            health: list[dict[str, Any]] | None = [provider.as_dict() for provider in provider_health()]
+            # One reading for the queues, the providers and the writer; it leaves out an outbox it cannot count.
+            seen = overview().as_dict()
+            depths: list[dict[str, Any]] | None = [
+                {name: queue[name] for name in (*DEPTH_COLUMNS, *FLOW_FIELDS)} for queue in seen["queues"]
+            ]
+            health: list[dict[str, Any]] | None = [
+                {name: provider[name] for name in HEALTH_FIELDS} for provider in seen["providers"]
+            ]
             spread: list[dict[str, Any]] | None = [queue.as_dict() for queue in queue_distribution()]
-            lag: dict[str, Any] | None = writer_lag().as_dict()
+            lag: dict[str, Any] | None = seen["writer"]
             problem = None
         except redis.RedisError as error:
             # An operator's first question during an outage: no traceback, the URL (password hidden) and the error.
@@ -323,17 +328,6 @@ def _lag_line(lag: dict[str, Any]) -> str:
         f"log: {unwritten} event(s) not yet written ({lag['pending']} pending, {_cell(lag['undelivered'])} not yet "
         f"read); oldest {oldest}; {lag['stream_length']} in the stream"
     )
-
-
-def _queues(*, with_outbox: bool) -> list[dict[str, Any]]:
-    """Each queue's depth and flow (FLOW_FIELDS) from the overview; without them when the overview cannot be read.
-
-    The overview also counts the outbox, in the database: when that cannot be read (already said on the outbox
-    line), the depths still show, the flow as "-".
-    """
-    if not with_outbox:
-        return [depth.as_dict() | dict.fromkeys(FLOW_FIELDS) for depth in queue_depths()]
-    return [{name: queue[name] for name in (*DEPTH_COLUMNS, *FLOW_FIELDS)} for queue in overview().as_dict()["queues"]]
 
 
 def _queue_row(row: dict[str, Any]) -> list[str]:
