@@ -66,7 +66,6 @@ def test_status_table_shows_every_queue_provider_and_the_outbox(smtp_setup) -> N
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.django_db(transaction=True)
 def test_status_with_the_outbox_database_unreadable_still_shows_the_queues_in_full(smtp_setup) -> None:
     send_mail("s", "b", None, ["a@example.com"], using="bulk")
     table = OutboxMessage._meta.db_table
@@ -82,6 +81,7 @@ def test_status_with_the_outbox_database_unreadable_still_shows_the_queues_in_fu
     assert outbox.startswith("outbox: unknown (")
 
 
+@pytest.mark.django_db(transaction=True)
 def test_status_shows_each_queues_throughput(smtp_setup, run_worker) -> None:
     send_mass_mail([(f"m{i}", "b", None, ["a@example.com"]) for i in range(3)])
     send_mail("s", "b", None, ["a@example.com"], using="transactional")
